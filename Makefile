@@ -1,0 +1,30 @@
+# The two set-up commands of the README.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(PY)
+	$(PIP) -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m optimlab demo
+
+test: $(VENV)/.installed-test
+	KERAS_BACKEND=torch $(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) bench/optim_step.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,3 @@
+from optimlab.cli import main
+
+raise SystemExit(main())

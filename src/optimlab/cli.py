@@ -1,0 +1,41 @@
+"""The `optimlab` command line.
+
+Each sub-command lives in its own module and is imported only when it runs,
+so `optimlab --help` stays fast. A command module provides
+``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("optimlab.demo", "train a small model with every optimizer and print a comparison"),
+    "optimizers": ("optimlab.optim.cli", "list the optimizers and their defaults"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optimlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.set_defaults(_module=module)
+        # Arguments are added lazily in main(), once the command is known.
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, _ = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(args._module)
+    full = argparse.ArgumentParser(prog=f"optimlab {args.command}", description=COMMANDS[args.command][1])
+    module.add_arguments(full)
+    argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    rest = argv[argv.index(args.command) + 1:]
+    return int(module.run(full.parse_args(rest)) or 0)
