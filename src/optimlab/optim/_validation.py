@@ -1,0 +1,78 @@
+"""Hyperparameter checks shared by every optimizer.
+
+Each check raises ``ValueError`` naming the parameter and the offending value, so a
+typo is caught at construction, not as a NaN a thousand steps later.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any, Callable
+
+import torch
+
+Check = Callable[[str, Any], None]
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (Real, torch.Tensor)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"{name} must be a real number, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def non_negative(name: str, value: Any) -> None:
+    if _as_float(name, value) < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def positive(name: str, value: Any) -> None:
+    if _as_float(name, value) <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def unit_interval(name: str, value: Any) -> None:
+    """A decay rate in [0, 1)."""
+    v = _as_float(name, value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def closed_unit_interval(name: str, value: Any) -> None:
+    v = _as_float(name, value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def betas(name: str, value: Any) -> None:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (beta1, beta2), got {value!r}")
+    for i, b in enumerate(value):
+        unit_interval(f"{name}[{i}]", b)
+
+
+def boolean(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def optional_boolean(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{name} must be True, False or None, got {value!r}")
+
+
+def must_be_false(name: str, value: Any) -> None:
+    boolean(name, value)
+    if value:
+        raise ValueError(f"{name}=True is not supported by optimlab optimizers, got {value!r}")
+
+
+def anything(name: str, value: Any) -> None:
+    """For bookkeeping keys (e.g. a counter) that carry no maths."""

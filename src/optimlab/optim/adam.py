@@ -1,0 +1,189 @@
+"""Adam and its family: Adam (AMSGrad), AdamW, Adamax, NAdam (torch's conventions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optimlab.optim import _fused, _rules
+from optimlab.optim import _validation as check
+from optimlab.optim._base import Optimizer
+
+
+def _zeros(param: Tensor) -> Tensor:
+    return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba 2015), a twin of ``torch.optim.Adam``.
+
+    With ``g`` the gradient (negated if ``maximize``); L2 decay ``g += λθ``, or with
+    ``decoupled_weight_decay`` ``θ ← θ(1 − γλ)`` (AdamW)::
+
+        m_t = β1·m_{t−1} + (1 − β1)·g_t          (computed as lerp, as torch)
+        v_t = β2·v_{t−1} + (1 − β2)·g_t²         (amsgrad: v_t ← max(v_max, v_t))
+        θ_t = θ_{t−1} − γ/(1 − β1ᵗ) · m_t / (√v_t / √(1 − β2ᵗ) + ε)
+
+    ε is added after the bias correction (the paper's Algorithm 1); Keras adds it before
+    (:class:`optimlab.optim.keras.Adam`). ``fused=True`` runs torch's fused kernel.
+    """
+
+    hyper_checks = {"betas": check.betas, "eps": check.positive, "amsgrad": check.boolean,
+                    "decoupled_weight_decay": check.boolean}
+    state_keys = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+
+    def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 decoupled_weight_decay: bool = False, skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, foreach=foreach, capturable=capturable,
+                        differentiable=differentiable, fused=fused,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state = {"step": self._new_step(), "exp_avg": _zeros(param), "exp_avg_sq": _zeros(param)}
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = _zeros(param)
+        return state
+
+    def _update(self, group, params, grads, states) -> None:
+        beta1, beta2 = group["betas"]
+        lr, wd = float(group["lr"]), group["weight_decay"]
+        amsgrad = group["amsgrad"]
+        if amsgrad:
+            for p, s in zip(params, states):
+                s.setdefault("max_exp_avg_sq", _zeros(p))
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        maxes = [s["max_exp_avg_sq"] for s in states] if amsgrad else []
+        if group["fused"]:
+            torch.optim.adam.adam(params, grads, exp_avgs, exp_avg_sqs, maxes, [s["step"] for s in states],
+                                  fused=True, decoupled_weight_decay=group["decoupled_weight_decay"],
+                                  amsgrad=amsgrad, beta1=float(beta1), beta2=float(beta2), lr=lr,
+                                  weight_decay=wd, eps=group["eps"], maximize=group["maximize"])
+            return
+        steps = self._advance(states)
+        params, grads = self._real(params), self._real(grads)
+        if group["decoupled_weight_decay"]:
+            grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
+            _rules.decoupled_decay(params, lr=lr, weight_decay=wd)
+        else:
+            grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=wd)
+        _rules.adam(params, grads, self._real(exp_avgs), self._real(exp_avg_sqs), self._real(maxes), steps,
+                    lr=lr, beta1=float(beta1), beta2=float(beta2), eps=group["eps"], amsgrad=amsgrad)
+
+
+class AdamW(Adam):
+    r"""AdamW (Loshchilov & Hutter 2019), a twin of ``torch.optim.AdamW``: Adam whose weight
+    decay is decoupled from the gradient, ``θ ← θ·(1 − γλ)`` before the Adam step, with the
+    current learning rate γ (so the decay follows a schedule). Default λ = 1e-2."""
+
+    def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None, skip_nonfinite: bool = False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         foreach=foreach, maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
+                         skip_nonfinite=skip_nonfinite)
+
+
+class Adamax(Optimizer):
+    r"""Adamax (Kingma & Ba 2015, §7.1), a twin of ``torch.optim.Adamax``: Adam with the
+    infinity norm in place of the second moment. With ``g`` (negated if ``maximize``) + ``λθ``::
+
+        m_t = lerp(m_{t−1}, g_t, 1 − β1)
+        u_t = max(β2·u_{t−1}, |g_t| + ε)
+        θ_t = θ_{t−1} − γ/(1 − β1ᵗ) · m_t / u_t
+    """
+
+    hyper_checks = {"betas": check.betas, "eps": check.positive}
+    state_keys = frozenset({"step", "exp_avg", "exp_inf"})
+
+    def __init__(self, params: Any, lr: float | Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, foreach: bool | None = None, *,
+                 maximize: bool = False, differentiable: bool = False, capturable: bool = False,
+                 fused: bool | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
+                        maximize=maximize, differentiable=differentiable, capturable=capturable, fused=fused)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"step": self._new_step(), "exp_avg": _zeros(param), "exp_inf": _zeros(param)}
+
+    def _update(self, group, params, grads, states) -> None:
+        steps = self._advance(states)
+        beta1, beta2 = group["betas"]
+        lists = dict(params=self._real(params), grads=self._real(grads),
+                     exp_avgs=self._real([s["exp_avg"] for s in states]),
+                     exp_infs=self._real([s["exp_inf"] for s in states]))
+        hyper = dict(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"])
+        if group["fused"] and _fused.adamax(**lists, steps=steps, **hyper, maximize=group["maximize"],
+                                            weight_decay=group["weight_decay"]):
+            return
+        lists["grads"] = _rules.effective_grads(lists["params"], lists["grads"], maximize=group["maximize"],
+                                                weight_decay=group["weight_decay"])
+        _rules.adamax(**lists, steps=steps, **hyper)
+
+
+class NAdam(Optimizer):
+    r"""NAdam (Dozat 2016), a twin of ``torch.optim.NAdam``: Adam with Nesterov momentum.
+
+    With ``g`` (negated if ``maximize``); L2 decay ``g += λθ`` or, with
+    ``decoupled_weight_decay``, ``θ ← θ(1 − γλ)``; ``μ_t = β1·(1 − ½·0.96^(t·ψ))``, ψ = momentum_decay::
+
+        Π_t = Π_{t−1}·μ_t                         (state "mu_product")
+        m_t = lerp(m_{t−1}, g_t, 1 − β1),   v_t = β2·v_{t−1} + (1 − β2)·g_t²
+        d_t = √(v_t / (1 − β2ᵗ)) + ε
+        θ_t = θ_{t−1} − γ(1 − μ_t)/(1 − Π_t) · g_t/d_t − γ·μ_{t+1}/(1 − Π_t·μ_{t+1}) · m_t/d_t
+
+    Keras's Nadam uses ψ = 1 (its momentum reaches β1 within ~100 steps; torch's within ~10⁴).
+    """
+
+    hyper_checks = {"betas": check.betas, "eps": check.positive, "momentum_decay": check.non_negative,
+                    "decoupled_weight_decay": check.boolean}
+    state_keys = frozenset({"step", "mu_product", "exp_avg", "exp_avg_sq"})
+
+    def __init__(self, params: Any, lr: float | Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, foreach: bool | None = None, maximize: bool = False,
+                 capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
+                 skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach,
+                        capturable=capturable, differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        return {"step": self._new_step(), "mu_product": torch.ones((), dtype=dtype),
+                "exp_avg": _zeros(param), "exp_avg_sq": _zeros(param)}
+
+    def _update(self, group, params, grads, states) -> None:
+        steps = self._advance(states)
+        beta1, beta2 = group["betas"]
+        lr, wd = float(group["lr"]), group["weight_decay"]
+        params, grads = self._real(params), self._real(grads)
+        decoupled = group["decoupled_weight_decay"]
+        lists = dict(params=params, grads=grads, exp_avgs=self._real([s["exp_avg"] for s in states]),
+                     exp_avg_sqs=self._real([s["exp_avg_sq"] for s in states]),
+                     mu_products=[s["mu_product"] for s in states])
+        hyper = dict(lr=lr, beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
+                     momentum_decay=group["momentum_decay"])
+        if group["fused"] and _fused.nadam(**lists, steps=steps, **hyper, maximize=group["maximize"],
+                                           weight_decay=wd, decoupled=decoupled):
+            return
+        if decoupled:
+            lists["grads"] = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
+            _rules.decoupled_decay(params, lr=lr, weight_decay=wd)
+        else:
+            lists["grads"] = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=wd)
+        _rules.nadam(**lists, steps=steps, **hyper)
+
+
+Nadam = NAdam

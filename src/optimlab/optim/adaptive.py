@@ -1,0 +1,174 @@
+"""Per-coordinate adaptive rates: AdaGrad, RMSprop, Adadelta (torch's conventions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optimlab.optim import _fused, _rules
+from optimlab.optim import _validation as check
+from optimlab.optim._base import Optimizer
+
+
+class Adagrad(Optimizer):
+    r"""AdaGrad (Duchi et al. 2011), a twin of ``torch.optim.Adagrad``.
+
+    With ``g`` the gradient (negated if ``maximize``) plus ``λθ``::
+
+        s_t = s_{t−1} + g_t²                         (s₀ = initial_accumulator_value)
+        θ_t = θ_{t−1} − γ/(1 + (t − 1)·lr_decay) · g_t / (√s_t + ε)
+
+    Each coordinate's rate shrinks with its own gradient history, so rare features keep
+    large steps: the lectures' case for sparse data. Sparse gradients
+    (``nn.Embedding(sparse=True)``) update only the rows they touch. As in torch, the
+    state is created at construction (``step = 0``, ``sum = initial_accumulator_value``).
+    """
+
+    hyper_checks = {"lr_decay": check.non_negative, "initial_accumulator_value": check.non_negative,
+                    "eps": check.positive}
+    state_keys = frozenset({"step", "sum"})
+    supports_sparse = True
+
+    def __init__(self, params: Any, lr: float | Tensor = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
+                 initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,
+                 maximize: bool = False, differentiable: bool = False, fused: bool | None = None,
+                 skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+                        maximize=maximize, differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for p in group["params"]:  # eager state, as torch: state_dict() is complete at once
+            self.state[p] = self._init_state(p, group)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        init = group["initial_accumulator_value"]
+        value = complex(init, init) if param.is_complex() else init
+        return {"step": self._new_step(),
+                "sum": torch.full_like(param, value, memory_format=torch.preserve_format)}
+
+    def _update(self, group, params, grads, states) -> None:
+        lr, lr_decay, eps = float(group["lr"]), group["lr_decay"], group["eps"]
+        if grads[0].is_sparse:
+            (step,) = self._advance(states)
+            grad = -grads[0] if group["maximize"] else grads[0]
+            _rules.adagrad_sparse(params[0], grad, states[0]["sum"], step, lr=lr, lr_decay=lr_decay, eps=eps)
+            return
+        sums, steps = [s["sum"] for s in states], [s["step"] for s in states]
+        if group["fused"]:
+            torch.optim.adagrad.adagrad(params, grads, sums, steps, fused=True, lr=lr,
+                                        weight_decay=group["weight_decay"], lr_decay=lr_decay, eps=eps,
+                                        maximize=group["maximize"])
+            return
+        step_values = self._advance(states)
+        params, grads, sums = self._real(params), self._real(grads), self._real(sums)
+        grads = _rules.effective_grads(params, grads, maximize=group["maximize"],
+                                       weight_decay=group["weight_decay"])
+        _rules.adagrad(params, grads, sums, step_values, lr=lr, lr_decay=lr_decay, eps=eps)
+
+
+class RMSprop(Optimizer):
+    r"""RMSprop (Hinton's lecture 6e), a twin of ``torch.optim.RMSprop``.
+
+    With ``g`` the gradient (negated if ``maximize``) plus ``λθ``::
+
+        v_t = α·v_{t−1} + (1 − α)·g_t²
+        centered:  ḡ_t = lerp(ḡ_{t−1}, g_t, 1 − α),   v̂_t = v_t − ḡ_t²   (else v̂_t = v_t)
+        d_t = g_t / (√v̂_t + ε)
+        momentum:  b_t = μ·b_{t−1} + d_t,  θ_t = θ_{t−1} − γ·b_t;   else θ_t = θ_{t−1} − γ·d_t
+
+    An exponentially decaying average forgets old gradients, so the rate does not decay
+    to zero as AdaGrad's does (the lectures: good for non-stationary objectives).
+    """
+
+    hyper_checks = {"alpha": check.unit_interval, "eps": check.positive, "momentum": check.non_negative,
+                    "centered": check.boolean}
+    state_keys = frozenset({"step", "square_avg", "momentum_buffer", "grad_avg"})
+    keyword_aliases = {**Optimizer.keyword_aliases, "rho": "alpha"}
+
+    def __init__(self, params: Any, lr: float | Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0, momentum: float = 0, centered: bool = False,
+                 capturable: bool = False, foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False, *, fused: bool | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
+                        weight_decay=weight_decay, capturable=capturable, foreach=foreach,
+                        maximize=maximize, differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state = {"step": self._new_step(), "square_avg": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        if group["centered"]:
+            state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state
+
+    def _update(self, group, params, grads, states) -> None:
+        self._advance(states)
+        if group["momentum"] > 0 or group["centered"]:  # a group may switch them on mid-run
+            for p, s in zip(params, states):
+                if group["momentum"] > 0 and "momentum_buffer" not in s:
+                    s["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if group["centered"] and "grad_avg" not in s:
+                    s["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        lists = dict(
+            params=self._real(params), grads=self._real(grads),
+            square_avgs=self._real([s["square_avg"] for s in states]),
+            grad_avgs=self._real([s["grad_avg"] for s in states]) if group["centered"] else [],
+            momentum_buffers=self._real([s["momentum_buffer"] for s in states]) if group["momentum"] > 0 else [])
+        hyper = dict(lr=float(group["lr"]), alpha=group["alpha"], eps=group["eps"],
+                     momentum=group["momentum"], centered=group["centered"])
+        if group["fused"] and _fused.rmsprop(**lists, **hyper, maximize=group["maximize"],
+                                             weight_decay=group["weight_decay"]):
+            return
+        lists["grads"] = _rules.effective_grads(lists["params"], lists["grads"], maximize=group["maximize"],
+                                                weight_decay=group["weight_decay"])
+        _rules.rmsprop(**lists, **hyper)
+
+
+class Adadelta(Optimizer):
+    r"""Adadelta (Zeiler 2012), a twin of ``torch.optim.Adadelta``.
+
+    With ``g`` the gradient (negated if ``maximize``) plus ``λθ``::
+
+        v_t = ρ·v_{t−1} + (1 − ρ)·g_t²
+        Δ_t = √(u_{t−1} + ε) / √(v_t + ε) · g_t
+        u_t = ρ·u_{t−1} + (1 − ρ)·Δ_t²
+        θ_t = θ_{t−1} − γ·Δ_t                 (γ = 1: the paper's "no learning rate")
+
+    The ratio of two running RMS values gives the step the units of θ.
+    """
+
+    hyper_checks = {"rho": check.closed_unit_interval, "eps": check.positive}
+    state_keys = frozenset({"step", "square_avg", "acc_delta"})
+
+    def __init__(self, params: Any, lr: float | Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,
+                 weight_decay: float = 0, foreach: bool | None = None, *, capturable: bool = False,
+                 maximize: bool = False, differentiable: bool = False, fused: bool | None = None,
+                 skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                        capturable=capturable, foreach=foreach, differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"step": self._new_step(),
+                "square_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+                "acc_delta": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def _update(self, group, params, grads, states) -> None:
+        self._advance(states)
+        lists = dict(params=self._real(params), grads=self._real(grads),
+                     square_avgs=self._real([s["square_avg"] for s in states]),
+                     acc_deltas=self._real([s["acc_delta"] for s in states]))
+        hyper = dict(lr=float(group["lr"]), rho=group["rho"], eps=group["eps"])
+        if group["fused"] and _fused.adadelta(**lists, **hyper, maximize=group["maximize"],
+                                              weight_decay=group["weight_decay"]):
+            return
+        lists["grads"] = _rules.effective_grads(lists["params"], lists["grads"], maximize=group["maximize"],
+                                                weight_decay=group["weight_decay"])
+        _rules.adadelta(**lists, **hyper)

@@ -1,0 +1,93 @@
+"""Gradient descent: batch, stochastic and mini-batch, plain or with (Nesterov) momentum."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optimlab.optim import _rules
+from optimlab.optim import _validation as check
+from optimlab.optim._base import Optimizer
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent, torch's convention (a twin of ``torch.optim.SGD``).
+
+    Batch, stochastic and mini-batch gradient descent are this one rule; the batch size is
+    the data's business. With ``g`` the gradient (negated if ``maximize``) plus ``λθ``::
+
+        b₁ = g₁,   b_t = μ·b_{t−1} + (1 − τ)·g_t          (momentum μ, dampening τ)
+        d_t = g_t + μ·b_t  (nesterov)   or   b_t   or   g_t (μ = 0)
+        θ_t = θ_{t−1} − γ·d_t
+
+    The lectures also write momentum as ``v ← γ·v + η·∇; w ← w − v`` (the velocity carries
+    the learning rate; Keras's convention, :class:`optimlab.optim.keras.SGD`). Under a
+    constant learning rate the two are the same optimizer (``v = η·b``); once the rate
+    changes they differ: here the whole buffer is rescaled by the current rate.
+    """
+
+    hyper_checks = {"momentum": check.non_negative, "dampening": check.non_negative,
+                    "nesterov": check.boolean}
+    state_keys = frozenset({"momentum_buffer"})
+    supports_sparse = True
+
+    def __init__(self, params: Any, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
+                 weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
+                 skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, foreach=foreach,
+                        differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _check_combination(self, group: dict[str, Any]) -> None:
+        if group.get("nesterov") and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(f"nesterov=True needs momentum > 0 and dampening = 0, got "
+                             f"momentum={group['momentum']!r}, dampening={group['dampening']!r}")
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {}  # the momentum buffer is created from the first gradient
+
+    def _update(self, group, params, grads, states) -> None:
+        momentum = group["momentum"]
+        bufs = [s.get("momentum_buffer") for s in states]
+        lr = float(group["lr"])
+        if group["fused"] and not grads[0].is_sparse:
+            torch.optim.sgd.sgd(params, grads, bufs, fused=True, weight_decay=group["weight_decay"],
+                                momentum=momentum, lr=lr, dampening=group["dampening"],
+                                nesterov=group["nesterov"], maximize=group["maximize"])
+        else:
+            grads = _rules.effective_grads(params, grads, maximize=group["maximize"],
+                                           weight_decay=group["weight_decay"])
+            _rules.sgd(params, grads, bufs, lr=lr, momentum=momentum,
+                       dampening=group["dampening"], nesterov=group["nesterov"])
+        if momentum != 0:
+            for state, buf in zip(states, bufs):
+                state["momentum_buffer"] = buf
+
+
+class Momentum(SGD):
+    """SGD with classical (heavy-ball) momentum, default μ = 0.9: the lectures' "Momentum"."""
+
+    def __init__(self, params: Any, lr: float | Tensor, momentum: float = 0.9, dampening: float = 0,
+                 weight_decay: float = 0, *, maximize: bool = False, foreach: bool | None = None,
+                 fused: bool | None = None, skip_nonfinite: bool = False):
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=False, maximize=maximize,
+                         foreach=foreach, fused=fused, skip_nonfinite=skip_nonfinite)
+
+
+class NAG(SGD):
+    """SGD with Nesterov accelerated gradient, default μ = 0.9: the lectures' "NAG".
+
+    Torch's form evaluates the look-ahead through the buffer: ``d = g + μ·b``.
+    """
+
+    def __init__(self, params: Any, lr: float | Tensor, momentum: float = 0.9, weight_decay: float = 0,
+                 *, maximize: bool = False, foreach: bool | None = None, fused: bool | None = None,
+                 skip_nonfinite: bool = False):
+        super().__init__(params, lr=lr, momentum=momentum, dampening=0, weight_decay=weight_decay,
+                         nesterov=True, maximize=maximize, foreach=foreach, fused=fused,
+                         skip_nonfinite=skip_nonfinite)
