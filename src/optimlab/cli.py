@@ -14,6 +14,7 @@ import importlib
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("optimlab.demo", "train a small model with every optimizer and print a comparison"),
     "optimizers": ("optimlab.optim.cli", "list the optimizers and their defaults"),
+    "schedule": ("optimlab.schedules.cli", "plot learning-rate schedules to a PNG"),
 }
 
 
