@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.adam import adam as _torch_adam  # torch's functional form (fused kernels)
 
 from optimlab.optim import _fused, _rules
 from optimlab.optim import _validation as check
@@ -62,7 +63,7 @@ class Adam(Optimizer):
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         maxes = [s["max_exp_avg_sq"] for s in states] if amsgrad else []
         if group["fused"]:
-            torch.optim.adam.adam(params, grads, exp_avgs, exp_avg_sqs, maxes, [s["step"] for s in states],
+            _torch_adam(params, grads, exp_avgs, exp_avg_sqs, maxes, [s["step"] for s in states],
                                   fused=True, decoupled_weight_decay=group["decoupled_weight_decay"],
                                   amsgrad=amsgrad, beta1=float(beta1), beta2=float(beta2), lr=lr,
                                   weight_decay=wd, eps=group["eps"], maximize=group["maximize"])

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.adagrad import adagrad as _torch_adagrad  # torch's functional form (fused kernels)
 
 from optimlab.optim import _fused, _rules
 from optimlab.optim import _validation as check
@@ -61,7 +62,7 @@ class Adagrad(Optimizer):
             return
         sums, steps = [s["sum"] for s in states], [s["step"] for s in states]
         if group["fused"]:
-            torch.optim.adagrad.adagrad(params, grads, sums, steps, fused=True, lr=lr,
+            _torch_adagrad(params, grads, sums, steps, fused=True, lr=lr,
                                         weight_decay=group["weight_decay"], lr_decay=lr_decay, eps=eps,
                                         maximize=group["maximize"])
             return

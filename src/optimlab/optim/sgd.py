@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.sgd import sgd as _torch_sgd  # torch's functional form (fused kernels)
 
 from optimlab.optim import _rules
 from optimlab.optim import _validation as check
@@ -55,7 +56,7 @@ class SGD(Optimizer):
         bufs = [s.get("momentum_buffer") for s in states]
         lr = float(group["lr"])
         if group["fused"] and not grads[0].is_sparse:
-            torch.optim.sgd.sgd(params, grads, bufs, fused=True, weight_decay=group["weight_decay"],
+            _torch_sgd(params, grads, bufs, fused=True, weight_decay=group["weight_decay"],
                                 momentum=momentum, lr=lr, dampening=group["dampening"],
                                 nesterov=group["nesterov"], maximize=group["maximize"])
         else:
