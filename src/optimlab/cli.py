@@ -14,6 +14,7 @@ import importlib
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("optimlab.demo", "train a small model with every optimizer and print a comparison"),
     "optimizers": ("optimlab.optim.cli", "list the optimizers and their defaults"),
+    "data": ("optimlab.data.cli", "fetch, verify and cache MNIST / Fashion-MNIST; show what is there"),
     "schedule": ("optimlab.schedules.cli", "plot learning-rate schedules to a PNG"),
 }
 
