@@ -203,6 +203,7 @@ def test_tampered_idx_is_rejected_and_not_cached(syn):
         load(spec, data_dir=idx_dir, cache_dir=cache)
     msg = str(err.value)
     assert "rejected: SHA-256 mismatch for train-labels-idx1-ubyte" in msg
+    assert "files marked 'rejected' are not the published ones" in msg
     assert not _cache.cache_path(spec, cache).exists()
 
 
@@ -381,6 +382,7 @@ def test_missing_sources_give_one_clear_message(syn, tmp_path):
     assert f"not installed ({tmp_path / 'nope'} missing)" in msg
     assert msg.count("skipped (download=False") == 2
     assert "apt-get install dataset-syn" in msg and "optimlab data fetch syn" in msg and "--data-dir DIR" in msg
+    assert "files marked 'rejected'" not in msg  # nothing was rejected: no advice about it
 
 
 @pytest.mark.parametrize("kw, needle", [

@@ -92,16 +92,18 @@ def _howto(spec: DatasetSpec) -> list[str]:
     extra = f" (or {spec.pickle.filename})" if spec.pickle else ""
     fixes.append(f"or give a directory holding {files}{extra}: "
                  f"optimlab data fetch {spec.name} --data-dir DIR, or load({spec.name!r}, data_dir=DIR)")
-    fixes.append("a source marked 'rejected' holds files that are not the pinned ones: replace them")
     return fixes
 
 
 def _message(spec: DatasetSpec, attempts: list[tuple[str, str]]) -> str:
-    lines = [f"could not load dataset {spec.name!r}: no source gave files with the expected SHA-256.",
+    lines = [f"could not load dataset {spec.name!r}: no source had files matching the pinned SHA-256 digests.",
              "Sources tried, in order:"]
     lines += [f"  {i}. {label}: {outcome}" for i, (label, outcome) in enumerate(attempts, 1)]
     lines.append("To fix:")
     lines += [f"  - {fix}" for fix in _howto(spec)]
+    if any(outcome.startswith("rejected") for _, outcome in attempts):
+        lines.append("  - files marked 'rejected' are not the published ones (corrupt or different): "
+                     "delete or replace them, then fetch again")
     return "\n".join(lines)
 
 
@@ -130,10 +132,13 @@ def _obtain(spec: DatasetSpec, data_dir: Path | None, cache_dir: Path, download:
             arrays, source = src.get(spec)  # type: ignore[attr-defined]
         except _sources.Unavailable as exc:
             attempts.append((label, f"not available: {exc}"))
+            log.info("%s: %s: %s", spec.name, label, attempts[-1][1])
         except VerificationError as exc:
             attempts.append((label, f"rejected: {exc}"))
+            log.warning("%s: %s: %s", spec.name, label, attempts[-1][1])
         except Exception as exc:  # one broken source must not hide the next one
             attempts.append((label, f"failed: {type(exc).__name__}: {exc}"))
+            log.info("%s: %s: %s", spec.name, label, attempts[-1][1])
         else:
             log.info("%s: verified files from %s", spec.name, source)
             return arrays, source, path, False
