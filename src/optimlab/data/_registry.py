@@ -6,11 +6,13 @@ is parsed. Two kinds of digest are pinned:
 * ``IdxFile.sha256`` -- the *content*: the decompressed IDX file. It is the
   same whatever wrapper the file arrived in (the upstream ``.gz``, Debian's
   re-gzipped copy, an uncompressed file, or IDX bytes rebuilt from the
-  ``mnist.pkl.gz`` pickle), so it is also what the cache is checked against.
-* per-source file digests -- ``IdxFile.gz_sha256`` (the gzip files as published
-  upstream and as shipped by Debian), ``PickleSource.sha256`` and
-  ``WheelSource.sha256`` -- checked on the raw bytes *before* anything is
-  decompressed or unpickled.
+  ``mnist.pkl.gz`` pickle), so every IDX source, the pickle's arrays and the
+  cache are all checked against it.
+* file digests per source -- ``PickleSource.sha256`` and ``WheelSource.sha256``
+  are checked on the raw bytes *before* anything is unzipped, decompressed or
+  unpickled. ``IdxFile.gz_sha256`` records the known ``.gz`` files (upstream's
+  and Debian's) for reference; IDX bytes are safe to decompress (bounded) and
+  parse, and it is their content digest that decides.
 
 ``DATASETS`` is a plain module-level dict so that tests can swap in a tiny
 synthetic dataset (``monkeypatch.setitem(DATASETS, ...)``) or a ``load`` call

@@ -51,7 +51,7 @@ def _arrays_from_idx(get_bytes, spec: DatasetSpec) -> Arrays:
     """Verify and parse the four IDX files; ``get_bytes(IdxFile)`` supplies each."""
     arrays: Arrays = {}
     for f in spec.files:
-        content, _ = verified_content(get_bytes(f), f)
+        content = verified_content(get_bytes(f), f)
         arrays[f.role] = parse_idx(content, f.shape)
     return arrays
 

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--cache-dir", metavar="DIR", default=None,
-                       help=f"cache directory (default: ${ENV_VAR}, else {default_cache_dir()})")
+                       help=f"cache directory (default: ${ENV_VAR}, else ~/.cache/optimlab/data; "
+                            f"now {default_cache_dir()})")
         p.add_argument("--data-dir", metavar="DIR", default=None,
                        help="a directory with the standard IDX files (train-images-idx3-ubyte.gz, ...), tried first")
         p.add_argument("--no-download", dest="download", action="store_false",
