@@ -41,6 +41,17 @@ def decoupled_decay(params: Tensors, *, lr: float, weight_decay: float) -> None:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
 
 
+def one_minus_powers(beta: float, steps: Sequence[float], dtype: torch.dtype | None = None) -> list[float]:
+    """``1 − βᵗ`` for each step: in Python double (torch's default path), or, with ``dtype``,
+    as tensor ops in that dtype (Keras evaluates β-powers in the variable's dtype; in float32
+    β2 = 0.999 is 0.99900001, so ``1 − β2`` is 1.3e-5 smaller than in double)."""
+    if dtype is None:
+        return [1 - beta**t for t in steps]
+    b = torch.tensor(beta, dtype=dtype)
+    values = {t: (1 - b ** torch.tensor(t, dtype=dtype)).item() for t in set(steps)}
+    return [values[t] for t in steps]
+
+
 def sgd(params: Tensors, grads: Tensors, momentum_buffers: list[Tensor | None], *, lr: float,
         momentum: float, dampening: float, nesterov: bool) -> None:
     """SGD with optional (Nesterov) momentum, torch's convention.
@@ -112,7 +123,8 @@ def adagrad_sparse(param: Tensor, grad: Tensor, state_sum: Tensor, step: float, 
     indices, values = grad._indices(), grad._values()
 
     def sparse_like(v: Tensor) -> Tensor:
-        return torch.sparse_coo_tensor(indices, v, grad.size(), dtype=v.dtype, device=v.device)
+        return torch.sparse_coo_tensor(indices, v, grad.size(), dtype=v.dtype, device=v.device,
+                                       check_invariants=False)
 
     state_sum.add_(sparse_like(values.pow(2)))
     std_values = state_sum.sparse_mask(grad)._values()
@@ -174,17 +186,19 @@ def adadelta(params: Tensors, grads: Tensors, square_avgs: Tensors, acc_deltas: 
 
 def adam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
          max_exp_avg_sqs: Tensors, steps: Sequence[float], *, lr: float, beta1: float, beta2: float,
-         eps: float, amsgrad: bool, eps_before_bias_correction: bool = False) -> None:
+         eps: float, amsgrad: bool, eps_before_bias_correction: bool = False,
+         powers_dtype: torch.dtype | None = None) -> None:
     """Adam: ``m ← lerp(m, g, 1 − β1)``; ``v ← β2·v + (1 − β2)·g²``; AMSGrad: ``v ← max(v_max, v)``.
 
     ``θ ← θ − γ/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`` (torch; Algorithm 1 of the paper).
-    ``eps_before_bias_correction`` gives Keras's ``θ ← θ − γ·√(1 − β2ᵗ)/(1 − β1ᵗ) · m / (√v + ε̂)``.
+    ``eps_before_bias_correction`` gives Keras's ``θ ← θ − γ·√(1 − β2ᵗ)/(1 − β1ᵗ) · m / (√v + ε̂)``;
+    ``powers_dtype`` (Keras: the variable's dtype) is where ``1 − βᵗ`` is evaluated (:func:`one_minus_powers`).
     """
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-    bc1 = [1 - beta1**t for t in steps]
-    bc2_sqrt = [(1 - beta2**t) ** 0.5 for t in steps]
+    bc1 = one_minus_powers(beta1, steps, powers_dtype)
+    bc2_sqrt = [b**0.5 for b in one_minus_powers(beta2, steps, powers_dtype)]
     if amsgrad:
         torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
         denom = torch._foreach_sqrt(max_exp_avg_sqs)
@@ -201,10 +215,12 @@ def adam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensor
 
 
 def adamax(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_infs: Tensors, steps: Sequence[float], *,
-           lr: float, beta1: float, beta2: float, eps: float, eps_after_max: bool = False) -> None:
+           lr: float, beta1: float, beta2: float, eps: float, eps_after_max: bool = False,
+           powers_dtype: torch.dtype | None = None) -> None:
     """Adamax: ``m ← lerp(m, g, 1 − β1)``; ``u ← max(β2·u, |g| + ε)``; ``θ ← θ − γ/(1 − β1ᵗ) · m / u``.
 
-    ``eps_after_max`` gives Keras's ``u ← max(β2·u, |g|)``, ``θ ← θ − γ/(1 − β1ᵗ) · m / (u + ε)``.
+    ``eps_after_max`` gives Keras's ``u ← max(β2·u, |g|)``, ``θ ← θ − γ/(1 − β1ᵗ) · m / (u + ε)``;
+    ``powers_dtype`` as in :func:`adam`.
     """
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_infs, beta2)
@@ -216,32 +232,36 @@ def adamax(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_infs: Tensors
         torch._foreach_add_(abs_grads, eps)
         torch._foreach_maximum_(exp_infs, abs_grads)
         denom = exp_infs
-    step_size = [-lr / (1 - beta1**t) for t in steps]
+    step_size = [-lr / b for b in one_minus_powers(beta1, steps, powers_dtype)]
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)
 
 
-def nadam_momentum(beta1: float, step: float, momentum_decay: float) -> float:
-    """Dozat's momentum schedule ``μ_t = β1·(1 − ½·0.96^(t·ψ))``."""
-    return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+def nadam_momentum(beta1: float, step: float, momentum_decay: float, dtype: torch.dtype | None = None) -> float:
+    """Dozat's momentum schedule ``μ_t = β1·(1 − ½·0.96^(t·ψ))`` (in ``dtype`` if given, as Keras)."""
+    if dtype is None:
+        return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+    beta1_, decay, exponent = (torch.tensor(x, dtype=dtype) for x in (beta1, 0.96, step * momentum_decay))
+    return (beta1_ * (1.0 - 0.5 * decay**exponent)).item()
 
 
 def nadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors, mu_products: Tensors,
           steps: Sequence[float], *, lr: float, beta1: float, beta2: float, eps: float,
-          momentum_decay: float) -> None:
+          momentum_decay: float, powers_dtype: torch.dtype | None = None) -> None:
     """NAdam (Dozat 2016), torch's form, with the schedule ``μ_t`` of :func:`nadam_momentum`.
 
     ``Π_t = Π_{t−1}·μ_t`` (stored); ``m ← lerp(m, g, 1 − β1)``; ``v ← β2·v + (1 − β2)·g²``;
     ``den = √(v/(1 − β2ᵗ)) + ε``;
     ``θ ← θ − γ(1 − μ_t)/(1 − Π_t) · g/den − γ·μ_{t+1}/(1 − Π_t·μ_{t+1}) · m/den``.
-    Keras's Nadam is this rule with ``momentum_decay = 1``.
+    Keras's Nadam is this rule with ``momentum_decay = 1`` (and ``powers_dtype``, as in :func:`adam`,
+    the variable's dtype; ``mu_products`` then hold Keras's ``u_product``).
     """
-    mus = [nadam_momentum(beta1, t, momentum_decay) for t in steps]
-    mu_nexts = [nadam_momentum(beta1, t + 1, momentum_decay) for t in steps]
+    mus = [nadam_momentum(beta1, t, momentum_decay, powers_dtype) for t in steps]
+    mu_nexts = [nadam_momentum(beta1, t + 1, momentum_decay, powers_dtype) for t in steps]
     torch._foreach_mul_(mu_products, mus)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-    denom = torch._foreach_div(exp_avg_sqs, [1 - beta2**t for t in steps])
+    denom = torch._foreach_div(exp_avg_sqs, one_minus_powers(beta2, steps, powers_dtype))
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
     products = [p.item() for p in mu_products]

@@ -55,7 +55,10 @@ def betas(name: str, value: Any) -> None:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(f"{name} must be a pair (beta1, beta2), got {value!r}")
     for i, b in enumerate(value):
-        unit_interval(f"{name}[{i}]", b)
+        try:
+            unit_interval(f"{name}[{i}]", b)
+        except ValueError as err:
+            raise ValueError(f"{err} ({name}={value!r})") from None
 
 
 def boolean(name: str, value: Any) -> None:

@@ -1,0 +1,298 @@
+"""What every Keras-convention optimizer shares: Keras 3's ``BaseOptimizer.apply`` on torch.
+
+One ``step()`` does what Keras's ``optimizer.apply(grads, variables)`` does (Keras 3.15,
+``keras/src/optimizers/base_optimizer.py`` and the torch backend's overrides):
+
+1. parameters whose ``.grad`` is ``None`` are skipped (Keras drops ``None`` gradients), but
+   the one global counter ``iterations`` still advances, so bias corrections use
+   ``t = iterations + 1`` for every parameter;
+2. the gradients are clipped (copies; ``p.grad`` is left as it was): ``clipnorm`` per
+   tensor, else ``global_clipnorm`` over every tensor that has a gradient, else ``clipvalue``;
+3. decoupled weight decay ``θ ← θ·(1 − λ·η)`` with the current rate η, in every optimizer;
+4. the optimizer's update (``_update``, a rule from :mod:`optimlab.optim._rules`);
+5. ``iterations += 1``.
+
+The learning rate is used as Keras holds it: a float32 variable (Keras's ``floatx``), so for
+float64 parameters 0.05 acts as 0.05000000074505806, and the decay factor ``1 − λ·η`` is
+evaluated in float32, as the torch backend does. ``group["lr"]`` keeps the value you gave
+(torch's LR schedulers read and write it); the rounding happens when a step uses it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+from optimlab.optim import _validation as check
+from optimlab.optim._base import Optimizer, UnknownArgumentError, _all_finite
+
+LEARNING_RATE_DTYPE = torch.float32  # Keras's floatx: the dtype of its learning-rate variable
+_CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
+
+# Keras constructor arguments with no place in a torch optimizer: what to do instead.
+_KERAS_ONLY = {
+    "decay": "Keras 3 ignores the Keras 2 argument decay= (it only warns); drop it, "
+             "or use a learning-rate scheduler",
+    "use_ema": "average the weights with torch.optim.swa_utils.AveragedModel",
+    "ema_momentum": "average the weights with torch.optim.swa_utils.AveragedModel",
+    "ema_overwrite_frequency": "average the weights with torch.optim.swa_utils.AveragedModel",
+    "loss_scale_factor": "scale the loss yourself, or use torch.amp.GradScaler",
+    "gradient_accumulation_steps": "accumulate gradients in the training loop and call step() "
+                                   "every k batches (Keras averages the k gradients)",
+    "name": "a torch optimizer has no name",
+}
+
+
+def as_keras_lr(lr: Any) -> float:
+    """The learning rate as Keras holds it: a float32 variable (0.05 → 0.05000000074505806)."""
+    return torch.tensor(float(lr), dtype=LEARNING_RATE_DTYPE).item()
+
+
+# ------------------------------------------------------------------------------------ checks
+def learning_rate(name: str, value: Any) -> None:
+    """Keras: ``learning_rate`` must be a float (``1`` is refused: write ``1.0``); optimlab: >= 0."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        raise ValueError(f"learning_rate must be a float, as Keras requires, got {value!r} "
+                         f"({type(value).__name__})")
+    check.non_negative("learning_rate", value)
+
+
+def keras_float_unit(name: str, value: Any) -> None:
+    """Keras's SGD: ``momentum`` must be a float in [0, 1] (an int is refused)."""
+    if isinstance(value, bool) or not isinstance(value, float) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1], as Keras requires, got {value!r}")
+
+
+def optional_non_negative(name: str, value: Any) -> None:
+    """``None`` (Keras: switched off) or a number >= 0."""
+    if value is not None:
+        check.non_negative(name, value)
+
+
+def optional_positive(name: str, value: Any) -> None:
+    """``None`` or a number > 0 (Keras silently ignores 0 and negative clip values)."""
+    if value is not None:
+        check.positive(name, value)
+
+
+def _reject_keras_only(init: Callable, cls_name: str) -> Callable:
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs):
+        for key in kwargs:
+            if key in _KERAS_ONLY:
+                raise UnknownArgumentError(f"{cls_name}() does not take Keras's {key}=: {_KERAS_ONLY[key]}")
+        init(self, *args, **kwargs)
+
+    return checked_init
+
+
+# ---------------------------------------------------------------------------------- clipping
+def clip_by_norm(grad: Tensor, clipnorm: float) -> Tensor:
+    """Keras's per-tensor ``clipnorm``: ``g·c / max(‖g‖, c)`` (a zero gradient stays zero)."""
+    l2sum = torch.sum(torch.square(grad))
+    l2norm = torch.where(l2sum > 0, torch.sqrt(torch.where(l2sum > 0, l2sum, torch.ones_like(l2sum))), l2sum)
+    return (grad * clipnorm) / torch.maximum(l2norm, torch.tensor(clipnorm, dtype=l2norm.dtype))
+
+
+def clip_by_global_norm(grads: list[Tensor], clipnorm: float) -> list[Tensor]:
+    """Keras's ``global_clipnorm``: every gradient times ``c·min(1/‖G‖, 1/c)``, with ‖G‖ the norm
+    of all of them together (a non-finite norm makes every gradient NaN, as in Keras)."""
+    dtype = functools.reduce(torch.promote_types, (g.dtype for g in grads))
+    norm = torch.sqrt(torch.sum(torch.stack([torch.sum(torch.square(g)).to(dtype) for g in grads])))
+    scale = clipnorm * torch.minimum(1.0 / norm, torch.tensor(1.0 / clipnorm, dtype=dtype))
+    scale = scale + (norm - norm)
+    return [g * scale.to(g.dtype) for g in grads]
+
+
+class KerasOptimizer(Optimizer):
+    """Base class of :mod:`optimlab.optim.keras`: Keras's ``apply`` order on torch param groups.
+
+    Subclasses declare ``hyper_checks`` and ``state_keys`` (Keras's slot names), and implement
+    ``_init_state`` and ``_update(group, params, grads, states, lr=..., step=...)``, which is
+    called once per (device, dtype) bucket with the float32-rounded learning rate and the
+    global step ``t``. The constructor keyword is ``learning_rate``; the group key is ``lr``
+    (so torch's LR schedulers drive it), and a group dict may use either name.
+    """
+
+    keyword_aliases: ClassVar[dict[str, str]] = {
+        "lr": "learning_rate", "eps": "epsilon", "betas": "beta_1 and beta_2", "alpha": "rho",
+        "beta1": "beta_1", "beta2": "beta_2", "nesterov_momentum": "nesterov",
+        "clip_norm": "clipnorm", "clip_value": "clipvalue", "max_norm": "clipnorm or global_clipnorm",
+        "global_clip_norm": "global_clipnorm", "initial_accumulator": "initial_accumulator_value",
+        "decoupled_weight_decay": "weight_decay (always decoupled in Keras)",
+    }
+    _common_checks: ClassVar[dict[str, Callable[[str, Any], None]]] = {
+        "lr": learning_rate, "weight_decay": optional_non_negative,
+    }
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _reject_keras_only(cls.__dict__["__init__"], cls.__name__)
+
+    def __init__(self, params: Any, defaults: dict[str, Any], *, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None,
+                 skip_nonfinite: bool = False):
+        name = type(self).__name__
+        clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+        for key, value in clip.items():
+            try:
+                optional_positive(key, value)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+        if sum(v is not None for v in clip.values()) > 1:
+            raise ValueError(f"{name}: only one of clipnorm, clipvalue and global_clipnorm can be set "
+                             f"(as in Keras), got clipnorm={clipnorm!r}, clipvalue={clipvalue!r}, "
+                             f"global_clipnorm={global_clipnorm!r}")
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+        self.iterations = 0  # Keras's optimizer.iterations: completed steps, shared by every parameter
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    # ------------------------------------------------------------------ learning rate
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate of every group (Keras's ``optimizer.learning_rate``); settable."""
+        rates = {float(g["lr"]) for g in self.param_groups}
+        if len(rates) != 1:
+            raise ValueError(f"the param groups have different learning rates {sorted(rates)}; "
+                             "read or write optimizer.param_groups[i]['lr']")
+        return rates.pop()
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        learning_rate("learning_rate", value)
+        for group in self.param_groups:
+            group["lr"] = value
+
+    # --------------------------------------------------------------- parameter groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As the base, and a group may say ``learning_rate`` for ``lr``; complex tensors are refused."""
+        if isinstance(param_group, dict) and "learning_rate" in param_group:
+            if "lr" in param_group:
+                raise ValueError(f"param group {len(self.param_groups)} gives both learning_rate and lr; "
+                                 "give one")
+            param_group = {("lr" if k == "learning_rate" else k): v for k, v in param_group.items()}
+        super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            if p.is_complex():
+                self.param_groups.pop()
+                raise ValueError(f"{type(self).__name__} takes real tensors only (Keras has no complex "
+                                 f"variables), got dtype {p.dtype}")
+
+    # ---------------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One Keras ``apply``: skip ``None`` grads, clip, decay, update, ``iterations += 1``.
+
+        A step in which no parameter has a gradient changes nothing (Keras raises "No
+        gradients provided for any variable" before counting it); neither does a step
+        skipped by ``skip_nonfinite``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        params = [p for _, ps in groups for p in ps]
+        if not params:
+            return loss
+        self._check_gradients(groups)
+        if self.skip_nonfinite and not _all_finite([p.grad for p in params]):
+            self.skipped_steps += 1
+            return loss
+        clipped = dict(zip(params, self._clip([p.grad for p in params])))
+        step = self.iterations + 1
+        for group, ps in groups:
+            if ps:
+                self._step_group(group, ps, [clipped[p] for p in ps], step)
+        self._finish_step()
+        self.iterations = step
+        return loss
+
+    def _check_gradients(self, groups) -> None:
+        for _, params in groups:
+            for p in params:
+                if p.grad.is_sparse:
+                    raise ValueError(f"{type(self).__name__} takes dense gradients only "
+                                     "(use nn.Embedding(sparse=False))")
+                if p.grad.shape != p.shape:
+                    raise ValueError(f"a gradient of shape {tuple(p.grad.shape)} was set on a parameter "
+                                     f"of shape {tuple(p.shape)}")
+
+    def _clip(self, grads: list[Tensor]) -> list[Tensor]:
+        if self.clipnorm is not None:
+            return [clip_by_norm(g, self.clipnorm) for g in grads]
+        if self.global_clipnorm is not None:
+            return clip_by_global_norm(grads, self.global_clipnorm)
+        if self.clipvalue is not None:
+            return [torch.clamp(g, -self.clipvalue, self.clipvalue) for g in grads]
+        return grads
+
+    def _finish_step(self) -> None:
+        """Optimizer-wide bookkeeping once per step, after every update (Nadam's momentum product)."""
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], step: int) -> None:
+        lr = as_keras_lr(group["lr"])
+        states = []
+        for p in params:
+            if not self.state[p]:
+                self.state[p].update(self._init_state(p, group))
+            states.append(self.state[p])
+        buckets: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            buckets.setdefault((p.device, p.dtype), []).append(i)
+        for indices in buckets.values():
+            ps, gs = [params[i] for i in indices], [grads[i] for i in indices]
+            if group["weight_decay"]:  # Keras's torch backend: θ *= 1 − λ·η, in float32 (None/0: off)
+                factor = 1 - group["weight_decay"] * torch.tensor(lr, dtype=LEARNING_RATE_DTYPE)
+                torch._foreach_mul_(ps, factor.item())
+            self._update(group, ps, gs, [states[i] for i in indices], lr=lr, step=step)
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Any]], *, lr: float, step: int) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------ state I/O
+    def _global_state(self) -> dict[str, Any]:
+        """Optimizer-wide state saved next to the per-parameter state."""
+        return {"iterations": self.iterations}
+
+    def _set_global_state(self, saved: dict[str, Any]) -> None:
+        self.iterations = saved["iterations"]
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["optimlab"].update(convention="keras", optimizer=f"keras.{type(self).__name__}",
+                              **self._global_state())
+        return sd
+
+    def _check_loadable(self, state_dict: dict[str, Any]) -> None:
+        name = f"keras.{type(self).__name__}"
+        extra = state_dict.get("optimlab", {})
+        if extra.get("convention") != "keras":
+            source = extra.get("optimizer")
+            where = f"optimlab's torch-convention {source}" if source else "a torch-convention optimizer"
+            raise ValueError(f"this state_dict was saved by {where}, not by a Keras-convention optimizer: "
+                             f"{name} keeps different state ({', '.join(sorted(self.state_keys))}) and one "
+                             "global step counter; refusing to load it")
+        iterations = extra.get("iterations")
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+            raise ValueError(f"the state's iteration counter must be an int >= 0, got {iterations!r}")
+        super()._check_loadable(state_dict)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by the same Keras-convention optimizer; fully checked first."""
+        super().load_state_dict(state_dict)
+        self._set_global_state(state_dict["optimlab"])
+
+    def __getstate__(self) -> dict[str, Any]:  # torch pickles only defaults/state/param_groups
+        state = super().__getstate__()
+        keep = ("iterations", "skip_nonfinite", "skipped_steps", *_CLIP_OPTIONS, *self._extra_attributes)
+        state.update({k: self.__dict__[k] for k in keep if k in self.__dict__})
+        return state
+
+    _extra_attributes: ClassVar[tuple[str, ...]] = ()
+
