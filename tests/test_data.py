@@ -50,7 +50,7 @@ def test_corrupt_cache_is_rebuilt(syn, damage):
         np.savez_compressed(path, **content)
     else:
         path.write_bytes(b"PK\x03\x04 not a zip")
-    with pytest.raises(data.DataError, match=r"cache .*: rejected, will be rebuilt"):
+    with pytest.raises(data.DataError, match=r"cache .*: rejected as corrupt, to be rebuilt"):
         load(spec, cache_dir=cache)  # nothing else to rebuild from
     ds = load(spec, cache_dir=cache, data_dir=idx_dir)
     assert_matches(ds, arrays)

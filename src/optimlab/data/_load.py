@@ -122,7 +122,7 @@ def _obtain(spec: DatasetSpec, data_dir: Path | None, cache_dir: Path, download:
             attempts.append((f"cache {path}", "not present"))
         except VerificationError as exc:
             log.warning("cache %s is corrupt (%s); rebuilding it", path, exc)
-            attempts.append((f"cache {path}", f"rejected, will be rebuilt: {exc}"))
+            attempts.append((f"cache {path}", f"rejected as corrupt, to be rebuilt from the next source: {exc}"))
     for label, src in _sources.sources_for(spec, data_dir, download):
         if isinstance(src, str):
             attempts.append((label, src))
