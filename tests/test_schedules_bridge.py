@@ -126,3 +126,37 @@ def test_resumed_run_continues_exactly(resume_at):
     assert resumed_lrs == straight_lrs
     assert torch.equal(resumed, straight)
     assert len({lr for lr, _ in straight_lrs}) > 40  # the schedule really moved
+
+
+def _sgd_classes():
+    import optimlab.optim
+    return {"torch": torch.optim.SGD, "optimlab": optimlab.optim.SGD}
+
+
+@pytest.mark.parametrize("library", ["torch", "optimlab"])
+def test_the_optimizer_uses_the_lr_the_bridge_wrote(library):
+    # Plain SGD: θ_{t+1} − θ_t = −η_t · g_t (up to rounding), so the update reveals the lr used.
+    param = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    optimizer = _sgd_classes()[library]([param], lr=123.0)
+    schedule = S.warmup_cosine(0.5, total_steps=30, warmup_steps=5, min_lr=0.01)
+    bridge = S.Scheduler(optimizer, schedule)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(40):
+        before = param.detach().clone()
+        param.grad = torch.randn(4, generator=gen, dtype=torch.float64)
+        optimizer.step()
+        torch.testing.assert_close(param.detach() - before, -schedule(t) * param.grad, rtol=1e-12, atol=1e-14)
+        bridge.step()
+
+
+def test_cycles_beta1_of_an_optimlab_adam():
+    import optimlab.optim
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = optimlab.optim.Adam([param], lr=1.0, betas=(0.9, 0.99))
+    schedule = S.OneCycle(max_lr=0.01, total_steps=20)
+    bridge = S.Scheduler(optimizer, schedule)
+    for t in range(20):
+        assert optimizer.param_groups[0]["betas"] == (schedule.momentum(t), 0.99)
+        param.grad = torch.ones(2)
+        optimizer.step()
+        bridge.step()
