@@ -82,7 +82,7 @@ def test_cli_command_writes_png(tmp_path, capsys):
     assert str(out) in capsys.readouterr().out
 
     assert main(["schedule", "cosine(base_lr=0.1, period=0)", "-o", str(tmp_path / "bad.png")]) == 2
-    assert "period=0" in capsys.readouterr().out
+    assert "period=0" in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
 
     assert main(["schedule", "--list"]) == 0

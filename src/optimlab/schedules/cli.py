@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import sys
 
 from optimlab import schedules as S
 
@@ -36,6 +37,11 @@ FACTORIES = {
 }
 
 
+def _signature(name: str) -> str:
+    signature = inspect.signature(FACTORIES[name]).replace(return_annotation=inspect.Signature.empty)
+    return f"{name}{signature}".replace("'", "")
+
+
 def _evaluate(node: ast.AST):
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         if node.func.id not in FACTORIES:
@@ -45,7 +51,7 @@ def _evaluate(node: ast.AST):
         try:
             return FACTORIES[node.func.id](*args, **kwargs)
         except TypeError as error:  # wrong argument names: say which signature applies
-            raise ValueError(f"{node.func.id}{inspect.signature(FACTORIES[node.func.id])}: {error}") from None
+            raise ValueError(f"{_signature(node.func.id)}: {error}") from None
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_evaluate(e) for e in node.elts]
     try:
@@ -79,14 +85,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.list or not args.schedules:
-        for name, factory in FACTORIES.items():
-            print(f"{name}{inspect.signature(factory)}")
+        for name in FACTORIES:
+            print(_signature(name))
         return 0
     try:
         named = {text: parse_schedule(text) for text in args.schedules}
         S.plot(named, args.out, steps=args.steps, title=args.title, log_lr=args.log)
     except ValueError as error:
-        print(f"optimlab schedule: error: {error}")
+        print(f"optimlab schedule: error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")
     return 0
