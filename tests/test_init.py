@@ -60,7 +60,7 @@ def test_samples_are_torch_nn_init_draws(scheme, torch_call):
     torch.testing.assert_close(layer.weight.detach(), reference, rtol=1e-6, atol=0)
 
 
-def activation_scales(scheme, *, std=None, depth=30, width=256, batch=512):
+def activation_scales(scheme, *, std=None, depth=30, width=256, batch=128):
     """RMS of the post-ReLU activations of each layer of a deep MLP, relative to the input's."""
     torch.manual_seed(0)
     layers = [nn.Linear(width, width, dtype=torch.float64) for _ in range(depth)]
