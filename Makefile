@@ -21,6 +21,7 @@ demo: $(VENV)/.installed
 	$(PY) -m optimlab demo
 
 test: $(VENV)/.installed-test
+	@.ci/system-packages || echo "note: could not install chromium/postgresql; the tests that need them will be skipped"
 	KERAS_BACKEND=torch $(PY) -m pytest -q
 
 bench: $(VENV)/.installed

@@ -9,8 +9,17 @@ from optimlab.optim._registry import available, create, get, register
 from optimlab.optim.adam import Adam, Adamax, AdamW, NAdam, Nadam
 from optimlab.optim.adaptive import Adadelta, Adagrad, RMSprop
 from optimlab.optim.sgd import NAG, SGD, Momentum
+from optimlab.optim.adafactor import Adafactor
+from optimlab.optim.lion import Lion
+from optimlab.optim.lookahead import Lookahead
+from optimlab.optim.muon import Muon, MuonWithAuxAdamW, muon_param_groups
+from optimlab.optim.radam import RAdam
+from optimlab.optim.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
+from optimlab.optim.trust import LAMB, LARS
 
 __all__ = [
     "Optimizer", "UnknownArgumentError", "available", "create", "get", "register",
     "SGD", "Momentum", "NAG", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "Nadam",
+    "RAdam", "Lion", "LAMB", "LARS", "Lookahead", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Muon",
+    "MuonWithAuxAdamW", "muon_param_groups", "Adafactor",
 ]

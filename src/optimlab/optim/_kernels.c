@@ -293,13 +293,13 @@ OL_INLINE void TN(rmsprop_body)(T *restrict p, const T *restrict g, T *restrict 
         T pj = p[j];
         T gj = TN(eff_grad)(g[j], pj, sgn, wd, flags);
         T vj = v[j] * alpha;
-        vj = vj + c * gj * gj;
+        vj = FMA(c * gj, gj, vj); /* torch's addcmul: fma(value·t1, t2, self) */
         v[j] = vj;
         T avg;
         if (flags & F_CENTERED) {
             T gaj = TN(lerp)(ga[j], gj, wc, small);
             ga[j] = gaj;
-            avg = SQRT(vj + m1 * gaj * gaj);
+            avg = SQRT(FMA(m1 * gaj, gaj, vj));
         } else {
             avg = SQRT(vj);
         }
@@ -324,7 +324,7 @@ OL_INLINE void TN(adadelta_body)(T *restrict p, const T *restrict g, T *restrict
         T pj = p[j];
         T gj = TN(eff_grad)(g[j], pj, sgn, wd, flags);
         T vj = v[j] * rho;
-        vj = vj + c * gj * gj;
+        vj = FMA(c * gj, gj, vj); /* torch's addcmul: fma(value·t1, t2, self) */
         v[j] = vj;
         T std = SQRT(vj + eps);
         T uj = u[j];
@@ -332,7 +332,7 @@ OL_INLINE void TN(adadelta_body)(T *restrict p, const T *restrict g, T *restrict
         d = d / std;
         d = d * gj;
         uj = uj * rho;
-        u[j] = uj + c * d * d;
+        u[j] = FMA(c * d, d, uj);
         p[j] = FMA(d, nlr, pj);
     }
 }
@@ -374,7 +374,7 @@ OL_INLINE void TN(nadam_body)(T *restrict p, const T *restrict g, T *restrict m,
         T mj = TN(lerp)(m[j], gj, wc, small);
         m[j] = mj;
         T vj = v[j] * beta2;
-        vj = vj + c * gj * gj;
+        vj = FMA(c * gj, gj, vj); /* torch's addcmul: fma(value·t1, t2, self) */
         v[j] = vj;
         T den = SQRT(vj / bc2) + eps;
         pj = pj + gcoef * gj / den;

@@ -21,10 +21,22 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "adamw": "optimlab.optim.adam:AdamW",
         "adamax": "optimlab.optim.adam:Adamax",
         "nadam": "optimlab.optim.adam:NAdam",
+        "radam": "optimlab.optim.radam:RAdam",
+        "lion": "optimlab.optim.lion:Lion",
+        "lamb": "optimlab.optim.trust:LAMB",
+        "lars": "optimlab.optim.trust:LARS",
+        "adafactor": "optimlab.optim.adafactor:Adafactor",
+        "muon": "optimlab.optim.muon:Muon",
+        "muon_adamw": "optimlab.optim.muon:MuonWithAuxAdamW",
+        "schedulefree_adamw": "optimlab.optim.schedule_free:ScheduleFreeAdamW",
+        "schedulefree_sgd": "optimlab.optim.schedule_free:ScheduleFreeSGD",
+        "lookahead": "optimlab.optim.lookahead:lookahead",
     },
     "keras": {},
 }
-_ALIASES = {"nesterov": "nag", "sgd_momentum": "momentum", "sgd-momentum": "momentum"}
+_ALIASES = {"nesterov": "nag", "sgd_momentum": "momentum", "sgd-momentum": "momentum",
+            "muon-adamw": "muon_adamw", "schedulefree-adamw": "schedulefree_adamw",
+            "schedulefree-sgd": "schedulefree_sgd"}
 
 
 def register(name: str, target: str, convention: str = "torch") -> None:

@@ -90,9 +90,9 @@ def keras_sgd(params: Tensors, grads: Tensors, velocities: Tensors, *, lr: float
         return
     torch._foreach_mul_(velocities, momentum)
     torch._foreach_add_(velocities, grads, alpha=-lr)
-    if nesterov:
-        torch._foreach_add_(params, velocities, alpha=momentum)
+    if nesterov:  # in the order of Keras's torch backend
         torch._foreach_add_(params, grads, alpha=-lr)
+        torch._foreach_add_(params, velocities, alpha=momentum)
     else:
         torch._foreach_add_(params, velocities)
 
@@ -144,9 +144,11 @@ def rmsprop(params: Tensors, grads: Tensors, square_avgs: Tensors, grad_avgs: Te
     torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
     if centered:
         torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
-        avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
-        if eps_inside_sqrt:
-            torch._foreach_add_(avg, eps)
+        if eps_inside_sqrt:  # (v + ε) − ḡ², in the order of Keras's torch backend (v − ḡ² may cancel)
+            avg = torch._foreach_add(square_avgs, eps)
+            torch._foreach_addcmul_(avg, grad_avgs, grad_avgs, value=-1)
+        else:
+            avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
         torch._foreach_sqrt_(avg)
     elif eps_inside_sqrt:
         avg = torch._foreach_add(square_avgs, eps)

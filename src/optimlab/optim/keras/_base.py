@@ -29,7 +29,8 @@ from torch import Tensor
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer, UnknownArgumentError, _all_finite
 
-LEARNING_RATE_DTYPE = torch.float32  # Keras's floatx: the dtype of its learning-rate variable
+FLOATX = torch.float32  # Keras's default floatx
+LEARNING_RATE_DTYPE = FLOATX  # Keras keeps its learning rate in a floatx variable
 _CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
 
 # Keras constructor arguments with no place in a torch optimizer: what to do instead.
@@ -91,18 +92,24 @@ def _reject_keras_only(init: Callable, cls_name: str) -> Callable:
 
 # ---------------------------------------------------------------------------------- clipping
 def clip_by_norm(grad: Tensor, clipnorm: float) -> Tensor:
-    """Keras's per-tensor ``clipnorm``: ``g·c / max(‖g‖, c)`` (a zero gradient stays zero)."""
+    """Keras's per-tensor ``clipnorm``: ``g·c / max(‖g‖, c)`` (a zero gradient stays zero).
+
+    As in Keras, ``max(‖g‖, c)`` is rounded to float32 (Keras's ``ops.maximum`` of a tensor
+    and a Python float returns floatx), which matters for float64 gradients only.
+    """
     l2sum = torch.sum(torch.square(grad))
     l2norm = torch.where(l2sum > 0, torch.sqrt(torch.where(l2sum > 0, l2sum, torch.ones_like(l2sum))), l2sum)
-    return (grad * clipnorm) / torch.maximum(l2norm, torch.tensor(clipnorm, dtype=l2norm.dtype))
+    divisor = torch.maximum(l2norm, torch.tensor(clipnorm, dtype=l2norm.dtype)).to(FLOATX)
+    return ((grad * clipnorm) / divisor).to(grad.dtype)
 
 
 def clip_by_global_norm(grads: list[Tensor], clipnorm: float) -> list[Tensor]:
     """Keras's ``global_clipnorm``: every gradient times ``c·min(1/‖G‖, 1/c)``, with ‖G‖ the norm
-    of all of them together (a non-finite norm makes every gradient NaN, as in Keras)."""
+    of all of them together; the factor is float32, as in Keras, and a non-finite norm makes
+    every gradient NaN, as in Keras."""
     dtype = functools.reduce(torch.promote_types, (g.dtype for g in grads))
     norm = torch.sqrt(torch.sum(torch.stack([torch.sum(torch.square(g)).to(dtype) for g in grads])))
-    scale = clipnorm * torch.minimum(1.0 / norm, torch.tensor(1.0 / clipnorm, dtype=dtype))
+    scale = clipnorm * torch.minimum(1.0 / norm, torch.tensor(1.0 / clipnorm, dtype=dtype)).to(FLOATX)
     scale = scale + (norm - norm)
     return [g * scale.to(g.dtype) for g in grads]
 
@@ -227,8 +234,9 @@ class KerasOptimizer(Optimizer):
             return [clip_by_norm(g, self.clipnorm) for g in grads]
         if self.global_clipnorm is not None:
             return clip_by_global_norm(grads, self.global_clipnorm)
-        if self.clipvalue is not None:
-            return [torch.clamp(g, -self.clipvalue, self.clipvalue) for g in grads]
+        if self.clipvalue is not None:  # Keras's bounds are float32 tensors, even for float64 gradients
+            bound = torch.tensor(self.clipvalue, dtype=FLOATX)
+            return [torch.clamp(g, -bound, bound) for g in grads]
         return grads
 
     def _finish_step(self) -> None:
