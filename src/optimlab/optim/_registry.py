@@ -30,7 +30,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "muon_adamw": "optimlab.optim.muon:MuonWithAuxAdamW",
         "schedulefree_adamw": "optimlab.optim.schedule_free:ScheduleFreeAdamW",
         "schedulefree_sgd": "optimlab.optim.schedule_free:ScheduleFreeSGD",
-        "lookahead": "optimlab.optim.lookahead:lookahead",
+        "lookahead": "optimlab.optim.lookahead:LookaheadByName",
     },
     "keras": {},
 }

@@ -1,0 +1,53 @@
+"""Lion: the sign of an interpolated momentum (Chen et al. 2023)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optimlab.optim import _rules, _rules_modern
+from optimlab.optim import _validation as check
+from optimlab.optim._base import Optimizer
+from optimlab.optim._modern import RealOnly
+
+
+class Lion(RealOnly, Optimizer):
+    r"""Lion, "EvoLved Sign Momentum" (Chen et al. 2023, "Symbolic Discovery of Optimization
+    Algorithms", Algorithm 2); the maths of the ``lion-pytorch`` package.
+
+    With ``g`` the gradient (negated if ``maximize``)::
+
+        θ ← θ·(1 − γλ)                            (decoupled weight decay, with θ_{t−1})
+        c_t = β1·m_{t−1} + (1 − β1)·g_t           (β1 only forms the sign)
+        θ_t = θ − γ·sign(c_t)                     (sign(0) = 0)
+        m_t = β2·m_{t−1} + (1 − β2)·g_t           (the stored momentum uses β2)
+
+    Every coordinate moves by exactly ±γ, so the update's norm is larger than Adam's: the
+    paper uses a learning rate 3–10× smaller than AdamW's and a weight decay 3–10× larger
+    (the product γλ, the effective decay, stays the same). One state tensor (Adam: two).
+
+    When to choose it: as a lower-memory alternative to AdamW for large models and large
+    batches (the paper's image/language models); it is less robust to small batches.
+    """
+
+    hyper_checks = {"betas": check.betas}
+    state_keys = frozenset({"exp_avg"})
+
+    def __init__(self, params: Any, lr: float | Tensor = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
+                 skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def _update(self, group, params, grads, states) -> None:
+        beta1, beta2 = group["betas"]
+        lr = float(group["lr"])
+        grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
+        _rules.decoupled_decay(params, lr=lr, weight_decay=group["weight_decay"])
+        _rules_modern.lion(params, grads, [s["exp_avg"] for s in states], lr=lr,
+                           beta1=float(beta1), beta2=float(beta2))

@@ -1,0 +1,65 @@
+"""RAdam: Adam with its early, high-variance steps rectified (torch's conventions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optimlab.optim import _rules, _rules_modern
+from optimlab.optim import _validation as check
+from optimlab.optim._base import Optimizer
+
+
+class RAdam(Optimizer):
+    r"""RAdam (Liu et al. 2020, "On the Variance of the Adaptive Learning Rate and Beyond"),
+    a twin of ``torch.optim.RAdam``.
+
+    With ``g`` the gradient (negated if ``maximize``); L2 decay ``g += λθ``, or with
+    ``decoupled_weight_decay`` ``θ ← θ(1 − γλ)``::
+
+        m_t = lerp(m_{t−1}, g_t, 1 − β1),   v_t = β2·v_{t−1} + (1 − β2)·g_t²
+        ρ∞ = 2/(1 − β2) − 1,   ρ_t = ρ∞ − 2t·β2ᵗ/(1 − β2ᵗ)
+        ρ_t > 5:  r_t = √((ρ_t − 4)(ρ_t − 2)ρ∞ / ((ρ∞ − 4)(ρ∞ − 2)ρ_t))
+                  θ_t = θ_{t−1} − γ·r_t·√(1 − β2ᵗ)/(1 − β1ᵗ) · m_t/(√v_t + ε)
+        else:     θ_t = θ_{t−1} − γ/(1 − β1ᵗ) · m_t         (bias-corrected momentum SGD)
+
+    With β2 = 0.999 the first 5 steps are momentum-SGD steps; the adaptive rate is switched
+    in gradually as the variance of ``v`` becomes trustworthy.
+
+    When to choose it: where Adam needs a learning-rate warm-up to be stable (transformers,
+    large learning rates); RAdam is that warm-up derived from the variance of ``v`` rather
+    than tuned. Otherwise it behaves like Adam.
+    """
+
+    hyper_checks = {"betas": check.betas, "eps": check.positive, "decoupled_weight_decay": check.boolean}
+    state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
+
+    def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                        foreach=foreach, capturable=capturable, decoupled_weight_decay=decoupled_weight_decay,
+                        differentiable=differentiable)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"step": self._new_step(),
+                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def _update(self, group, params, grads, states) -> None:
+        steps = self._advance(states)
+        beta1, beta2 = group["betas"]
+        lr, wd = float(group["lr"]), group["weight_decay"]
+        params, grads = self._real(params), self._real(grads)
+        if group["decoupled_weight_decay"]:
+            grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
+            _rules.decoupled_decay(params, lr=lr, weight_decay=wd)
+        else:
+            grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=wd)
+        _rules_modern.radam(params, grads, self._real([s["exp_avg"] for s in states]),
+                            self._real([s["exp_avg_sq"] for s in states]), steps,
+                            lr=lr, beta1=float(beta1), beta2=float(beta2), eps=group["eps"])

@@ -1,0 +1,190 @@
+"""Schedule-Free optimizers (Defazio et al. 2024): no learning-rate schedule, an average instead."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from optimlab.optim import _rules, _rules_modern
+from optimlab.optim import _validation as check
+from optimlab.optim._base import Optimizer
+from optimlab.optim._modern import RealOnly
+
+
+def _non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _open_unit_interval(name: str, value: Any) -> None:
+    v = check._as_float(name, value)
+    if not 0.0 < v < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+
+
+def _betas_open(name: str, value: Any) -> None:
+    check.betas(name, value)
+    if value[0] == 0:
+        raise ValueError(f"{name}[0] must be > 0 (x is recovered as (y − (1 − β1)z)/β1), got {name}={value!r}")
+
+
+# the schedulefree package's per-group bookkeeping (so state_dicts interchange with it)
+_COUNTERS = {"k": _non_negative_int, "train_mode": check.boolean, "weight_sum": check.non_negative,
+             "lr_max": check.anything, "scheduled_lr": check.anything}
+_COMMON = {"warmup_steps": _non_negative_int, "r": check.non_negative, "weight_lr_power": check.non_negative,
+           **_COUNTERS}
+
+
+class _ScheduleFree(RealOnly, Optimizer):
+    """The train/eval switch and the per-group averaging weights shared by both optimizers."""
+
+    def _counters(self) -> dict[str, Any]:
+        return dict(k=0, train_mode=True, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
+
+    def _beta1(self, group: dict[str, Any]) -> float:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Put the averaged weights x in the parameters (for evaluation and checkpoints)."""
+        for group in self.param_groups:
+            if group["train_mode"]:
+                beta1 = self._beta1(group)
+                for p in group["params"]:
+                    if "z" in self.state[p]:
+                        p.lerp_(self.state[p]["z"], 1 - 1 / beta1)  # x = (y − (1 − β1)z)/β1
+                group["train_mode"] = False
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Put the gradient point y = (1 − β1)z + β1x back in the parameters."""
+        for group in self.param_groups:
+            if not group["train_mode"]:
+                beta1 = self._beta1(group)
+                for p in group["params"]:
+                    if "z" in self.state[p]:
+                        p.lerp_(self.state[p]["z"], 1 - beta1)
+                group["train_mode"] = True
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if not all(g["train_mode"] for g in self.param_groups):
+            raise RuntimeError(f"{type(self).__name__}.step() called in eval mode: the parameters hold the "
+                               "averaged weights x; call optimizer.train() before training steps "
+                               "(and optimizer.eval() before evaluating or saving)")
+        self._stepped: set[int] = set()
+        skipped = self.skipped_steps
+        loss = super().step(closure)
+        if self.skipped_steps == skipped:
+            for group in self.param_groups:
+                if id(group) not in self._stepped:  # no gradient in this group: its clock still runs
+                    self._advance_group(group)
+        return loss
+
+    def _advance_group(self, group: dict[str, Any]) -> tuple[float, float]:
+        return _rules_modern.schedule_free_weight(group, group["warmup_steps"], group["r"], group["weight_lr_power"])
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        self._stepped.add(id(group))
+        self._now = self._advance_group(group)
+        super()._step_group(group, params)
+
+
+class ScheduleFreeAdamW(_ScheduleFree):
+    r"""Schedule-Free AdamW (Defazio et al. 2024, "The Road Less Scheduled"); the maths of
+    the ``schedulefree`` package's ``AdamWScheduleFree`` (and of its reference class).
+
+    Three sequences: z (the base AdamW iterate, state "z"), x (its weighted average, used
+    for evaluation) and y = (1 − β1)·z + β1·x (where gradients are taken; the parameters
+    in train mode). Each step, with ``g`` the gradient at y (negated if ``maximize``)::
+
+        γ_t = γ·min(1, t/warmup_steps),   w_t = t^r·(max_{s≤t} γ_s)^p,   c_t = w_t / Σ_{s≤t} w_s
+        v_t = β2·v_{t−1} + (1 − β2)·g²                            ("exp_avg_sq")
+        z_t = z_{t−1} − γ_t·(g/(√(v_t/(1 − β2ᵗ)) + ε) + λ·y)       (decay_at_z: λ·z)
+        x_t = (1 − c_t)·x_{t−1} + c_t·z_t
+        y_t = (1 − β1)·z_t + β1·x_t
+
+    x is not stored: y is updated directly and :meth:`eval` computes x from y and z (two
+    state tensors, as AdamW). β1 is the interpolation, not an EMA of gradients.
+
+    **Call** ``optimizer.eval()`` before evaluating or saving the model and
+    ``optimizer.train()`` before the next training step (a step in eval mode raises).
+    Networks with BatchNorm need their running statistics recomputed at x. Unlike the
+    package, a new optimizer starts in train mode. The step counter and averaging weights
+    live in each param group (the package's keys ``k``, ``weight_sum``, ``lr_max``).
+
+    When to choose it: when the training length is not known in advance or you do not
+    want to tune a schedule; it matches or beats cosine/linear-decay AdamW without one
+    (winner of the 2024 AlgoPerf self-tuning track). Warm-up is still advised.
+    """
+
+    hyper_checks = {"betas": _betas_open, "eps": check.positive, "decay_at_z": check.boolean, **_COMMON}
+    state_keys = frozenset({"z", "exp_avg_sq"})
+
+    def __init__(self, params: Any, lr: float | Tensor = 0.0025, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, warmup_steps: int = 0, r: float = 0.0,
+                 weight_lr_power: float = 2.0, decay_at_z: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
+                        weight_lr_power=weight_lr_power, decay_at_z=decay_at_z, maximize=maximize,
+                        foreach=foreach, **self._counters())
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _beta1(self, group):
+        return group["betas"][0]
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"z": torch.clone(param, memory_format=torch.preserve_format).detach(),
+                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def _update(self, group, params, grads, states) -> None:
+        lr, ckp1 = self._now
+        beta1, beta2 = group["betas"]
+        zs = [s["z"] for s in states]
+        grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
+        directions = _rules_modern.schedule_free_adam_direction(
+            params, zs, grads, [s["exp_avg_sq"] for s in states], group["k"], beta2=float(beta2),
+            eps=group["eps"], weight_decay=group["weight_decay"], decay_at_z=group["decay_at_z"])
+        _rules_modern.schedule_free_step(params, zs, directions, lr=lr, ckp1=ckp1, beta1=float(beta1))
+
+
+class ScheduleFreeSGD(_ScheduleFree):
+    r"""Schedule-Free SGD (Defazio et al. 2024, "The Road Less Scheduled"); the maths of the
+    ``schedulefree`` package's ``SGDScheduleFree`` (and of its reference class).
+
+    As :class:`ScheduleFreeAdamW` with a plain gradient step for z and ``momentum`` = β1::
+
+        z_t = z_{t−1} − γ_t·(g + λ·y),   x_t = (1 − c_t)·x_{t−1} + c_t·z_t,   y_t = (1 − β)·z_t + β·x_t
+
+    One state tensor (z). Call ``optimizer.eval()`` / ``optimizer.train()`` around
+    evaluation, as for :class:`ScheduleFreeAdamW`.
+
+    When to choose it: where you would use SGD with momentum and a tuned step/cosine
+    schedule (vision models), but want no schedule and a good model at any stopping time.
+    The default γ = 1.0 is the package's; SGD-scale problems usually want 0.1–10.
+    """
+
+    hyper_checks = {"momentum": _open_unit_interval, **_COMMON}
+    state_keys = frozenset({"z"})
+
+    def __init__(self, params: Any, lr: float | Tensor = 1.0, momentum: float = 0.9, weight_decay: float = 0,
+                 warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0, *, maximize: bool = False,
+                 foreach: bool | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
+                        weight_lr_power=weight_lr_power, maximize=maximize, foreach=foreach, **self._counters())
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _beta1(self, group):
+        return group["momentum"]
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"z": torch.clone(param, memory_format=torch.preserve_format).detach()}
+
+    def _update(self, group, params, grads, states) -> None:
+        lr, ckp1 = self._now
+        zs = [s["z"] for s in states]
+        directions = _rules.effective_grads(params, grads, maximize=group["maximize"],
+                                            weight_decay=group["weight_decay"])
+        _rules_modern.schedule_free_step(params, zs, directions, lr=lr, ckp1=ckp1, beta1=group["momentum"])

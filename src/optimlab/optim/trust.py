@@ -1,0 +1,101 @@
+"""Layer-wise trust ratios for large batches: LAMB and LARS (You et al.)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optimlab.optim import _rules, _rules_modern
+from optimlab.optim import _validation as check
+from optimlab.optim._base import Optimizer
+from optimlab.optim._modern import RealOnly
+
+
+class LAMB(RealOnly, Optimizer):
+    r"""LAMB (You et al. 2020, "Large Batch Optimization for Deep Learning: Training BERT in
+    76 minutes", Algorithm 2): Adam's direction, rescaled per tensor ("layer") so that its
+    step is proportional to the tensor's norm.
+
+    With ``g`` the gradient (negated if ``maximize``), per tensor::
+
+        m_t = lerp(m_{t−1}, g_t, 1 − β1),   v_t = β2·v_{t−1} + (1 − β2)·g_t²
+        r_t = m̂_t / (√v̂_t + ε) + λ·θ_{t−1}      (m̂ = m/(1 − β1ᵗ), v̂ = v/(1 − β2ᵗ))
+        θ_t = θ_{t−1} − γ · ‖θ_{t−1}‖/‖r_t‖ · r_t       (ratio 1 when either norm is 0)
+
+    The weight decay sits inside the trust ratio (the paper's form). ``bias_correction=False``
+    drops m̂/v̂ (the paper's first versions). The paper's scaling function φ(‖θ‖) is the
+    identity here (its analysis only bounds φ; some implementations clip ‖θ‖, e.g. at 10).
+
+    When to choose it: very large batches (thousands to tens of thousands) for Adam-type
+    models, BERT pre-training being the paper's case; at ordinary batch sizes it brings
+    little over AdamW. Put biases and norm gains in a group with ``weight_decay=0``.
+    """
+
+    hyper_checks = {"betas": check.betas, "eps": check.positive, "bias_correction": check.boolean}
+    state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
+
+    def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, bias_correction: bool = True, *,
+                 maximize: bool = False, foreach: bool | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
+                        maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"step": self._new_step(),
+                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def _update(self, group, params, grads, states) -> None:
+        steps = self._advance(states)
+        beta1, beta2 = group["betas"]
+        grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
+        _rules_modern.lamb(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                           steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
+                           weight_decay=group["weight_decay"], bias_correction=group["bias_correction"])
+
+
+class LARS(RealOnly, Optimizer):
+    r"""LARS (You, Gitman & Ginsburg 2017, "Large Batch Training of Convolutional Networks",
+    Algorithm 1 with the trust coefficient of eq. 6): momentum SGD with a local learning
+    rate per tensor ("layer").
+
+    With ``g`` the gradient (negated if ``maximize``), per tensor::
+
+        λ = η·‖θ‖ / (‖g‖ + β·‖θ‖)                 (λ = 1 when ‖θ‖ or the denominator is 0)
+        v_t = μ·v_{t−1} + γ·λ·(g + β·θ)           (β: weight_decay, η: trust_coefficient)
+        θ_t = θ_{t−1} − v_t
+
+    As in the paper the learning rate γ enters the velocity ("momentum_buffer"), so a
+    schedule does not rescale past steps (torch-style SGD: θ ← θ − γ·b). The two forms are
+    identical under a constant γ. ``exclude_1d=True`` gives tensors of at most one
+    dimension (biases, norm gains) plain momentum steps ``v ← μv + γg``, without weight
+    decay or ratio (the common practice, and pytorch-optimizer's LARS).
+
+    When to choose it: large-batch training of convolutional networks with momentum SGD
+    (ImageNet in minutes, SimCLR/BYOL pre-training), with a warm-up and polynomial decay
+    of γ. γ is a global rate: typical values are O(1) with η = 0.001.
+    """
+
+    hyper_checks = {"momentum": check.unit_interval, "trust_coefficient": check.positive,
+                    "exclude_1d": check.boolean}
+    state_keys = frozenset({"momentum_buffer"})
+
+    def __init__(self, params: Any, lr: float | Tensor, momentum: float = 0.9, weight_decay: float = 0.0,
+                 trust_coefficient: float = 1e-3, *, exclude_1d: bool = False, maximize: bool = False,
+                 foreach: bool | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
+                        exclude_1d=exclude_1d, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+    def _update(self, group, params, grads, states) -> None:
+        grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
+        _rules_modern.lars(params, grads, [s["momentum_buffer"] for s in states], lr=float(group["lr"]),
+                           momentum=group["momentum"], weight_decay=group["weight_decay"],
+                           trust_coefficient=group["trust_coefficient"],
+                           adapt=[not (group["exclude_1d"] and p.dim() <= 1) for p in params])
