@@ -96,7 +96,7 @@ def test_sparse_gradients_rejected_where_unsupported_before_any_change():
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(ValueError, match="Did you mean 'adam'.*Known: adadelta, adagrad"):
+    with pytest.raises(ValueError, match="Did you mean 'adam'.*Known: adadelta, adafactor, adagrad, adam, adamax"):
         oo.create("adamm", [p(2)])
     assert {"sgd", "momentum", "nag", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "adamax",
             "nadam"} <= set(oo.available())
