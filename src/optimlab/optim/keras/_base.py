@@ -53,7 +53,7 @@ def as_keras_lr(lr: Any) -> float:
 
 
 # ------------------------------------------------------------------------------------ checks
-def learning_rate(name: str, value: Any) -> None:
+def check_learning_rate(name: str, value: Any) -> None:
     """Keras: ``learning_rate`` must be a float (``1`` is refused: write ``1.0``); optimlab: >= 0."""
     if isinstance(value, bool) or not isinstance(value, float):
         raise ValueError(f"learning_rate must be a float, as Keras requires, got {value!r} "
@@ -61,7 +61,7 @@ def learning_rate(name: str, value: Any) -> None:
     check.non_negative("learning_rate", value)
 
 
-def keras_float_unit(name: str, value: Any) -> None:
+def check_keras_momentum(name: str, value: Any) -> None:
     """Keras's SGD: ``momentum`` must be a float in [0, 1] (an int is refused)."""
     if isinstance(value, bool) or not isinstance(value, float) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a float in [0, 1], as Keras requires, got {value!r}")
@@ -132,7 +132,7 @@ class KerasOptimizer(Optimizer):
         "decoupled_weight_decay": "weight_decay (always decoupled in Keras)",
     }
     _common_checks: ClassVar[dict[str, Callable[[str, Any], None]]] = {
-        "lr": learning_rate, "weight_decay": optional_non_negative,
+        "lr": check_learning_rate, "weight_decay": optional_non_negative,
     }
 
     def __init_subclass__(cls, **kwargs):
@@ -170,7 +170,7 @@ class KerasOptimizer(Optimizer):
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
-        learning_rate("learning_rate", value)
+        check_learning_rate("learning_rate", value)
         for group in self.param_groups:
             group["lr"] = value
 

@@ -1,0 +1,186 @@
+"""Keras's Adam family: Adam (AMSGrad), AdamW, Adamax, Nadam."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optimlab.optim import _rules
+from optimlab.optim import _validation as check
+from optimlab.optim.keras._base import KerasOptimizer, check_learning_rate, optional_non_negative
+
+
+def _zeros(param: Tensor) -> Tensor:
+    return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+_ADAM_CHECKS = {"lr": check_learning_rate, "beta_1": check.unit_interval, "beta_2": check.unit_interval,
+                "epsilon": check.non_negative, "weight_decay": optional_non_negative}
+
+
+class Adam(KerasOptimizer):
+    r"""``keras.optimizers.Adam`` on torch parameters: Keras 3's names, defaults and maths.
+
+    With ``g`` the (clipped) gradient, η the learning rate (float32) and ``t`` the global step::
+
+        θ ← θ·(1 − λ·η)                      (only if weight_decay is set: decoupled, as AdamW)
+        m ← β1·m + (1 − β1)·g;   v ← β2·v + (1 − β2)·g²       (states "momentum", "velocity")
+        amsgrad: v̂ ← max(v̂, v), used for v                     (state "velocity_hat")
+        θ ← θ − η·√(1 − β2ᵗ)/(1 − β1ᵗ) · m / (√v + ε̂)          (ε̂ = 1e-7)
+
+    ε̂ is added to the *uncorrected* √v (the paper's "efficient" form), which is torch's
+    Adam with a step-dependent ε = ε̂/√(1 − β2ᵗ): 3.2e-6 at t = 1, 3.2e-7 at t = 100.
+    The β-powers are evaluated in the parameter's dtype, as Keras does.
+    """
+
+    hyper_checks = {**_ADAM_CHECKS, "amsgrad": check.boolean}
+    state_keys = frozenset({"momentum", "velocity", "velocity_hat"})
+
+    def __init__(self, params: Any, learning_rate: float = 0.001, *, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, amsgrad: bool = False, weight_decay: float | None = None,
+                 clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad,
+                        weight_decay=weight_decay)
+        super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state = {"momentum": _zeros(param), "velocity": _zeros(param)}
+        if group["amsgrad"]:
+            state["velocity_hat"] = _zeros(param)
+        return state
+
+    def _update(self, group, params, grads, states, *, lr, step) -> None:
+        amsgrad = group["amsgrad"]
+        if amsgrad:  # a group may switch it on mid-run
+            for p, s in zip(params, states):
+                if "velocity_hat" not in s:
+                    s["velocity_hat"] = _zeros(p)
+        _rules.adam(params, grads, [s["momentum"] for s in states], [s["velocity"] for s in states],
+                    [s["velocity_hat"] for s in states] if amsgrad else [], [step] * len(params), lr=lr,
+                    beta1=float(group["beta_1"]), beta2=float(group["beta_2"]), eps=float(group["epsilon"]),
+                    amsgrad=amsgrad, eps_before_bias_correction=True, powers_dtype=params[0].dtype)
+
+
+class AdamW(Adam):
+    r"""``keras.optimizers.AdamW``: :class:`Adam` with ``weight_decay = 0.004`` by default (and
+    never ``None``). Keras decouples weight decay in every optimizer, so ``Adam(weight_decay=λ)``
+    is the same optimizer; the decay is ``θ ← θ·(1 − λ·η)`` with the current rate η, like
+    torch's AdamW (whose default λ is 1e-2), but the Adam step differs by ε's placement.
+    """
+
+    def __init__(self, params: Any, learning_rate: float = 0.001, *, weight_decay: float = 0.004,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
+                 clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, skip_nonfinite: bool = False):
+        super().__init__(params, learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad,
+                         weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
+
+    def _check_combination(self, group: dict[str, Any]) -> None:
+        if group.get("weight_decay", 0) is None:
+            raise ValueError("AdamW: weight_decay must be a float, got None (as Keras; use Adam for no decay)")
+
+
+class Adamax(KerasOptimizer):
+    r"""``keras.optimizers.Adamax`` on torch parameters: Keras 3's names, defaults and maths.
+
+    With ``g`` the (clipped) gradient, η the learning rate (float32) and ``t`` the global step::
+
+        θ ← θ·(1 − λ·η)                      (only if weight_decay is set: decoupled)
+        m ← β1·m + (1 − β1)·g                (state "momentum")
+        u ← max(β2·u, |g|)                   (state "norm")
+        θ ← θ − η/(1 − β1ᵗ) · m / (u + ε)    (ε AFTER the max; torch: max(β2·u, |g| + ε))
+
+    Defaults η = 0.001 (torch 0.002), ε = 1e-7 (torch 1e-8).
+    """
+
+    hyper_checks = dict(_ADAM_CHECKS)
+    state_keys = frozenset({"momentum", "norm"})
+
+    def __init__(self, params: Any, learning_rate: float = 0.001, *, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, weight_decay: float | None = None, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None,
+                 skip_nonfinite: bool = False):
+        defaults = dict(lr=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay)
+        super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"momentum": _zeros(param), "norm": _zeros(param)}
+
+    def _update(self, group, params, grads, states, *, lr, step) -> None:
+        _rules.adamax(params, grads, [s["momentum"] for s in states], [s["norm"] for s in states],
+                      [step] * len(params), lr=lr, beta1=group["beta_1"], beta2=group["beta_2"],
+                      eps=group["epsilon"], eps_after_max=True, powers_dtype=params[0].dtype)
+
+
+class Nadam(KerasOptimizer):
+    r"""``keras.optimizers.Nadam`` on torch parameters: Keras 3's names, defaults and maths.
+
+    With ``g`` the (clipped) gradient, η the learning rate (float32), ``t`` the global step and
+    the momentum schedule ``u_t = β1·(1 − ½·0.96ᵗ)``, ``U_t = U_{t−1}·u_t`` (one product for
+    the whole optimizer, as Keras's ``u_product``)::
+
+        θ ← θ·(1 − λ·η)                      (only if weight_decay is set: decoupled)
+        m ← β1·m + (1 − β1)·g;   v ← β2·v + (1 − β2)·g²       (states "momentum", "velocity")
+        m̂ = u_{t+1}·m/(1 − U_t·u_{t+1}) + (1 − u_t)·g/(1 − U_t);   v̂ = v/(1 − β2ᵗ)
+        θ ← θ − η·m̂ / (√v̂ + ε)
+
+    This is torch's NAdam with ``momentum_decay = 1``: torch's default ψ = 0.004 makes its
+    momentum ``β1·(1 − ½·0.96^(0.004·t))`` reach β1 only after ~10⁴ steps (Keras: ~100).
+    ``beta_1`` must be the same in every param group (Keras has one momentum schedule).
+    """
+
+    hyper_checks = dict(_ADAM_CHECKS)
+    state_keys = frozenset({"momentum", "velocity"})
+    _extra_attributes = ("u_product",)
+
+    def __init__(self, params: Any, learning_rate: float = 0.001, *, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, weight_decay: float | None = None, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None,
+                 skip_nonfinite: bool = False):
+        self.u_product = 1.0  # Keras's u_product U_t (in the first parameter's dtype), after `iterations` steps
+        self._next_u_product: float | None = None
+        defaults = dict(lr=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay)
+        super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        first, new = self.param_groups[0]["beta_1"], self.param_groups[-1]["beta_1"]
+        if new != first:
+            self.param_groups.pop()
+            raise ValueError(f"Nadam: beta_1 must be the same in every param group (Keras has one momentum "
+                             f"schedule), got {new!r} after {first!r}")
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"momentum": _zeros(param), "velocity": _zeros(param)}
+
+    def _update(self, group, params, grads, states, *, lr, step) -> None:
+        dtype = self.param_groups[0]["params"][0].dtype  # Keras keeps u_product in the first variable's dtype
+        products = [torch.tensor(self.u_product, dtype=dtype) for _ in params]  # U_{t−1}; the rule makes U_t
+        _rules.nadam(params, grads, [s["momentum"] for s in states], [s["velocity"] for s in states], products,
+                     [step] * len(params), lr=lr, beta1=group["beta_1"], beta2=group["beta_2"],
+                     eps=group["epsilon"], momentum_decay=1.0, powers_dtype=params[0].dtype)
+        self._next_u_product = products[0].item()
+
+    def _finish_step(self) -> None:
+        self.u_product, self._next_u_product = self._next_u_product, None
+
+    def _global_state(self) -> dict[str, Any]:
+        return {**super()._global_state(), "u_product": self.u_product}
+
+    def _check_loadable(self, state_dict: dict[str, Any]) -> None:
+        super()._check_loadable(state_dict)
+        u = state_dict["optimlab"].get("u_product")
+        if isinstance(u, bool) or not isinstance(u, float) or not math.isfinite(u) or not 0 <= u <= 1:
+            raise ValueError(f"the state's Nadam momentum product u_product must be a float in [0, 1], got {u!r}")
+
+    def _set_global_state(self, saved: dict[str, Any]) -> None:
+        super()._set_global_state(saved)
+        self.u_product = saved["u_product"]

@@ -1,0 +1,138 @@
+"""Keras's Adagrad, RMSprop and Adadelta: ε inside the square root, lr inside the momentum."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optimlab.optim import _rules
+from optimlab.optim import _validation as check
+from optimlab.optim.keras._base import KerasOptimizer, check_learning_rate, optional_non_negative
+
+
+def _zeros(param: Tensor) -> Tensor:
+    return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+def _slot(params: list[Tensor], states: list[dict[str, Any]], key: str) -> list[Tensor]:
+    """The state tensors ``key`` of ``params``, made (zeros) where a group switched them on mid-run."""
+    for p, s in zip(params, states):
+        if key not in s:
+            s[key] = _zeros(p)
+    return [s[key] for s in states]
+
+
+class Adagrad(KerasOptimizer):
+    r"""``keras.optimizers.Adagrad`` on torch parameters: Keras 3's names, defaults and maths.
+
+    With ``g`` the (clipped) gradient and η the learning rate (float32)::
+
+        θ ← θ·(1 − λ·η)                      (only if weight_decay is set: decoupled)
+        a ← a + g²                           (a₀ = initial_accumulator_value = 0.1; state "accumulator")
+        θ ← θ − η·g / √(a + ε)               (ε = 1e-7 INSIDE the square root)
+
+    torch's Adagrad starts the sum at 0, puts ε = 1e-10 outside the root, defaults to
+    η = 1e-2 and has ``lr_decay``; Keras has none of that.
+    """
+
+    hyper_checks = {"lr": check_learning_rate, "initial_accumulator_value": check.non_negative,
+                    "epsilon": check.non_negative, "weight_decay": optional_non_negative}
+    state_keys = frozenset({"accumulator"})
+
+    def __init__(self, params: Any, learning_rate: float = 0.001, *, initial_accumulator_value: float = 0.1,
+                 epsilon: float = 1e-7, weight_decay: float | None = None, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None,
+                 skip_nonfinite: bool = False):
+        defaults = dict(lr=learning_rate, initial_accumulator_value=initial_accumulator_value,
+                        epsilon=epsilon, weight_decay=weight_decay)
+        super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"accumulator": torch.full_like(param, group["initial_accumulator_value"],
+                                               memory_format=torch.preserve_format)}
+
+    def _update(self, group, params, grads, states, *, lr, step) -> None:
+        _rules.adagrad(params, grads, [s["accumulator"] for s in states], [step] * len(params), lr=lr,
+                       lr_decay=0.0, eps=float(group["epsilon"]), eps_inside_sqrt=True)
+
+
+class RMSprop(KerasOptimizer):
+    r"""``keras.optimizers.RMSprop`` on torch parameters: Keras 3's names, defaults and maths.
+
+    With ``g`` the (clipped) gradient and η the learning rate (float32)::
+
+        θ ← θ·(1 − λ·η)                      (only if weight_decay is set: decoupled)
+        v ← ρ·v + (1 − ρ)·g²                 (state "velocity")
+        centered:  ḡ ← ρ·ḡ + (1 − ρ)·g;  d = √(v − ḡ² + ε)    (state "average_gradient")
+        else:      d = √(v + ε)              (ε = 1e-7 INSIDE the square root)
+        μ > 0:     b ← μ·b + η·g/d;  θ ← θ − b                (state "momentum"; lr INSIDE b)
+        else:      θ ← θ − η·g/d
+
+    torch's RMSprop has α = 0.99 (Keras ρ = 0.9), ε = 1e-8 outside the root, η = 1e-2 and
+    keeps the learning rate outside its momentum buffer.
+    """
+
+    hyper_checks = {"lr": check_learning_rate, "rho": check.closed_unit_interval,
+                    "momentum": check.closed_unit_interval, "epsilon": check.non_negative,
+                    "centered": check.boolean, "weight_decay": optional_non_negative}
+    state_keys = frozenset({"velocity", "momentum", "average_gradient"})
+
+    def __init__(self, params: Any, learning_rate: float = 0.001, *, rho: float = 0.9, momentum: float = 0.0,
+                 epsilon: float = 1e-7, centered: bool = False, weight_decay: float | None = None,
+                 clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon, centered=centered,
+                        weight_decay=weight_decay)
+        super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"velocity": _zeros(param)}  # the optional slots are made on first use
+
+    def _update(self, group, params, grads, states, *, lr, step) -> None:
+        momentum, centered = float(group["momentum"]), group["centered"]
+        _rules.rmsprop(params, grads, [s["velocity"] for s in states],
+                       _slot(params, states, "average_gradient") if centered else [],
+                       _slot(params, states, "momentum") if momentum > 0 else [],
+                       lr=lr, alpha=float(group["rho"]), eps=float(group["epsilon"]), momentum=momentum,
+                       centered=centered, eps_inside_sqrt=True, lr_in_momentum=True)
+
+
+class Adadelta(KerasOptimizer):
+    r"""``keras.optimizers.Adadelta`` on torch parameters: Keras 3's names, defaults and maths.
+
+    With ``g`` the (clipped) gradient and η the learning rate (float32)::
+
+        θ ← θ·(1 − λ·η)                      (only if weight_decay is set: decoupled)
+        a ← ρ·a + (1 − ρ)·g²                 (state "accumulated_grad")
+        Δ = √(u + ε)·g / √(a + ε)
+        u ← ρ·u + (1 − ρ)·Δ²                 (state "accumulated_delta_var")
+        θ ← θ − η·Δ
+
+    The same formula as torch's Adadelta; only the defaults differ (Keras η = 0.001,
+    ρ = 0.95, ε = 1e-7; torch η = 1.0, ρ = 0.9, ε = 1e-6), which makes Keras's default
+    Adadelta a thousand times slower.
+    """
+
+    hyper_checks = {"lr": check_learning_rate, "rho": check.closed_unit_interval, "epsilon": check.non_negative,
+                    "weight_decay": optional_non_negative}
+    state_keys = frozenset({"accumulated_grad", "accumulated_delta_var"})
+
+    def __init__(self, params: Any, learning_rate: float = 0.001, *, rho: float = 0.95, epsilon: float = 1e-7,
+                 weight_decay: float | None = None, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None,
+                 skip_nonfinite: bool = False):
+        defaults = dict(lr=learning_rate, rho=rho, epsilon=epsilon, weight_decay=weight_decay)
+        super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"accumulated_grad": _zeros(param), "accumulated_delta_var": _zeros(param)}
+
+    def _update(self, group, params, grads, states, *, lr, step) -> None:
+        _rules.adadelta(params, grads, [s["accumulated_grad"] for s in states],
+                        [s["accumulated_delta_var"] for s in states], lr=lr, rho=float(group["rho"]),
+                        eps=float(group["epsilon"]))

@@ -1,0 +1,58 @@
+"""Keras's SGD: the velocity carries the learning rate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optimlab.optim import _rules
+from optimlab.optim import _validation as check
+from optimlab.optim.keras._base import KerasOptimizer, check_keras_momentum, check_learning_rate, optional_non_negative
+
+
+def _zeros(param: Tensor) -> Tensor:
+    return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+class SGD(KerasOptimizer):
+    r"""``keras.optimizers.SGD`` on torch parameters: Keras 3's names, defaults and maths.
+
+    With ``g`` the (clipped) gradient, η the learning rate (float32, as Keras) and μ the momentum::
+
+        θ ← θ·(1 − λ·η)                      (only if weight_decay is set: decoupled)
+        μ = 0:      θ ← θ − η·g
+        μ > 0:      v ← μ·v − η·g;   θ ← θ + v          (state "momentum" holds v)
+        nesterov:   v ← μ·v − η·g;   θ ← θ + μ·v − η·g
+
+    The velocity carries the learning rate, so when η changes, past momentum keeps the rate
+    it was made with; ``torch.optim.SGD`` (``optimlab.optim.SGD``) rescales its whole buffer
+    by the current rate instead. Under a constant rate the two are the same optimizer.
+    As in Keras, ``momentum`` must be a float in [0, 1] and ``nesterov=True`` without
+    momentum is plain SGD. There is no dampening.
+    """
+
+    hyper_checks = {"lr": check_learning_rate, "momentum": check_keras_momentum, "nesterov": check.boolean,
+                    "weight_decay": optional_non_negative}
+    state_keys = frozenset({"momentum"})
+
+    def __init__(self, params: Any, learning_rate: float = 0.01, *, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float | None = None, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None,
+                 skip_nonfinite: bool = False):
+        defaults = dict(lr=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"momentum": _zeros(param)} if group["momentum"] != 0 else {}
+
+    def _update(self, group, params, grads, states, *, lr, step) -> None:
+        momentum = group["momentum"]
+        if momentum:  # a group may switch momentum on mid-run
+            for p, s in zip(params, states):
+                if "momentum" not in s:
+                    s["momentum"] = _zeros(p)
+        velocities = [s["momentum"] for s in states] if momentum else []
+        _rules.keras_sgd(params, grads, velocities, lr=lr, momentum=momentum, nesterov=group["nesterov"])
