@@ -145,6 +145,19 @@ def test_skip_nonfinite_skips_the_whole_step(name, bad):
     assert not all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
 
 
+def test_pickle_and_deepcopy_keep_the_nonfinite_policy_and_count():
+    import pickle
+
+    p = torch.ones(3, requires_grad=True)
+    opt = oo.Adam([p], lr=0.1, skip_nonfinite=True)
+    p.grad = torch.tensor([1.0, float("nan"), 1.0])
+    opt.step()
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert clone.skip_nonfinite is True and clone.skipped_steps == 1
+    opt.load_state_dict(opt.state_dict())
+    assert opt.skip_nonfinite is True and opt.skipped_steps == 1
+
+
 def test_without_skip_nonfinite_a_nan_gradient_propagates_like_torch():
     p = torch.ones(3, requires_grad=True)
     opt = oo.Adam([p], lr=0.1)

@@ -214,6 +214,17 @@ class Optimizer(torch.optim.Optimizer):
         return torch.tensor(0.0, dtype=dtype)
 
     # ------------------------------------------------------------------------ state I/O
+    def __getstate__(self) -> dict[str, Any]:
+        # torch pickles defaults, state and groups only; keep the non-finite policy and count too
+        return {**super().__getstate__(), "skip_nonfinite": self.skip_nonfinite,
+                "skipped_steps": self.skipped_steps}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)  # torch's load_state_dict passes only state and groups: keep ours then
+        self.skip_nonfinite = state.pop("skip_nonfinite", getattr(self, "skip_nonfinite", False))
+        self.skipped_steps = state.pop("skipped_steps", getattr(self, "skipped_steps", 0))
+        super().__setstate__(state)
+
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["optimlab"] = {"optimizer": type(self).__name__, "skipped_steps": self.skipped_steps}
