@@ -52,6 +52,8 @@ _F_MAXIMIZE, _F_WD, _F_CENTERED, _F_MOMENTUM, _F_DECOUPLED = 1, 2, 4, 8, 16
 
 #: Below this many elements in a call, one thread: waking a second costs more than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 16
+#: Elements per unit of work a thread takes (a multiple of 16: whole cache lines).
+CHUNK_ELEMENTS = 1 << 15
 
 _SOURCE = Path(__file__).with_name("_kernels.c")
 _CFLAGS = ["-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", "-ffp-contract=off",
@@ -101,6 +103,19 @@ def _compiler() -> str | None:
     return None
 
 
+def _private_tmp() -> Path | None:
+    """A per-user directory under the system temp dir, if it is (or can be) ours alone."""
+    if not hasattr(os, "getuid"):
+        return None
+    path = Path(tempfile.gettempdir()) / f"optimlab-kernels-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.stat()
+    except OSError:
+        return None
+    return path if st.st_uid == os.getuid() and not st.st_mode & 0o022 else None
+
+
 def _build(source: bytes, cache: Path) -> Path:
     """Compile (or find in the cache) the shared library; raise RuntimeError on failure."""
     cc = _compiler()
@@ -111,25 +126,48 @@ def _build(source: bytes, cache: Path) -> Path:
         flags = _CFLAGS + extra
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(),
                                          _cpu_fingerprint().encode()])).hexdigest()[:24]
-        target = cache / f"optimlab_kernels_{key}.so"
-        if target.exists():
-            return target
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=".build-", suffix=".so")
-        os.close(fd)
-        try:
-            proc = subprocess.run([*cc.split(), *flags, "-x", "c", "-o", tmp, str(_SOURCE), "-lm"],
-                                  capture_output=True, text=True, timeout=120)
-            if proc.returncode == 0:
-                os.replace(tmp, target)  # atomic: a concurrent process sees all or nothing
+        name = f"optimlab_kernels_{key}.so"
+        for directory in (cache, None):  # an unwritable cache: a private temporary one
+            directory = directory or _private_tmp()
+            if directory is None:
+                continue
+            target = directory / name
+            if target.exists():
                 return target
-            errors.append(f"{cc} {' '.join(flags)}: {proc.stderr.strip()[-2000:]}")
-        except (OSError, subprocess.SubprocessError) as err:
-            errors.append(f"{cc}: {err}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".build-", suffix=".so")
+            except OSError as err:
+                errors.append(f"{directory}: {err}")
+                continue
+            os.close(fd)
+            try:
+                proc = subprocess.run([*cc.split(), *flags, "-x", "c", "-o", tmp, str(_SOURCE), "-lm"],
+                                      capture_output=True, text=True, timeout=120)
+                if proc.returncode == 0:
+                    os.replace(tmp, target)  # atomic: a concurrent process sees all or nothing
+                    return target
+                errors.append(f"{cc} {' '.join(flags)}: {proc.stderr.strip()[-2000:]}")
+            except (OSError, subprocess.SubprocessError) as err:
+                errors.append(f"{cc}: {err}")
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            break  # the directory was fine, the compiler was not: try other flags
     raise RuntimeError("compiling the fused kernels failed:\n" + "\n".join(errors))
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    vp, i32, i64, dbl = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
+    lib.ol_step.argtypes = [i32, i32, i32, i32, i64, i64, vp, vp, vp, i32, vp]
+    lib.ol_step.restype = i32
+    lib.ol_nadam_scalars.argtypes = [i64, vp, vp, vp, vp, vp, dbl, vp]
+    lib.ol_nadam_scalars.restype = None
+    lib.ol_version.restype = i32
+    if lib.ol_version() != 2:
+        raise RuntimeError(f"{path} is not this version's kernel library")
+    return lib
 
 
 def _load() -> ctypes.CDLL | None:
@@ -146,16 +184,13 @@ def _load() -> ctypes.CDLL | None:
         try:
             if sys.byteorder != "little" or ctypes.sizeof(ctypes.c_void_p) != 8:
                 raise RuntimeError("the kernels need a 64-bit little-endian platform")
-            path = _build(_SOURCE.read_bytes(), _cache_dir())
-            lib = ctypes.CDLL(str(path))
-            vp, i32, i64, dbl = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
-            lib.ol_step.argtypes = [i32, i32, i32, i32, i64, vp, vp, vp, i32, vp]
-            lib.ol_step.restype = i32
-            lib.ol_nadam_scalars.argtypes = [i64, vp, vp, vp, vp, vp, dbl, vp]
-            lib.ol_nadam_scalars.restype = None
-            lib.ol_version.restype = i32
-            if lib.ol_version() != 1:
-                raise RuntimeError("stale kernel library")
+            source = _SOURCE.read_bytes()
+            path = _build(source, _cache_dir())
+            try:
+                lib = _open(path)
+            except OSError:  # a damaged cache entry: build it again, once
+                path.unlink(missing_ok=True)
+                lib = _open(_build(source, _cache_dir()))
         except Exception as err:  # noqa: BLE001 - any failure means: fall back, say so once
             _failed = True
             warnings.warn(f"optimlab: fused CPU kernels unavailable, fused=True falls back to the "
@@ -175,30 +210,41 @@ def _address(buf: array.array) -> int:
     return buf.buffer_info()[0]
 
 
+_contiguous = Tensor.is_contiguous
+_numel = Tensor.numel
+_data_ptr = Tensor.data_ptr
+
+
 def _gather(lists: Sequence[Sequence[Tensor]]):
     """Pointers and sizes for the kernel, or None if some tensor does not fit it.
 
-    Every tensor must be a contiguous CPU tensor of the parameters' dtype (float32 or
-    float64) with the parameter's number of elements.
+    ``lists`` is [params, grads, *state lists]. Every tensor must be a contiguous CPU
+    tensor of the parameters' dtype (float32 or float64) with its parameter's number of
+    elements. What the caller guarantees is not re-checked: the parameters of a bucket share
+    one device and dtype, and torch's ``.grad`` setter and the step's gradient check give
+    each gradient its parameter's dtype, device and shape.
     """
-    params = lists[0]
-    dtype = params[0].dtype
+    params, grads, *states = lists
+    p0 = params[0]
+    dtype = p0.dtype
     is_double = _DTYPES.get(dtype)
-    if is_double is None or params[0].device.type != "cpu":
+    if is_double is None or not p0.is_cpu:
         return None
-    numels = [t.numel() for t in params]
-    ptrs: list[int] = []
     try:
-        for lst in lists:
-            if len(lst) != len(params):
+        numels = list(map(_numel, params))
+        if not (all(map(_contiguous, params)) and all(map(_contiguous, grads))):
+            return None
+        for lst in states:
+            if (len(lst) != len(params) or not all(map(_contiguous, lst))
+                    or any(t.dtype is not dtype for t in lst) or list(map(_numel, lst)) != numels):
                 return None
-            for t, n in zip(lst, numels):
-                if t.dtype is not dtype or not t.is_contiguous() or t.numel() != n or t.is_cuda:
-                    return None
-            ptrs.extend(map(Tensor.data_ptr, lst))
-    except (RuntimeError, NotImplementedError):  # e.g. a sparse tensor
+        ptrs = array.array("Q", map(_data_ptr, params))
+        ptrs.extend(map(_data_ptr, grads))
+        for lst in states:
+            ptrs.extend(map(_data_ptr, lst))
+    except (RuntimeError, NotImplementedError, TypeError):  # e.g. a sparse tensor
         return None
-    return array.array("Q", ptrs), array.array("q", numels), is_double, sum(numels)
+    return ptrs, array.array("q", numels), is_double, sum(numels)
 
 
 def _threads(total: int) -> int:
@@ -229,7 +275,7 @@ def _run(kind: int, lists, flags: int, hyper: list[float], per_tensor: array.arr
     ptrs, numels, is_double, total = gathered
     h = array.array("d", hyper)
     ts = _address(per_tensor) if per_tensor is not None and len(per_tensor) else None
-    rc = lib.ol_step(kind, is_double, flags, _threads(total), len(numels), _address(numels),
+    rc = lib.ol_step(kind, is_double, flags, _threads(total), CHUNK_ELEMENTS, len(numels), _address(numels),
                      _address(ptrs), ts, nts, _address(h))
     if rc != 0:
         raise RuntimeError(f"optimlab fused kernel {kind} failed with code {rc}")
@@ -296,17 +342,15 @@ def nadam(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
     gathered = _gather([params, grads, exp_avgs, exp_avg_sqs])
     if gathered is None or len(mu_products) != len(params):
         return False
-    mu_kinds = []
-    for mp in mu_products:  # 0-dim float32/float64 CPU tensors (their own dtype, not the params')
-        kind = _DTYPES.get(mp.dtype)
-        if kind is None or mp.numel() != 1 or mp.device.type != "cpu":
-            return False
-        mu_kinds.append(kind)
+    # 0-dim float32/float64 CPU tensors, in their own dtype (not necessarily the params').
+    mu_kinds = [_DTYPES.get(mp.dtype) for mp in mu_products]
+    if None in mu_kinds or any(mp.numel() != 1 or not mp.is_cpu for mp in mu_products):
+        return False
     n = len(params)
     mus = array.array("d", _per_tensor(steps, lambda t: nadam_momentum(beta1, t, momentum_decay)))
     mu_nexts = array.array("d", _per_tensor(steps, lambda t: nadam_momentum(beta1, t + 1, momentum_decay)))
     bc2 = array.array("d", _per_tensor(steps, lambda t: 1 - beta2**t))
-    mu_ptrs = array.array("Q", map(Tensor.data_ptr, mu_products))
+    mu_ptrs = array.array("Q", map(_data_ptr, mu_products))
     mu_is_double = array.array("i", mu_kinds)
     scalars = array.array("d", [0.0]) * (3 * n)
     lib.ol_nadam_scalars(n, _address(mu_ptrs), _address(mu_is_double), _address(mus),

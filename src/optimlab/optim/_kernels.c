@@ -8,13 +8,16 @@
  * Inside the loop the arithmetic is that of the foreach rule in _rules.py, operation by
  * operation, in the tensor's dtype (float or double), with the scalars computed in double
  * by the caller and rounded to the dtype here, as torch does. Where torch's vectorised CPU
- * kernels use a fused multiply-add (lerp, add with alpha) this code does too, so results
- * agree with the foreach path to the last bit on most elements and within an ulp or two
- * elsewhere. Compile with -ffp-contract=off so the compiler adds no other contractions.
+ * kernels fuse a multiply-add (lerp, add with alpha, addcmul) this code calls fma() too;
+ * it is compiled with -ffp-contract=off so the compiler adds no other contraction. The
+ * one systematic difference: sqrt here is IEEE (correctly rounded), while torch's sqrt
+ * kernel goes through MKL's vsSqrt/vdSqrt, which is off by one ulp on some inputs. So the
+ * fused path matches the foreach rule bit for bit where no sqrt is involved (Adamax) and
+ * to about an ulp per step elsewhere.
  *
- * Threads: the concatenated element space of all tensors is split into `nparts`
- * contiguous ranges; part 0 runs in the calling thread, the rest on a small persistent
- * pthread pool (no OpenMP: torch brings its own runtime). ctypes releases the GIL.
+ * Threads: the concatenated element space of all tensors is cut into chunks that the
+ * calling thread and a small persistent pthread pool take in turn (no OpenMP: torch brings
+ * its own runtime). ctypes releases the GIL during the call.
  */
 #ifndef OL_TYPED_PASS
 
@@ -42,6 +45,7 @@ typedef struct {
     const double *ts;       /* per-tensor scalars, tensor-major: ts[i * nts + k] */
     int nts;
     const double *h;        /* global hyperparameters */
+    int64_t chunk;          /* elements per unit of work handed to a thread */
 } ol_job;
 
 #define OL_CAT2(a, b) a##b
@@ -97,16 +101,12 @@ static void run_range(const ol_job *job, int64_t begin, int64_t end) {
     }
 }
 
-static void run_part(const ol_job *job, int part, int nparts) {
-    int64_t total = job->offsets[job->n];
-    int64_t chunk = (total + nparts - 1) / nparts;
-    chunk = (chunk + 63) & ~(int64_t)63; /* whole cache lines per part */
-    int64_t begin = (int64_t)part * chunk;
-    int64_t end = begin + chunk < total ? begin + chunk : total;
-    run_range(job, begin, end);
-}
-
-/* ----------------------------------------------------------- persistent thread pool */
+/* ----------------------------------------------------------- persistent thread pool
+ * Work is handed out in chunks of job->chunk elements from an atomic counter: whichever
+ * thread is running takes the next chunk, so a worker the OS has not scheduled yet (a
+ * busy machine) delays nothing: the caller simply does more chunks itself. A worker joins
+ * a job only while it is open; the caller closes it once every chunk is taken and waits
+ * only for workers that joined. */
 #define OL_MAX_WORKERS 63
 
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -115,11 +115,25 @@ static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER;
 static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER; /* one pooled job at a time */
 static int pool_workers = 0;
 static unsigned long pool_gen = 0;
-static int pool_pending = 0;
-static int pool_nparts = 0;
+static int pool_open = 0;    /* the current job still accepts workers */
+static int pool_active = 0;  /* workers inside the current job */
+static int pool_wanted = 0;  /* workers asked to join the current job */
 static const ol_job *pool_job = NULL;
+static int64_t pool_nchunks = 0;
+static int64_t pool_next = 0; /* next chunk (atomic) */
 static pid_t pool_pid = 0;
 static unsigned long pool_start_gen[OL_MAX_WORKERS + 1]; /* gen a worker starts from */
+
+static void run_chunks(const ol_job *job, int64_t nchunks) {
+    const int64_t total = job->offsets[job->n];
+    for (;;) {
+        int64_t c = __atomic_fetch_add(&pool_next, 1, __ATOMIC_RELAXED);
+        if (c >= nchunks) return;
+        int64_t begin = c * job->chunk;
+        int64_t end = begin + job->chunk < total ? begin + job->chunk : total;
+        run_range(job, begin, end);
+    }
+}
 
 static void *worker_main(void *arg) {
     int id = (int)(intptr_t)arg; /* 1 .. pool_workers */
@@ -128,12 +142,14 @@ static void *worker_main(void *arg) {
     for (;;) {
         while (pool_gen == seen) pthread_cond_wait(&pool_go, &pool_mu);
         seen = pool_gen;
+        if (!pool_open || id > pool_wanted) continue;
         const ol_job *job = pool_job;
-        int nparts = pool_nparts;
+        int64_t nchunks = pool_nchunks;
+        pool_active++;
         pthread_mutex_unlock(&pool_mu);
-        if (id < nparts) run_part(job, id, nparts);
+        run_chunks(job, nchunks);
         pthread_mutex_lock(&pool_mu);
-        if (id < nparts && --pool_pending == 0) pthread_cond_signal(&pool_done);
+        if (--pool_active == 0 && !pool_open) pthread_cond_signal(&pool_done);
     }
     return NULL;
 }
@@ -150,7 +166,8 @@ static void pool_reset_if_forked(void) {
         pool_done = c;
         pool_workers = 0;
         pool_gen = 0;
-        pool_pending = 0;
+        pool_open = 0;
+        pool_active = 0;
         pool_pid = pid;
     }
 }
@@ -179,25 +196,31 @@ static int pool_grow(int want) {
 }
 
 static void run_job(const ol_job *job, int nthreads) {
+    const int64_t total = job->offsets[job->n];
+    const int64_t nchunks = (total + job->chunk - 1) / job->chunk;
+    if (nthreads > nchunks) nthreads = (int)nchunks;
     if (nthreads > 1) {
         static pthread_mutex_t fork_guard = PTHREAD_MUTEX_INITIALIZER;
         pthread_mutex_lock(&fork_guard);
         pool_reset_if_forked();
         pthread_mutex_unlock(&fork_guard);
         if (pthread_mutex_trylock(&call_mu) == 0) { /* busy (another thread's step): run alone */
-            int nparts = pool_grow(nthreads - 1) + 1;
-            if (nparts > nthreads) nparts = nthreads;
-            if (nparts > 1) {
+            int workers = pool_grow(nthreads - 1);
+            if (workers > nthreads - 1) workers = nthreads - 1;
+            if (workers > 0) {
                 pthread_mutex_lock(&pool_mu);
                 pool_job = job;
-                pool_nparts = nparts;
-                pool_pending = nparts - 1;
+                pool_nchunks = nchunks;
+                __atomic_store_n(&pool_next, 0, __ATOMIC_RELAXED);
+                pool_wanted = workers;
+                pool_open = 1;
                 pool_gen++;
                 pthread_cond_broadcast(&pool_go);
                 pthread_mutex_unlock(&pool_mu);
-                run_part(job, 0, nparts);
+                run_chunks(job, nchunks);
                 pthread_mutex_lock(&pool_mu);
-                while (pool_pending > 0) pthread_cond_wait(&pool_done, &pool_mu);
+                pool_open = 0;
+                while (pool_active > 0) pthread_cond_wait(&pool_done, &pool_mu);
                 pool_job = NULL;
                 pthread_mutex_unlock(&pool_mu);
                 pthread_mutex_unlock(&call_mu);
@@ -206,7 +229,7 @@ static void run_job(const ol_job *job, int nthreads) {
             pthread_mutex_unlock(&call_mu);
         }
     }
-    run_part(job, 0, 1);
+    run_range(job, 0, total);
 }
 
 /* ------------------------------------------------------------------ entry points */
@@ -215,17 +238,19 @@ static void run_job(const ol_job *job, int nthreads) {
  * rmsprop θ, g, v[, ḡ if centred][, b if momentum]; adadelta θ, g, v, u; adamax θ, g, m, u;
  * nadam θ, g, m, v),
  * numels: n element counts, ts: per-tensor scalars (tensor-major, nts per tensor),
- * h: hyperparameters. Returns 0, or -1 for an unknown kernel. */
-OL_EXPORT int ol_step(int kind, int is_double, int flags, int nthreads, int64_t n,
+ * h: hyperparameters; nthreads threads at most, taking `chunk` elements at a time.
+ * Returns 0, or -1 for an unknown kernel. */
+OL_EXPORT int ol_step(int kind, int is_double, int flags, int nthreads, int64_t chunk, int64_t n,
                       const int64_t *numels, void *const *ptrs, const double *ts, int nts,
                       const double *h) {
     if (kind < K_RMSPROP || kind > K_NADAM) return -1;
+    if (chunk < 1) chunk = 1;
     int64_t stack_off[257];
     int64_t *off = n < 256 ? stack_off : (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 1));
     if (!off) return -2;
     off[0] = 0;
     for (int64_t i = 0; i < n; i++) off[i + 1] = off[i] + numels[i];
-    ol_job job = {kind, is_double, flags, n, numels, off, ptrs, ts, nts, h};
+    ol_job job = {kind, is_double, flags, n, numels, off, ptrs, ts, nts, h, chunk};
     run_job(&job, nthreads);
     if (off != stack_off) free(off);
     return 0;
@@ -255,7 +280,7 @@ OL_EXPORT void ol_nadam_scalars(int64_t n, void *const *mu_ptrs, const int32_t *
     }
 }
 
-OL_EXPORT int ol_version(void) { return 1; }
+OL_EXPORT int ol_version(void) { return 2; }
 
 #else /* OL_TYPED_PASS: the kernels for one dtype T ------------------------------- */
 

@@ -1,0 +1,276 @@
+"""Time ``step()`` of every optimlab optimizer against its torch.optim twin.
+
+    python bench/optim_step.py [--case big|small|both] [--steps N] [--quick]
+
+For each optimizer, in one process, the implementations are stepped round-robin (the
+order rotating every round, so drift in machine load hits them alike): torch with
+``foreach=False`` (its for-loop), ``foreach=True`` and, where torch has one on the CPU,
+``fused=True``; optimlab with its default (foreach) path and with ``fused=True``. Every
+block also steps torch's fused Adam and a plain copy, so each optimizer is compared with
+the fused-Adam bandwidth measured under the same conditions. Reported: the median of
+``--steps`` timed steps after warm-up.
+
+Effective GB/s counts the minimal bytes one update must move per parameter (float32):
+
+    SGD (no momentum)          read θ, g; write θ                     12 B
+    Momentum, NAG              read θ, g, b; write θ, b               20 B
+    Adagrad                    read θ, g, s; write θ, s               20 B
+    RMSprop                    read θ, g, v; write θ, v               20 B
+    RMSprop centred+momentum   read θ, g, v, ḡ, b; write θ, v, ḡ, b   36 B
+    Adadelta                   read θ, g, v, u; write θ, v, u         28 B
+    Adam, AdamW, Adamax, NAdam read θ, g, m, v; write θ, m, v         28 B
+
+The copy figure is ``dst.copy_(src)`` over a buffer as large as the parameters, counted as
+read + write (8 B per float). Targets (issue #2): optimlab ``fused=True`` at most 1.0x
+torch's fastest implementation of the same optimizer, and at >= 80 % of the GB/s of
+torch's fused Adam.
+
+A second table lists the optimizer state each implementation keeps, in bytes per
+parameter, measured from the state after one step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import optimlab.optim as oo  # noqa: E402
+from optimlab.optim import _fused  # noqa: E402
+
+
+@dataclass
+class Spec:
+    name: str
+    ours: Callable  # (params) -> optimizer, given extra kwargs
+    theirs: type
+    hyper: dict
+    their_hyper: dict
+    bytes_per_param: int
+    torch_fused: bool
+    label_note: str = ""
+
+
+LR = 1e-3
+SPECS = [
+    Spec("SGD", oo.SGD, torch.optim.SGD, dict(lr=LR), dict(lr=LR), 12, True),
+    Spec("Momentum", oo.Momentum, torch.optim.SGD, dict(lr=LR), dict(lr=LR, momentum=0.9), 20, True),
+    Spec("NAG", oo.NAG, torch.optim.SGD, dict(lr=LR), dict(lr=LR, momentum=0.9, nesterov=True), 20, True),
+    Spec("Adagrad", oo.Adagrad, torch.optim.Adagrad, dict(lr=LR), dict(lr=LR), 20, True),
+    Spec("RMSprop", oo.RMSprop, torch.optim.RMSprop, dict(lr=LR), dict(lr=LR), 20, False),
+    Spec("RMSprop c+m", oo.RMSprop, torch.optim.RMSprop, dict(lr=LR, centered=True, momentum=0.9),
+         dict(lr=LR, centered=True, momentum=0.9), 36, False, "centred, momentum 0.9"),
+    Spec("Adadelta", oo.Adadelta, torch.optim.Adadelta, dict(), dict(), 28, False),
+    Spec("Adam", oo.Adam, torch.optim.Adam, dict(lr=LR), dict(lr=LR), 28, True),
+    Spec("AdamW", oo.AdamW, torch.optim.AdamW, dict(lr=LR), dict(lr=LR), 28, True),
+    Spec("Adamax", oo.Adamax, torch.optim.Adamax, dict(lr=LR), dict(lr=LR), 28, False),
+    Spec("NAdam", oo.NAdam, torch.optim.NAdam, dict(lr=LR), dict(lr=LR), 28, False),
+]
+
+IMPLS = ["torch for-loop", "torch foreach", "torch fused", "optimlab foreach", "optimlab fused"]
+
+
+# ------------------------------------------------------------------------------ cases
+def big_shapes(scale: float = 1.0) -> list[tuple[int, ...]]:
+    """~25M parameters in ~100 tensors: a small transformer's mix of matrices and vectors."""
+    d, ff, vocab = int(512 * scale) or 8, int(2048 * scale) or 32, 4096
+    shapes: list[tuple[int, ...]] = [(vocab, d)]
+    for _ in range(7):
+        shapes += [(3 * d, d), (3 * d,), (d, d), (d,), (ff, d), (ff,), (d, ff), (d,),
+                   (d,), (d,), (d,), (d,)]  # qkv, out, mlp, two layer norms
+    shapes += [(d,), (d,), (1000, d), (1000,), (), (7, 3, 5, 5)]
+    return shapes
+
+
+def small_shapes(scale: float = 1.0) -> list[tuple[int, ...]]:
+    """~1M parameters in ~200 tensors: many small layers (matrices with their biases)."""
+    gen = torch.Generator().manual_seed(0)
+    shapes: list[tuple[int, ...]] = []
+    for _ in range(100):
+        rows = int(torch.randint(48, 144, (1,), generator=gen)) 
+        cols = max(1, int(10_000 * scale) // rows)
+        shapes += [(rows, cols), (rows,)]
+    return shapes
+
+
+CASES = {"big": big_shapes, "small": small_shapes}
+
+
+def numel(shapes) -> int:
+    return sum(torch.Size(s).numel() for s in shapes)
+
+
+# ------------------------------------------------------------------------------ timing
+@dataclass
+class Runner:
+    label: str
+    fn: Callable[[], None]
+    times: list[float] = field(default_factory=list)
+
+    def median_ms(self) -> float:
+        return statistics.median(self.times) * 1e3 if self.times else float("nan")
+
+
+def make_params(shapes, grads, seed):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    for p, g in zip(params, grads):
+        p.grad = g
+    return params
+
+
+def optimizer_runners(spec: Spec, shapes, grads) -> dict[str, Runner]:
+    runners: dict[str, Runner] = {}
+    kinds = [("torch for-loop", lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=False)),
+             ("torch foreach", lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=True))]
+    if spec.torch_fused:
+        kinds.append(("torch fused", lambda ps: spec.theirs(ps, **spec.their_hyper, fused=True)))
+    kinds += [("optimlab foreach", lambda ps: spec.ours(ps, **spec.hyper)),
+              ("optimlab fused", lambda ps: spec.ours(ps, **spec.hyper, fused=True))]
+    for i, (label, factory) in enumerate(kinds):
+        opt = factory(make_params(shapes, grads, seed=i))
+        runners[label] = Runner(label, opt.step)
+    return runners
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_block(runners: list[Runner], warmup: int, steps: int) -> None:
+    for _ in range(warmup):
+        for r in runners:
+            r.fn()
+    for k in range(steps):
+        order = runners[k % len(runners):] + runners[:k % len(runners)]
+        for r in order:
+            r.times.append(timed(r.fn))
+
+
+def gbps(bytes_per_param: int, n: int, ms: float) -> float:
+    return bytes_per_param * n / (ms * 1e-3) / 1e9
+
+
+def bench_case(case: str, shapes, steps: int, warmup: int, specs) -> None:
+    n = numel(shapes)
+    print(f"\n=== case {case}: {n / 1e6:.2f}M float32 parameters in {len(shapes)} tensors; "
+          f"median of {steps} steps after {warmup} warm-up; {torch.get_num_threads()} threads ===")
+    gen = torch.Generator().manual_seed(123)
+    grads = [torch.randn(s, generator=gen) for s in shapes]  # shared, read-only
+    src, dst = torch.randn(n), torch.empty(n)
+    rows = []
+    ref_adam_all: list[float] = []
+    copy_all: list[float] = []
+    for spec in specs:
+        runners = optimizer_runners(spec, shapes, grads)
+        adam_ref = Runner("ref", torch.optim.Adam(make_params(shapes, grads, seed=99), lr=LR, fused=True).step)
+        copy = Runner("copy", lambda: dst.copy_(src))
+        run_block(list(runners.values()) + [adam_ref, copy], warmup, steps)
+        ms = {label: r.median_ms() for label, r in runners.items()}
+        torch_best = min(v for k, v in ms.items() if k.startswith("torch"))
+        ref_gbps = gbps(28, n, adam_ref.median_ms())
+        copy_gbps = 8 * n / (copy.median_ms() * 1e-3) / 1e9
+        ref_adam_all += adam_ref.times
+        copy_all += copy.times
+        rows.append((spec, ms, torch_best, ref_gbps, copy_gbps))
+        del runners, adam_ref
+    adam_ms = statistics.median(ref_adam_all) * 1e3
+    copy_ms = statistics.median(copy_all) * 1e3
+    print(f"copy (read+write, 8 B/param): {copy_ms:.2f} ms = {8 * n / copy_ms / 1e6:.1f} GB/s;  "
+          f"torch fused Adam (28 B/param): {adam_ms:.2f} ms = {gbps(28, n, adam_ms):.1f} GB/s  "
+          f"(medians over all blocks)")
+    head = (f"{'optimizer':<12} {'B/p':>3} " + " ".join(f"{k:>10}" for k in
+            ["for-loop", "foreach", "fused", "ours fe", "ours fused"])
+            + f" {'fe/best':>7} {'fu/best':>7} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6} {'copy':>6}  targets")
+    print("ms/step: torch for-loop | torch foreach | torch fused | optimlab foreach | optimlab fused=True;"
+          " ratios to torch's fastest; GB/s of optimlab fused; torch fused Adam's and copy's GB/s in the same block")
+    print(head)
+    print("-" * len(head))
+    for spec, ms, best, ref_gbps, copy_gbps in rows:
+        ours = ms["optimlab fused"]
+        eff = gbps(spec.bytes_per_param, n, ours)
+        ratio = ours / best
+        frac = eff / ref_gbps
+        cells = " ".join(f"{ms[k]:>10.2f}" if k in ms else f"{'-':>10}" for k in IMPLS)
+        ok = ("ok" if ratio <= 1.0 else "SLOWER") + "/" + ("ok" if frac >= 0.8 else "LOW-BW")
+        print(f"{spec.name:<12} {spec.bytes_per_param:>3} {cells} {ms['optimlab foreach'] / best:>7.2f} "
+              f"{ratio:>7.2f} {eff:>6.1f} {ref_gbps:>9.1f} {100 * frac:>5.0f}% {copy_gbps:>6.1f}  {ok}")
+
+
+# ------------------------------------------------------------------------ state bytes
+def state_bytes(opt, params) -> float:
+    seen, total = set(), 0
+    for p in params:
+        for v in opt.state[p].values():
+            if isinstance(v, torch.Tensor) and v.data_ptr() not in seen:
+                seen.add(v.data_ptr())
+                total += v.numel() * v.element_size()
+    return total / sum(p.numel() for p in params)
+
+
+def state_table(specs) -> None:
+    shapes = small_shapes()
+    gen = torch.Generator().manual_seed(5)
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    print(f"\n=== optimizer state after one step, bytes per parameter (float32, "
+          f"{numel(shapes) / 1e6:.2f}M params in {len(shapes)} tensors; 0-dim step counters included) ===")
+    print(f"{'optimizer':<12} {'optimlab':>9} {'optimlab fused':>15} {'torch foreach':>14}  keys (optimlab)")
+    for spec in specs:
+        row = []
+        keys = ""
+        for factory in (lambda ps: spec.ours(ps, **spec.hyper),
+                        lambda ps: spec.ours(ps, **spec.hyper, fused=True),
+                        lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=True)):
+            params = make_params(shapes, grads, seed=0)
+            opt = factory(params)
+            opt.step()
+            row.append(state_bytes(opt, params))
+            if not keys:
+                keys = ", ".join(sorted(opt.state[params[0]]))
+        print(f"{spec.name:<12} {row[0]:>9.3f} {row[1]:>15.3f} {row[2]:>14.3f}  {keys}")
+
+
+# ------------------------------------------------------------------------------- main
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", choices=["big", "small", "both"], default="both")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per implementation "
+                    "(default 15 big, 40 small; the median is reported)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1/10 of the big case, 3 steps")
+    ap.add_argument("--only", default=None, help="comma-separated optimizer names")
+    args = ap.parse_args(argv)
+    specs = SPECS if not args.only else [s for s in SPECS if s.name in args.only.split(",")]
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"torch {torch.__version__}, {platform.machine()} {platform.processor() or ''}, "
+          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+          + (f", load average {load[0]:.2f}" if load else ""))
+    start = time.perf_counter()
+    ok = _fused.available()
+    print(f"optimlab fused kernels: {'loaded' if ok else 'UNAVAILABLE (fused=True falls back to foreach)'} "
+          f"in {time.perf_counter() - start:.2f} s (compiled on first use, then cached)")
+    cases = ["big", "small"] if args.case == "both" else [args.case]
+    for case in cases:
+        scale = 0.1 if args.quick else 1.0
+        steps = args.steps or (3 if args.quick else (15 if case == "big" else 40))
+        warmup = 1 if args.quick else 3
+        bench_case(case, CASES[case](scale), steps, warmup, specs)
+    state_table(specs)
+    if load:
+        print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (other processes skew timings; rerun when quiet)")
+
+
+if __name__ == "__main__":
+    main()
