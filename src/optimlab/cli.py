@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "optimizers": ("optimlab.optim.cli", "list the optimizers and their defaults"),
     "data": ("optimlab.data.cli", "fetch, verify and cache MNIST / Fashion-MNIST; show what is there"),
     "schedule": ("optimlab.schedules.cli", "plot learning-rate schedules to a PNG"),
+    "runs": ("optimlab.store.cli", "list, show and export the runs in the run store"),
 }
 
 

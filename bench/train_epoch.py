@@ -1,0 +1,219 @@
+"""One epoch of the lectures' CNN on MNIST, timed in one run, several ways.
+
+    python bench/train_epoch.py [--dataset mnist] [--threads N] [--repeats 1]
+
+The model: Conv2D(32, 3x3, ReLU) -> MaxPool 2x2 -> Dropout 0.25 -> Flatten ->
+Dense(10); batch 64; Adam (lr 1e-3); one epoch over the 50,000 training
+images; accuracy on the 10,000 validation images afterwards. Contenders:
+
+* optimlab.train.fit — ``optimlab.models.lecture_cnn()``, monitoring on
+  (per-step gradient norms, sampled per-layer statistics), run store on.
+* bare loop, same model — a hand-written loop over index slices, no
+  monitoring: the floor for optimlab's loop.
+* DataLoader loop, same model — the typical user loop with optimlab's model.
+* textbook PyTorch — ``nn.Sequential`` of torch's layers (NCHW, ``nn.Dropout``),
+  ``torch.optim.Adam``, ``DataLoader(TensorDataset, shuffle=True)``: the
+  typical user loop, and a bare loop over the same textbook model.
+* Keras 3 on TensorFlow (``pip install -e '.[bench]'``; skipped when missing),
+  the framework the lectures used, ``model.fit(..., batch_size=64, epochs=1)``.
+
+Every contender's time includes its own first-call costs (oneDNN primitive
+creation, Keras's graph tracing), as a user running one epoch sees them.
+Numbers on a shared machine are noisy: compare the ratios, and use
+``--repeats`` to keep each contender's best time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BATCH, LR, SEED = 64, 1e-3, 0
+
+
+def textbook_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25), nn.Flatten(),
+                         nn.Linear(32 * 13 * 13, 10))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    correct = sum(int((model(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum()) for i in range(0, len(x), 1000))
+    model.train()
+    return correct / len(x)
+
+
+def run_optimlab(train, val):
+    from optimlab import models, optim
+    from optimlab.train import fit
+
+    torch.manual_seed(SEED)
+    model = models.lecture_cnn()
+    opt = optim.create("adam", model.parameters(), lr=LR, fused=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        history = fit(model, opt, train, epochs=1, batch_size=BATCH, seed=SEED, quiet=True,
+                      store=os.path.join(tmp, "runs.sqlite"))
+        seconds = time.perf_counter() - start
+    return seconds, accuracy(model, *val), history
+
+
+def _bare(model, opt, x, y):
+    g = torch.Generator().manual_seed(SEED)
+    perm = torch.randperm(len(x), generator=g)
+    model.train()
+    for i in range(0, len(x), BATCH):
+        idx = perm[i:i + BATCH]
+        loss = F.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def _loader(model, opt, x, y):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
+    model.train()
+    for xb, yb in loader:
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def run_torch(train, val, *, fast_model: bool, loop: str):
+    from optimlab import models, optim
+
+    torch.manual_seed(SEED)
+    if fast_model:
+        model = models.lecture_cnn()
+        opt = optim.create("adam", model.parameters(), lr=LR, fused=True)
+    else:
+        model = textbook_cnn()
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
+    start = time.perf_counter()
+    (_bare if loop == "bare" else _loader)(model, opt, *train)
+    seconds = time.perf_counter() - start
+    return seconds, accuracy(model, *val), None
+
+
+def keras_available() -> str | None:
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
+            return None
+    except ValueError:
+        return None
+    return "ok"
+
+
+def run_keras(train, val):
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"keras was already imported with the {keras.backend.backend()!r} backend; "
+                           "run this benchmark with KERAS_BACKEND unset or 'tensorflow'")
+    threads = torch.get_num_threads()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass
+    keras.utils.set_random_seed(SEED)
+    x = train[0].permute(0, 2, 3, 1).numpy()
+    y = train[1].numpy()
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Dropout(0.25),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(LR),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=True, verbose=0)
+    seconds = time.perf_counter() - start
+    _, acc = model.evaluate(val[0].permute(0, 2, 3, 1).numpy(), val[1].numpy(), batch_size=1000, verbose=0)
+    return seconds, float(acc), f"keras {keras.__version__}, tensorflow {tf.__version__}"
+
+
+CONTENDERS = [
+    ("optimlab fit, monitoring on (lecture_cnn)", "optimlab", lambda tr, va: run_optimlab(tr, va)),
+    ("bare loop, same model (lecture_cnn)", "bare", lambda tr, va: run_torch(tr, va, fast_model=True, loop="bare")),
+    ("DataLoader loop, same model (lecture_cnn)", "loader_fast",
+     lambda tr, va: run_torch(tr, va, fast_model=True, loop="loader")),
+    ("DataLoader loop, textbook nn.Sequential", "loader",
+     lambda tr, va: run_torch(tr, va, fast_model=False, loop="loader")),
+    ("bare loop, textbook nn.Sequential", "bare_textbook",
+     lambda tr, va: run_torch(tr, va, fast_model=False, loop="bare")),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--threads", type=int, default=None, help="torch / TF threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=1, help="run each contender this many times, keep the best")
+    parser.add_argument("--skip", default="", help="comma-separated contender keys to skip "
+                        "(optimlab, bare, loader_fast, loader, bare_textbook, keras)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from optimlab import data
+
+    ds = data.load(args.dataset)
+    train, val = ds.train, ds.val
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    print(f"{args.dataset}: {len(train[1]):,} training images, batch {BATCH}, Adam lr {LR}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
+    results: dict[str, tuple[str, float, float]] = {}
+    contenders = [c for c in CONTENDERS if c[1] not in skip]
+    keras_note = None
+    if "keras" not in skip:
+        if keras_available():
+            contenders.append(("Keras 3 on TensorFlow", "keras", run_keras))
+        else:
+            keras_note = "Keras on TensorFlow: not installed (pip install -e '.[bench]')"
+    for label, key, fn in contenders:
+        best = None
+        for _ in range(args.repeats):
+            seconds, acc, extra = fn(train, val)
+            if key == "keras":
+                label = f"Keras 3 on TensorFlow ({extra})"
+            if best is None or seconds < best[0]:
+                best = (seconds, acc)
+            print(f"  {label}: {seconds:.2f} s, val acc {acc:.4f}", file=sys.stderr)
+        results[key] = (label, *best)
+    print(format_table(results))
+    if keras_note:
+        print(keras_note)
+    return 0
+
+
+def format_table(results: dict[str, tuple[str, float, float]]) -> str:
+    ref = results.get("optimlab")
+    lines = ["| loop | epoch (s) | ms/step | val acc | optimlab / this |", "|---|---:|---:|---:|---:|"]
+    steps = -(-50_000 // BATCH)
+    for key, (label, seconds, acc) in results.items():
+        ratio = f"{ref[1] / seconds:.2f}x" if ref else "-"
+        lines.append(f"| {label} | {seconds:.2f} | {1e3 * seconds / steps:.2f} | {acc:.4f} | {ratio} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""``optimlab runs list | show RUN | export [RUN ...]``: look into the run store."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+
+from optimlab.store import ENV_VAR, RunStore, default_path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None,
+                        help=f"the store file (default: ${ENV_VAR}, else {default_path()})")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = sub.add_parser("list", help="one line per run, newest first")
+    ls.add_argument("--status", help="only runs with this status (running, completed, early_stopped, nonfinite)")
+    ls.add_argument("--limit", type=int, default=None, help="at most this many runs")
+    show = sub.add_parser("show", help="a run's configuration, epochs and diagnoses")
+    show.add_argument("run", help="run id (or a unique prefix of it)")
+    show.add_argument("--steps", action="store_true", help="also print the sampled per-step rows")
+    ex = sub.add_parser("export", help="write runs as CSV or JSON")
+    ex.add_argument("runs", nargs="*", help="run ids or prefixes (default: every run)")
+    ex.add_argument("-f", "--format", choices=["csv", "json"], default=None,
+                    help="default: from the output file's suffix, else json")
+    ex.add_argument("--what", choices=["epochs", "steps", "runs"], default="epochs",
+                    help="for CSV: which table to flatten (default: epochs)")
+    ex.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
+
+
+def _num(value, fmt=".4f") -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def run(args: argparse.Namespace) -> int:
+    store = RunStore(args.db) if args.db else RunStore()
+    if args.action != "list" and not store.path.exists():
+        print(f"optimlab runs: no run store at {store.path}", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "list":
+            return _list(store, args)
+        if args.action == "show":
+            return _show(store, args)
+        text = store.export(args.runs or None, args.output, fmt=args.format, what=args.what)
+        if args.output is None:
+            sys.stdout.write(text)
+        else:
+            print(f"wrote {args.output}", file=sys.stderr)
+        return 0
+    except KeyError as err:
+        print(f"optimlab runs: {err.args[0]}", file=sys.stderr)
+        return 2
+
+
+def _list(store: RunStore, args) -> int:
+    if not store.path.exists():
+        print(f"no runs yet ({store.path} does not exist)", file=sys.stderr)
+        return 0
+    runs = store.runs(status=args.status, limit=args.limit)
+    rows = []
+    for r in runs:
+        c, s = r["config"], r["summary"]
+        rows.append([r["run_id"], _when(r["created"]), r["name"] or "-", r["status"], str(r["epochs"]),
+                     c.get("model", "-"), c.get("optimizer", "-"), _num((c.get("hyper") or {}).get("lr"), "g"),
+                     _num(s.get("train_loss")), _num(s.get("val_loss")), _num(s.get("val_acc")),
+                     str(len(r["diagnoses"]))])
+    print(_table(["run", "created", "name", "status", "epochs", "model", "optimizer", "lr", "train_loss",
+                  "val_loss", "val_acc", "diagnoses"], rows))
+    print(f"{len(rows)} run(s) in {store.path}", file=sys.stderr)
+    return 0
+
+
+def _show(store: RunStore, args) -> int:
+    r = store.run(store.resolve(args.run))
+    print(f"run {r['run_id']}  ({r['status']}, created {_when(r['created'])})")
+    for key, value in r["config"].items():
+        print(f"  {key}: {value}")
+    if r["stop"]:
+        print(f"stopped: {r['stop'].get('message') or r['stop']}")
+    cols = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "grad_norm", "time_s",
+            "samples_per_s"]
+    rows = [[_num(e.get(k), "g" if k in ("lr", "epoch", "step") else ".4f") for k in cols]
+            for e in r["epochs_rows"]]
+    if rows:
+        print(_table(cols, rows))
+    if args.steps and r["steps_rows"]:
+        keys = ["step", "epoch", "loss", "grad_norm", "lr", "momentum"]
+        print(_table(keys, [[_num(s.get(k), "g" if k in ("step", "epoch", "lr", "momentum") else ".4f")
+                             for k in keys] for s in r["steps_rows"]]))
+    for d in r["diagnoses"]:
+        print(f"[{d['severity']}] {d['title']}: {d['evidence']}")
+        for remedy in d["remedies"]:
+            print(f"    remedy: {remedy}")
+    return 0

@@ -1,0 +1,171 @@
+"""What a practitioner must watch, measured cheaply during training.
+
+Every step: the loss, the accuracy on the batch, and the gradient norm of
+every parameter (one ``torch._foreach_norm`` call), kept as tensors: nothing
+is read back to Python except one finiteness check of ``loss + Σ norms``
+(non-finite iff the loss or any gradient is). Every ``sample_every`` steps
+(and on the epoch's last step): the learning rate and momentum in use and the
+update-to-weight ratio ``‖Δθ‖ / ‖θ‖`` of each layer, which needs a copy of
+the weights before the step. Per-layer values combine a layer's parameters
+(weight and bias) into one norm. Everything is turned into numbers once, at
+the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def layer_name(param_name: str) -> str:
+    """``"features.0.weight"`` → ``"features.0"``; a top-level parameter names itself."""
+    return param_name.rpartition(".")[0] or param_name
+
+
+def hyper_in_use(optimizer) -> tuple[float | None, float | None]:
+    """The learning rate and momentum (SGD ``momentum``, or Adam-style ``betas[0]``) of group 0."""
+    group = optimizer.param_groups[0]
+    lr = group.get("lr")
+    lr = float(lr) if lr is not None else None
+    if "momentum" in group:
+        momentum = float(group["momentum"])
+    elif "betas" in group:
+        momentum = float(group["betas"][0])
+    else:
+        momentum = None
+    return lr, momentum
+
+
+def first_nonfinite(named: list[tuple[str, nn.Parameter]]) -> tuple[str | None, list[str]]:
+    """The first parameter (in model order) whose gradient holds inf/NaN, and all such parameters."""
+    bad = [name for name, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+    return (bad[0] if bad else None), bad
+
+
+class Monitor:
+    """Per-step and per-epoch statistics of one model and optimizer."""
+
+    def __init__(self, model: nn.Module, optimizer, *, sample_every: int = 10, enabled: bool = True):
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not self.named:
+            raise ValueError("the model has no trainable parameters")
+        self.params = [p for _, p in self.named]
+        self.optimizer = optimizer
+        self.enabled = enabled
+        self.sample_every = sample_every
+        self.layers: list[str] = []
+        index: list[int] = []
+        for name, _ in self.named:
+            layer = layer_name(name)
+            if layer not in self.layers:
+                self.layers.append(layer)
+            index.append(self.layers.index(layer))
+        device = self.params[0].device
+        self._onehot = torch.zeros(len(self.params), len(self.layers), dtype=torch.float32, device=device)
+        self._onehot[torch.arange(len(index)), torch.tensor(index)] = 1.0
+        self._zero = torch.zeros((), device=device)
+        self.start_epoch()
+
+    # ------------------------------------------------------------------ per step
+    def start_epoch(self, saved: dict[str, Any] | None = None) -> None:
+        """Clear the epoch's buffers, or restore them from :meth:`state` (a resumed epoch)."""
+        self.losses: list[torch.Tensor] = []
+        self.norms: list[torch.Tensor] = []
+        self.correct: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+        self.samples: list[dict[str, Any]] = []
+        if saved:
+            n = len(saved["sizes"])
+            self.losses = list(saved["losses"].unbind()) if n else []
+            self.norms = list(saved["norms"].unbind()) if n and saved["norms"].numel() else []
+            self.correct = list(saved["correct"].unbind()) if n and saved["correct"].numel() else []
+            self.sizes = list(saved["sizes"])
+            self.samples = [dict(s) for s in saved["samples"]]
+
+    def is_sample(self, batch: int, last: int) -> bool:
+        return self.enabled and ((batch + 1) % self.sample_every == 0 or batch == last)
+
+    def after_backward(self, loss: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Record the step's loss, accuracy and gradient norms; return ``loss + Σ norms``
+        (finite iff the loss and every gradient are)."""
+        loss = loss.detach()
+        self.losses.append(loss)
+        self.sizes.append(len(target))
+        if out.dim() == 2 and target.dim() == 1 and not target.is_floating_point():
+            self.correct.append((out.detach().argmax(1) == target).sum())
+        if not self.enabled:
+            return loss
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        norms = torch.stack(torch._foreach_norm(grads))
+        self.norms.append(norms)
+        return loss + norms.sum()
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """The weights before a sampled step (for the update-to-weight ratio)."""
+        return [p.detach().clone() for p in self.params]
+
+    def after_step(self, before: list[torch.Tensor], step: int, epoch: int, batch: int) -> None:
+        """Close the window ending at this (sampled) step: per-layer update ratios and the hyperparameters."""
+        now = [p.detach() for p in self.params]
+        delta = torch.stack(torch._foreach_norm(torch._foreach_sub(now, before))) ** 2
+        weight = torch.stack(torch._foreach_norm(before)) ** 2
+        lr, momentum = hyper_in_use(self.optimizer)
+        self.samples.append({"step": step, "epoch": epoch, "batch": batch, "lr": lr, "momentum": momentum,
+                             "delta_sq": delta @ self._onehot, "weight_sq": weight @ self._onehot})
+
+    # ----------------------------------------------------------------- per epoch
+    def state(self) -> dict[str, Any]:
+        """The epoch so far, as checkpoint-safe tensors and lists."""
+        return {
+            "losses": torch.stack(self.losses) if self.losses else torch.zeros(0),
+            "norms": torch.stack(self.norms) if self.norms else torch.zeros(0),
+            "correct": torch.stack(self.correct) if self.correct else torch.zeros(0, dtype=torch.int64),
+            "sizes": list(self.sizes),
+            "samples": [dict(s) for s in self.samples],
+        }
+
+    def summarize(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """``(epoch_row, step_rows)`` for the epoch just finished (one read-back to Python)."""
+        if not self.sizes:
+            return {}, []
+        sizes = torch.tensor(self.sizes, dtype=torch.float64)
+        losses = torch.stack(self.losses).double().cpu()
+        row: dict[str, Any] = {"steps": len(self.sizes), "samples": int(sizes.sum()),
+                               "train_loss": float((losses * sizes).sum() / sizes.sum())}
+        if len(self.correct) == len(self.sizes):
+            row["train_acc"] = float(torch.stack(self.correct).sum()) / row["samples"]
+        steps: list[dict[str, Any]] = []
+        if not self.enabled:
+            return row, steps
+        norms = torch.stack(self.norms).double().cpu()                       # (steps, params)
+        per_layer = ((norms ** 2) @ self._onehot.double().cpu()).sqrt()        # (steps, layers)
+        total = norms.norm(dim=1)                                            # (steps,)
+        row["grad_norm"] = float(total.mean())
+        row["grad_norm_max"] = float(total.max())
+        for j, layer in enumerate(self.layers):
+            row[f"grad_norm/{layer}"] = float(per_layer[:, j].mean())
+        ratios = []
+        start = 0
+        for s in self.samples:
+            end = s["batch"] + 1
+            window = slice(start, end)
+            start = end
+            w_sq, d_sq = s["weight_sq"].double().cpu(), s["delta_sq"].double().cpu()
+            ratio = [math.sqrt(d) / math.sqrt(w) if w > 0 else None for d, w in zip(d_sq.tolist(), w_sq.tolist())]
+            ratios.append(ratio)
+            out = {"step": s["step"], "epoch": s["epoch"],
+                   "loss": float((losses[window] * sizes[window]).sum() / sizes[window].sum()),
+                   "grad_norm": float(total[window].mean()), "grad_norm_max": float(total[window].max()),
+                   "lr": s["lr"], "momentum": s["momentum"]}
+            for j, layer in enumerate(self.layers):
+                out[f"grad_norm/{layer}"] = float(per_layer[window, j].mean())
+                out[f"update_ratio/{layer}"] = ratio[j]
+                out[f"weight_norm/{layer}"] = math.sqrt(w_sq[j])
+            steps.append(out)
+        for j, layer in enumerate(self.layers):
+            values = [r[j] for r in ratios if r[j] is not None and math.isfinite(r[j])]
+            row[f"update_ratio/{layer}"] = (sum(values) / len(values)) if values else None
+        return row, steps
