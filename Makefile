@@ -18,7 +18,7 @@ $(VENV)/.installed-test: pyproject.toml constraints.txt | $(PY)
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m optimlab demo
+	$(PY) -m optimlab showdown --out showdown
 
 test: $(VENV)/.installed-test
 	@.ci/system-packages || echo "note: could not install chromium/postgresql; the tests that need them will be skipped"

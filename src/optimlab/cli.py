@@ -12,10 +12,12 @@ import importlib
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("optimlab.demo", "train a small model with every optimizer and print a comparison"),
     "optimizers": ("optimlab.optim.cli", "list the optimizers and their defaults"),
+    "showdown": ("optimlab.showdown.cli", "the lectures' MNIST optimizer comparison, reproduced, with a report"),
+    "report": ("optimlab.showdown.report_cli", "rebuild a showdown's report from the run store"),
     "data": ("optimlab.data.cli", "fetch, verify and cache MNIST / Fashion-MNIST; show what is there"),
     "schedule": ("optimlab.schedules.cli", "plot learning-rate schedules to a PNG"),
+    "landscape": ("optimlab.landscape.cli", "optimizers on 2-D test functions and real networks' loss surfaces"),
     "runs": ("optimlab.store.cli", "list, show and export the runs in the run store"),
 }
 

@@ -1,0 +1,68 @@
+"""`optimlab showdown` and `optimlab report`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from optimlab.showdown.recipes import LECTURE
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--optimizers", default=",".join(LECTURE),
+                        help="comma-separated rows: the lecture's (adam, rmsprop, momentum, sgd, adagrad, "
+                             "adadelta) or any name of `optimlab optimizers` (default: the lecture's six)")
+    parser.add_argument("--convention", default="keras", choices=["keras", "torch"],
+                        help="whose default hyperparameters (the lecture used Keras's)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per row (mean ± std when > 1)")
+    parser.add_argument("--schedule", default=None,
+                        help='a schedule for every lecture row, e.g. "onecycle(max_lr=0.01, total_steps=TOTAL)" '
+                             "(TOTAL = the run's steps; see `optimlab schedule --list`)")
+    parser.add_argument("--beyond", action="store_true",
+                        help="also run the best known recipe per optimizer (a second table)")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: one epoch of a few hundred batches")
+    parser.add_argument("--out", default="showdown", help="output directory (report, runs, checkpoints)")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def _description(cfg, source: str, split: str) -> str:
+    budget = "a quick smoke run (one epoch of 300 batches)" if cfg.quick else f"{cfg.epochs} epochs"
+    return (f"The lecture's CNN (Conv2D 32 3×3 ReLU → MaxPool 2×2 → Dropout 0.25 → Dense 10) on {cfg.dataset} "
+            f"({source}; {split}), {budget}, batch {cfg.batch_size}, {cfg.seeds} seed(s), optimizers at "
+            f"{cfg.convention}'s defaults{'' if cfg.convention == 'torch' else ' as in the lecture'}. "
+            f"Times are this machine's; the lecture's are its own. Showdown id `{cfg.showdown_id}`.")
+
+
+def run(args: argparse.Namespace) -> int:
+    from optimlab.optim import get
+    from optimlab.showdown.runner import ShowdownConfig, run_showdown
+    from optimlab.showdown.summary import build_report
+
+    names = tuple(n.strip().lower() for n in args.optimizers.split(",") if n.strip())
+    for n in names:
+        if n not in LECTURE:
+            get(n)  # an unknown name fails before any training, listing the known ones
+    try:
+        cfg = ShowdownConfig(dataset=args.dataset, optimizers=names, convention=args.convention, epochs=args.epochs,
+                             batch_size=args.batch_size, seeds=args.seeds, schedule=args.schedule, quick=args.quick,
+                             beyond=args.beyond, out=args.out)
+    except ValueError as err:
+        print(f"optimlab showdown: {err}", file=sys.stderr)
+        return 2
+    try:
+        results = run_showdown(cfg, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to resume (finished runs are kept in {cfg.out}/runs)",
+              file=sys.stderr)
+        return 130
+    meta = json.loads((Path(cfg.out) / "showdown.json").read_text())
+    _, printed = build_report(results, {"dataset": cfg.dataset,
+                                        "description": _description(cfg, meta["source"], meta["split"])}, cfg.out)
+    print(printed)
+    print(f"\nreport: {Path(cfg.out) / 'report.html'} (and report.md)", file=sys.stderr)
+    return 0

@@ -1,0 +1,40 @@
+"""`optimlab report SHOWDOWN_ID`: rebuild a showdown's report from the run store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("showdown_id", help="the showdown id printed in its report (sd-xxxxxxxx)")
+    parser.add_argument("--store", required=True, help="the run store file (e.g. showdown/runs.sqlite)")
+    parser.add_argument("--out", default=None, help="where to write the report (default: report-<id>)")
+
+def run(args: argparse.Namespace) -> int:
+    from optimlab.showdown.summary import build_report
+    from optimlab.store import RunStore
+
+    store = RunStore(args.store)
+    results: dict = {}
+    for r in sorted(store.runs(), key=lambda r: r["created"]):
+        cfg = r["config"]
+        if cfg.get("showdown") != args.showdown_id:
+            continue
+        history = store.history(r["run_id"])
+        results.setdefault(cfg["table"], {}).setdefault(cfg["row"], []).append({
+            "label": cfg["label"], "recipe": cfg["recipe"], "seed": cfg["seed"], "run_id": r["run_id"],
+            "eval_train_acc": r["summary"].get("eval_train_acc", float("nan")),
+            "history": json.loads(history.to_json())})
+    if not results:
+        print(f"optimlab report: no showdown {args.showdown_id!r} in {args.store}", file=sys.stderr)
+        return 2
+    dataset = next(iter(next(iter(results.values())).values()))[0]["history"]["config"].get("dataset", "mnist")
+    out = args.out or f"report-{args.showdown_id}"
+    _, printed = build_report(results, {"dataset": dataset, "description":
+                                        f"Rebuilt from the run store {args.store} (showdown `{args.showdown_id}`)."}, out)
+    print(printed)
+    print(f"\nreport: {Path(out) / 'report.html'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,167 @@
+"""Run the showdown: every row × seed a training run, resumable, results kept on disk.
+
+Each finished run's history is written to ``<out>/runs/<key>.json``; a run in progress
+checkpoints to ``<out>/checkpoints/<key>.pt``. Run the same command again after an
+interruption: finished runs are read back, the interrupted one resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from optimlab import models
+from optimlab.showdown.recipes import BEYOND, LECTURE, Recipe, lecture_recipe
+
+QUICK_BATCHES = 300  # --quick: a few hundred batches per run
+
+
+@dataclass
+class ShowdownConfig:
+    dataset: str = "mnist"
+    optimizers: tuple[str, ...] = tuple(LECTURE)
+    convention: str = "keras"
+    epochs: int = 10
+    batch_size: int = 64
+    seeds: int = 1
+    schedule: str | None = None
+    quick: bool = False
+    beyond: bool = False
+    out: str = "showdown"
+    store: str | None = None  # run store file; default: <out>/runs.sqlite
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1), ("seeds", self.seeds, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.convention not in ("keras", "torch"):
+            raise ValueError(f"convention must be 'keras' or 'torch', got {self.convention!r}")
+        if not self.optimizers:
+            raise ValueError("optimizers must name at least one optimizer")
+
+    @property
+    def showdown_id(self) -> str:
+        """Stable for the same experiment, so a re-run finds its finished runs."""
+        keys = ("dataset", "optimizers", "convention", "epochs", "batch_size", "schedule", "quick")
+        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=list)
+        return "sd-" + hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def recipes(cfg: ShowdownConfig) -> dict[str, list[Recipe]]:
+    """The tables to run: "lecture" always, "beyond" when asked for."""
+    from optimlab.schedules.cli import parse_schedule
+
+    tables = {"lecture": [lecture_recipe(k, cfg.convention) for k in cfg.optimizers]}
+    if cfg.schedule:
+        text = cfg.schedule
+        parse_schedule(text.replace("TOTAL", "100"))  # a bad --schedule fails before any training
+        tables["lecture"] = [Recipe(r.key, r.label, r.optimizer, r.convention, r.hyper,
+                                    lambda total, text=text: parse_schedule(text.replace("TOTAL", str(total + 1))),
+                                    r.describe + f", schedule {text}") for r in tables["lecture"]]
+    if cfg.beyond:
+        tables["beyond"] = [BEYOND[k] for k in cfg.optimizers if k in BEYOND]
+    return tables
+
+
+def _atomic_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _subsets(cfg: ShowdownConfig):
+    from optimlab import data
+
+    ds = data.load(cfg.dataset)
+    (x, y), (xv, yv) = ds.train, ds.val
+    if cfg.quick:
+        n = QUICK_BATCHES * cfg.batch_size
+        x, y, xv, yv = x[:n], y[:n], xv[:2000], yv[:2000]
+    return ds, (x, y), (xv, yv)
+
+
+@torch.no_grad()
+def _accuracy(model, x, y, batch: int = 2000) -> tuple[float, float]:
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), batch):
+        out = model(x[i:i + batch])
+        loss += torch.nn.functional.cross_entropy(out, y[i:i + batch], reduction="sum").item()
+        correct += int((out.argmax(1) == y[i:i + batch]).sum())
+    return loss / len(x), correct / len(x)
+
+
+def _record_eval(store: str, run_id: str | None, loss: float, acc: float) -> None:
+    """Keep the end-of-run training accuracy (eval mode) with the run, for `optimlab report`."""
+    from optimlab.store import RunStore
+
+    if run_id is None:
+        return
+    db = RunStore(store)
+    run = db.run(run_id)
+    db.finish_run(run_id, status=run["status"], summary={**run["summary"], "eval_train_loss": loss,
+                                                          "eval_train_acc": acc},
+                  stop=run["stop"], diagnoses=run["diagnoses"])
+    db.close()
+
+
+def run_showdown(cfg: ShowdownConfig, *, quiet: bool = False) -> dict:
+    """Train every row × seed (skipping finished runs); return ``{table: {row: [result, ...]}}``."""
+    from optimlab.train import fit
+
+    out = Path(cfg.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    store = cfg.store or str(out / "runs.sqlite")
+    tables = recipes(cfg)
+    ds, train, val = _subsets(cfg)
+    steps_per_epoch = -(-len(train[0]) // cfg.batch_size)
+    total = steps_per_epoch * (1 if cfg.quick else cfg.epochs)
+    epochs = 1 if cfg.quick else cfg.epochs
+    results: dict = {}
+    for table, rows in tables.items():
+        for recipe in rows:
+            for seed in range(cfg.seeds):
+                key = f"{table}-{recipe.key}-s{seed}"
+                done = out / "runs" / f"{key}.json"
+                if done.exists():
+                    result = json.loads(done.read_text())
+                    if result.get("showdown_id") == cfg.showdown_id:
+                        results.setdefault(table, {}).setdefault(recipe.key, []).append(result)
+                        if not quiet:
+                            print(f"[{key}] finished earlier: val acc {result['history']['epochs'][-1].get('val_acc')}",
+                                  file=sys.stderr)
+                        continue
+                torch.manual_seed(seed)
+                model = models.lecture_cnn()
+                optimizer, schedule = recipe.build(model.parameters(), total)
+                history = fit(model, optimizer, {"train": train, "val": val}, epochs=epochs,
+                              batch_size=cfg.batch_size, schedule=schedule, seed=seed,
+                              checkpoint=out / "checkpoints" / f"{key}.pt", checkpoint_every=200, resume=True,
+                              store=store, name=f"{cfg.showdown_id}/{key}", on_nonfinite="stop", quiet=quiet,
+                              config={"showdown": cfg.showdown_id, "table": table, "row": recipe.key,
+                                      "label": recipe.label, "recipe": recipe.describe, "seed": seed,
+                                      "dataset": cfg.dataset, "source": ds.source})
+                sample = slice(0, min(10000, len(train[0])))
+                train_loss, train_acc = _accuracy(model, train[0][sample], train[1][sample])
+                result = {"showdown_id": cfg.showdown_id, "table": table, "row": recipe.key, "label": recipe.label,
+                          "recipe": recipe.describe, "seed": seed, "run_id": history.run_id,
+                          "eval_train_loss": train_loss, "eval_train_acc": train_acc,
+                          "history": json.loads(history.to_json())}
+                _record_eval(store, history.run_id, train_loss, train_acc)
+                _atomic_json(done, result)
+                (out / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
+                results.setdefault(table, {}).setdefault(recipe.key, []).append(result)
+    _atomic_json(out / "showdown.json", {"config": asdict(cfg), "showdown_id": cfg.showdown_id,
+                                          "source": ds.source, "split": ds.split, "results": results})
+    return results
