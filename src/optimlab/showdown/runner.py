@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ class ShowdownConfig:
     beyond: bool = False
     out: str = "showdown"
     store: str | None = None  # run store file; default: <out>/runs.sqlite
-    extra: dict = field(default_factory=dict)
+    checkpoint_every: int = 200  # steps between mid-epoch checkpoints
 
     def __post_init__(self):
         for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1), ("seeds", self.seeds, 1)):
@@ -115,7 +115,7 @@ def _record_eval(store: str, run_id: str | None, loss: float, acc: float) -> Non
     db.close()
 
 
-def run_showdown(cfg: ShowdownConfig, *, quiet: bool = False) -> dict:
+def run_showdown(cfg: ShowdownConfig, *, quiet: bool = False, callbacks=()) -> dict:
     """Train every row × seed (skipping finished runs); return ``{table: {row: [result, ...]}}``."""
     from optimlab.train import fit
 
@@ -147,7 +147,8 @@ def run_showdown(cfg: ShowdownConfig, *, quiet: bool = False) -> dict:
                 optimizer, schedule = recipe.build(model.parameters(), total)
                 history = fit(model, optimizer, {"train": train, "val": val}, epochs=epochs,
                               batch_size=cfg.batch_size, schedule=schedule, seed=seed,
-                              checkpoint=out / "checkpoints" / f"{key}.pt", checkpoint_every=200, resume=True,
+                              checkpoint=out / "checkpoints" / f"{key}.pt", checkpoint_every=cfg.checkpoint_every, resume=True,
+                              callbacks=callbacks,
                               store=store, name=f"{cfg.showdown_id}/{key}", on_nonfinite="stop", quiet=quiet,
                               config={"showdown": cfg.showdown_id, "table": table, "row": recipe.key,
                                       "label": recipe.label, "recipe": recipe.describe, "seed": seed,

@@ -1,0 +1,119 @@
+"""The showdown on a tiny synthetic dataset: tables, report, resume after an interruption."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from optimlab import data
+from optimlab.showdown import LECTURE, ShowdownConfig, build_report, run_showdown
+from tests.browser import needs_chromium, render
+
+
+def tiny_dataset(n_train=256, n_val=128, seed=0) -> data.Dataset:
+    """Ten classes, each a fixed random 28x28 template plus noise: learnable in a few steps."""
+    gen = torch.Generator().manual_seed(seed)
+    templates = torch.rand(10, 1, 28, 28, generator=gen)
+
+    def draw(n):
+        y = torch.randint(0, 10, (n,), generator=gen)
+        x = (0.6 * templates[y] + 0.4 * torch.rand(n, 1, 28, 28, generator=gen)).clamp(0, 1)
+        return x, y
+
+    return data.Dataset("mnist", draw(n_train), draw(n_val), draw(n_val), "synthetic split", "synthetic",
+                        tuple(str(i) for i in range(10)))
+
+
+@pytest.fixture(autouse=True)
+def synthetic_mnist(monkeypatch):
+    monkeypatch.setattr(data, "load", lambda name, **kw: tiny_dataset())
+
+
+def config(tmp_path, **kw):
+    base = dict(optimizers=("adam", "sgd"), epochs=2, batch_size=32, seeds=1, out=str(tmp_path / "sd"),
+                checkpoint_every=3)
+    return ShowdownConfig(**{**base, **kw})
+
+
+def test_runs_every_row_and_seed_and_writes_the_report(tmp_path):
+    cfg = config(tmp_path, seeds=2, beyond=True)
+    results = run_showdown(cfg, quiet=True)
+    assert set(results) == {"lecture", "beyond"}
+    assert {k: len(v) for k, v in results["lecture"].items()} == {"adam": 2, "sgd": 2}
+    adam = results["lecture"]["adam"][0]["history"]
+    assert len(adam["epochs"]) == 2 and adam["epochs"][-1]["val_acc"] > 0.5  # it learned
+    _, printed = build_report(results, {"dataset": "mnist", "description": "test"}, cfg.out)
+    assert "| Adam " in printed and f"{LECTURE['adam'][1]:.4f}" in printed and " ± " in printed
+    assert "Beyond the lecture" in printed and "AdamW + warm-up + cosine" in printed
+    md = (tmp_path / "sd" / "report.md").read_text()
+    for chart in ("val_acc", "val_loss", "train_loss", "lr", "grad_norm", "update_ratio"):
+        assert (tmp_path / "sd" / f"{chart}.png").stat().st_size > 1000 and f"({chart}.png)" in md
+
+
+def test_interrupted_showdown_resumes_and_skips_finished_runs(tmp_path, monkeypatch):
+    class InterruptAt:
+        def __init__(self, step):
+            self.step, self.calls = step, 0
+
+        def on_step_end(self, trainer):
+            self.calls += 1
+            if self.calls == self.step:
+                raise KeyboardInterrupt
+
+    cfg = config(tmp_path)
+    # adam runs 16 steps (2 epochs x 8 batches); interrupt sgd in its second epoch
+    with pytest.raises(KeyboardInterrupt):
+        run_showdown(cfg, quiet=True, callbacks=[InterruptAt(16 + 11)])
+    runs = tmp_path / "sd" / "runs"
+    assert (runs / "lecture-adam-s0.json").exists() and not (runs / "lecture-sgd-s0.json").exists()
+    assert (tmp_path / "sd" / "checkpoints" / "lecture-sgd-s0.pt").exists()
+
+    fits = []
+    import optimlab.train as train_module
+    real_fit = train_module.fit
+    monkeypatch.setattr(train_module, "fit", lambda *a, **k: fits.append(k["name"]) or real_fit(*a, **k))
+    resumed = run_showdown(cfg, quiet=True)
+    assert len(fits) == 1 and fits[0].endswith("lecture-sgd-s0")  # adam was not redone
+
+    clean = run_showdown(config(tmp_path / "clean"), quiet=True)
+    for key in ("adam", "sgd"):
+        a = resumed["lecture"][key][0]["history"]["epochs"]
+        b = clean["lecture"][key][0]["history"]["epochs"]
+        assert [e["val_loss"] for e in a] == [e["val_loss"] for e in b]  # bit-identical
+
+
+def test_report_command_rebuilds_from_the_run_store(tmp_path):
+    cfg = config(tmp_path, optimizers=("adagrad",), epochs=1)
+    run_showdown(cfg, quiet=True)
+    out = tmp_path / "rebuilt"
+    from optimlab.cli import main  # in-process, so the synthetic data stays patched in
+
+    assert main(["report", cfg.showdown_id, "--store", str(tmp_path / "sd" / "runs.sqlite"), "--out", str(out)]) == 0
+    assert "| Adagrad" in (out / "report.md").read_text()
+    assert main(["report", "sd-00000000", "--store", str(tmp_path / "sd" / "runs.sqlite")]) == 2
+
+
+def test_bad_input_is_rejected_before_training(tmp_path):
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
+        config(tmp_path, epochs=0)
+    with pytest.raises(ValueError, match="convention must be 'keras' or 'torch', got 'jax'"):
+        config(tmp_path, convention="jax")
+    proc = subprocess.run([sys.executable, "-m", "optimlab", "showdown", "--optimizers", "adam,adamm",
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Did you mean 'adam'" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@needs_chromium
+def test_showdown_report_renders_in_a_browser(tmp_path):
+    cfg = config(tmp_path, optimizers=("adam",), epochs=1)
+    results = run_showdown(cfg, quiet=True)
+    build_report(results, {"dataset": "mnist", "description": "test"}, cfg.out)
+    dom, console = render(tmp_path / "sd" / "report.html", tmp_path)
+    assert console == []
+    assert dom.count('class="main-svg"') >= 6  # six charts drawn
+    assert json.loads((tmp_path / "sd" / "showdown.json").read_text())["showdown_id"] == cfg.showdown_id
