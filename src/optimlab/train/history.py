@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
 # How a run ended.
-RUNNING, COMPLETED, EARLY_STOPPED, NONFINITE = "running", "completed", "early_stopped", "nonfinite"
+RUNNING, COMPLETED, EARLY_STOPPED, NONFINITE, STOPPED = "running", "completed", "early_stopped", "nonfinite", "stopped"
 
 
 @dataclass
@@ -25,7 +26,8 @@ class History:
     and ``grad_norm`` (means over the steps since the previous sample),
     ``grad_norm_max``, ``lr``, ``momentum``, and per layer ``grad_norm/``,
     ``update_ratio/``, ``weight_norm/``.
-    ``status``: ``completed``, ``early_stopped`` or ``nonfinite``; ``stop``
+    ``status``: ``completed``, ``early_stopped``, ``nonfinite`` or ``stopped`` (by a
+    callback setting ``trainer.stop_training``); ``stop``
     says why and where a run stopped early. ``diagnoses``: what
     :func:`optimlab.diagnose` found at the end of the run.
     """
@@ -82,9 +84,17 @@ class History:
 
 
 def clean(value):
-    """JSON-safe copy: non-finite floats become None (strict JSON has no NaN)."""
-    if isinstance(value, float):
+    """A JSON- and ``weights_only``-safe copy: plain Python types; non-finite floats
+    become None (strict JSON has no NaN)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
         return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return str(value)  # plain str (e.g. torch.__version__ is a str subclass)
     if isinstance(value, dict):
         return {str(k): clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

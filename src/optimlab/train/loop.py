@@ -17,7 +17,7 @@ from torch import nn
 
 from optimlab.train import _data, checkpoint as ckpt, progress as _progress
 from optimlab.train.diagnostics import diagnose
-from optimlab.train.history import COMPLETED, EARLY_STOPPED, NONFINITE, History, clean
+from optimlab.train.history import COMPLETED, EARLY_STOPPED, NONFINITE, STOPPED, History, clean
 from optimlab.train.monitor import Monitor, first_nonfinite, hyper_in_use, layer_name
 from optimlab.train.stopping import EarlyStopping, NonFiniteError
 
@@ -223,13 +223,19 @@ class Trainer:
                 if loader:
                     self._epoch_rng = ckpt.rng_state()
             t0 = time.perf_counter()
-            self._run_epoch(epoch, first, t0 - elapsed, after_skip)
+            finished = self._run_epoch(epoch, first, t0 - elapsed, after_skip)
             seconds = time.perf_counter() - t0 + elapsed
-            if self._end_epoch(epoch, seconds) or self.stop_training:
+            if not finished:  # a callback stopped the run mid-epoch: keep the last checkpoint as it is
+                self._partial_epoch(epoch, seconds)
+                return STOPPED
+            if self._end_epoch(epoch, seconds):
                 return EARLY_STOPPED
+            if self.stop_training:
+                return STOPPED
         return COMPLETED
 
-    def _run_epoch(self, epoch: int, first: int, t0: float, after_skip) -> None:
+    def _run_epoch(self, epoch: int, first: int, t0: float, after_skip) -> bool:
+        """Train from batch ``first`` on; False when a callback stopped the run before the epoch's end."""
         model, optimizer, monitor, loss_fn = self.model, self.optimizer, self.monitor, self.loss_fn
         last = self.steps_per_epoch - 1
         per_step = self.scheduler is not None and self.schedule_kind == "step" and self.schedule_unit == "step"
@@ -265,8 +271,9 @@ class Trainer:
                 cb(self)
             if self.checkpoint_every and self.step % self.checkpoint_every == 0 and batch != last:
                 self._save(epoch, batch + 1, time.perf_counter() - t0)
-            if self.stop_training:
-                break
+            if self.stop_training and batch != last:
+                return False
+        return True
 
     def _running_acc(self) -> float | None:
         m = self.monitor
@@ -318,10 +325,20 @@ class Trainer:
     def _evaluate(self) -> tuple[float, float | None]:
         return _data.evaluate(self.model, self.val, self.loss_fn, batch_size=self.eval_batch_size, device=self.device)
 
+    def _partial_epoch(self, epoch: int, seconds: float) -> None:
+        row, step_rows = self.monitor.summarize()
+        if row:
+            row = {"epoch": epoch + 1, "step": self.step, **row, "time_s": seconds, "partial": True}
+            self.history.epochs.append(row)
+            self.history.steps.extend(step_rows)
+            if self.store is not None:
+                self.store.log_epoch(self.history.run_id, row, step_rows)
+        self.history.stop = {"reason": "callback", "epoch": epoch + 1, "step": self.step}
+
     def _nonfinite(self, epoch: int, batch: int, loss: torch.Tensor) -> None:
         parameter, bad = first_nonfinite(self.named)
         layer = layer_name(parameter) if parameter else None
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         step = self.step + 1
         where = f"step {step} (epoch {epoch + 1}, batch {batch + 1} of {self.steps_per_epoch})"
         if layer is not None:
@@ -359,8 +376,9 @@ class Trainer:
         if status != NONFINITE and es is not None and es.restore_best and es.best_state is not None:
             self.model.load_state_dict(es.best_state)
         if status == EARLY_STOPPED and h.stop is None:
-            h.stop = {"reason": "early_stopping" if es is not None else "callback", "epoch": len(h.epochs),
-                      "best_epoch": h.best_epoch}
+            h.stop = {"reason": "early_stopping", "epoch": len(h.epochs), "best_epoch": h.best_epoch}
+        if status == STOPPED and h.stop is None:
+            h.stop = {"reason": "callback", "epoch": len(h.epochs), "step": self.step}
         h.status = status
         h.diagnoses = diagnose(h)
         if self.store is not None:

@@ -92,7 +92,7 @@ class Bar(Lines):
 
     def epoch_end(self, epoch: int, row: dict) -> None:
         self.progress.advance(self._epoch)
-        self.progress.update(self._epoch, info=_fmt(row))
+        self.progress.console.print(f"epoch {epoch}/{self.epochs}: {_fmt(row)}", markup=False, highlight=False)
         self.progress.refresh()
 
     def message(self, text: str) -> None:
