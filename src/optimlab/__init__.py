@@ -4,9 +4,9 @@ __version__ = "0.1.0"
 
 from optimlab import optim  # noqa: E402  (the core every other module stands on)
 
-__all__ = ["optim", "fit", "diagnose", "__version__"]
+__all__ = ["optim", "fit", "diagnose", "lr_find", "__version__"]
 
-_LAZY = {"fit": "optimlab.train", "diagnose": "optimlab.train.diagnostics"}  # imported on first use
+_LAZY = {"fit": "optimlab.train", "diagnose": "optimlab.train.diagnostics", "lr_find": "optimlab.lrfind"}  # imported on first use
 
 
 def __getattr__(name):

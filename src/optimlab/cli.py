@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schedule": ("optimlab.schedules.cli", "plot learning-rate schedules to a PNG"),
     "landscape": ("optimlab.landscape.cli", "optimizers on 2-D test functions and real networks' loss surfaces"),
     "runs": ("optimlab.store.cli", "list, show and export the runs in the run store"),
+    "lr-find": ("optimlab.lrfind", "the learning-rate range test: loss against rate, a suggested rate"),
 }
 
 
