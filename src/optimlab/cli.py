@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "landscape": ("optimlab.landscape.cli", "optimizers on 2-D test functions and real networks' loss surfaces"),
     "runs": ("optimlab.store.cli", "list, show and export the runs in the run store"),
     "lr-find": ("optimlab.lrfind", "the learning-rate range test: loss against rate, a suggested rate"),
+    "sweep": ("optimlab.sweep.cli", "search optimizer x lr x schedule x batch x seed with Optuna (SQLite or PostgreSQL)"),
 }
 
 

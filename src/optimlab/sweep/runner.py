@@ -1,0 +1,384 @@
+"""The sweep's engine: an Optuna study, one training run per trial, workers that share it.
+
+Every worker (a process started by ``--workers N`` here, or the same command
+started on another machine against the same ``--storage``) runs the same
+loop on the shared study: ``ask`` a configuration, train it with
+:func:`optimlab.fit` (metrics into the run store), report the validation loss
+after every epoch (the pruner may stop it), ``tell`` the result. Optuna's
+storage is the only coordination: SQLite for one machine, PostgreSQL (or any
+SQLAlchemy URL) for many.
+
+Interrupted and restarted, a sweep continues the same study: finished trials
+are kept and never run again; a trial that was running when its worker died
+is marked failed and its configuration is queued again once (the retry
+resumes from the trial's checkpoint when the same machine has it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEDULES = {  # preset name -> schedule text (LR: the trial's rate, TOTAL: its number of steps)
+    "constant": None,
+    "cosine": "cosine(base_lr=LR, period=TOTAL)",
+    "onecycle": "onecycle(max_lr=LR, total_steps=TOTAL)",
+    "step": "step(base_lr=LR, step_size=EPOCH, gamma=0.5)",
+}
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+@dataclass
+class SweepConfig:
+    """Everything that defines a sweep (the study's identity is ``study``)."""
+
+    study: str = "sweep"
+    storage: str | None = None  # default: sqlite:///<out>/sweep.db
+    out: str = "sweep"
+    optimizers: tuple[str, ...] = ("adam", "momentum", "sgd")
+    lr: tuple[float, ...] = (1e-4, 1.0)  # (low, high) searched on a log scale, or a list for the grid
+    schedules: tuple[str, ...] = ("constant",)
+    batch_sizes: tuple[int, ...] = (64,)
+    seeds: tuple[int, ...] = (0,)
+    sampler: str = "tpe"  # tpe | random | grid
+    trials: int = 20
+    epochs: int = 2
+    dataset: str = "synthetic"
+    n_train: int | None = None
+    n_val: int | None = None
+    pruner: str = "median"  # median | none
+    convention: str = "torch"
+    sampler_seed: int | None = 0
+    store: str | None = None  # the run store; default: <out>/runs.sqlite
+    threads: int = 1  # torch threads per worker
+
+    def __post_init__(self):
+        self.optimizers = tuple(self.optimizers)
+        self.lr = tuple(float(v) for v in self.lr)
+        self.schedules, self.batch_sizes, self.seeds = tuple(self.schedules), tuple(self.batch_sizes), tuple(self.seeds)
+        if self.sampler not in ("tpe", "random", "grid"):
+            raise ValueError(f"sampler must be tpe, random or grid, got {self.sampler!r}")
+        if self.pruner not in ("median", "none"):
+            raise ValueError(f"pruner must be median or none, got {self.pruner!r}")
+        if not self.optimizers:
+            raise ValueError("name at least one optimizer")
+        if not self.lr or any(not (v > 0 and math.isfinite(v)) for v in self.lr):
+            raise ValueError(f"learning rates must be positive, got {self.lr}")
+        if self.sampler != "grid" and len(self.lr) != 2:
+            raise ValueError("for tpe / random sampling give the learning-rate range as LOW:HIGH")
+        if self.sampler != "grid" and not self.lr[0] < self.lr[1]:
+            raise ValueError(f"the learning-rate range needs low < high, got {self.lr}")
+        for name in ("trials", "epochs", "threads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for s in self.schedules:
+            schedule_text(s, 0.1, 100, 10)  # a bad schedule fails before any training
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out).resolve() / 'sweep.db'}"
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store) if self.store else Path(self.out) / "runs.sqlite"
+
+    def grid(self) -> dict[str, list]:
+        return {"optimizer": list(self.optimizers), "lr": list(self.lr), "schedule": list(self.schedules),
+                "batch_size": list(self.batch_sizes), "seed": list(self.seeds)}
+
+    def total(self) -> int:
+        if self.sampler == "grid":
+            n = 1
+            for values in self.grid().values():
+                n *= len(values)
+            return min(n, self.trials)
+        return self.trials
+
+
+def schedule_text(name: str, lr: float, total: int, epoch_steps: int):
+    """The schedule for a preset name or a template (LR, TOTAL, EPOCH), or None for constant."""
+    from optimlab.schedules.cli import parse_schedule
+
+    text = SCHEDULES.get(name, name)
+    if text is None:
+        return None
+    text = text.replace("TOTAL", str(total + 1)).replace("EPOCH", str(max(1, epoch_steps))).replace("LR", repr(lr))
+    return parse_schedule(text)
+
+
+# --------------------------------------------------------------------------- storage and study
+def storage(cfg: SweepConfig):
+    import optuna
+
+    url = cfg.storage_url
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def _sampler(cfg: SweepConfig):
+    import optuna
+
+    seed = cfg.sampler_seed
+    if cfg.sampler == "grid":
+        return optuna.samplers.GridSampler(cfg.grid(), seed=seed)
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(2, cfg.trials // 3)))
+
+
+def _pruner(cfg: SweepConfig):
+    import optuna
+
+    if cfg.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+
+
+def open_study(cfg: SweepConfig, *, seed_offset: int = 0):
+    import optuna
+
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    sampling = cfg
+    if seed_offset and cfg.sampler_seed is not None:  # workers draw different random streams
+        sampling = SweepConfig(**{**asdict(cfg), "sampler_seed": cfg.sampler_seed + seed_offset})
+    study = optuna.create_study(study_name=cfg.study, storage=storage(cfg), sampler=_sampler(sampling),
+                                pruner=_pruner(cfg), direction="minimize", load_if_exists=True)
+    spec = {k: v for k, v in asdict(cfg).items() if k not in ("storage", "out", "store", "threads", "trials")}
+    saved = study.user_attrs.get("config")
+    if saved is None:
+        study.set_user_attr("config", json.loads(json.dumps(spec)))
+    elif saved != json.loads(json.dumps(spec)):
+        changed = sorted(k for k in spec if json.loads(json.dumps(spec[k])) != saved.get(k))
+        raise ValueError(f"study {cfg.study!r} in {cfg.storage_url} was started with other settings "
+                         f"({', '.join(changed)} differ): use the same options, or another --study name")
+    return study
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_stale(study) -> int:
+    """Trials left RUNNING by a dead worker of this machine: mark them failed and queue their
+    configuration again (once). Returns how many were re-queued."""
+    import optuna
+
+    host, requeued = socket.gethostname(), 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("host") != host or _alive(int(t.user_attrs.get("pid", -1))):
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        except Exception:  # another worker got there first
+            continue
+        origin = t.user_attrs.get("origin", t.number)
+        study.enqueue_trial(t.params, user_attrs={"origin": origin, "retry_of": t.number}, skip_if_exists=False)
+        requeued += 1
+    return requeued
+
+
+def _counted(study) -> int:
+    import optuna
+
+    S = optuna.trial.TrialState
+    return len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING)))
+
+
+# --------------------------------------------------------------------------- one trial
+class _Reporter:
+    """Trainer callback: the validation loss of every epoch to Optuna; prune when told to."""
+
+    def __init__(self, trial):
+        self.trial, self.pruned, self.reported = trial, False, set()
+
+    def on_epoch_end(self, trainer, row):
+        value = row.get("val_loss")
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(float(value), int(row["epoch"]))
+        self.reported.add(int(row["epoch"]))
+        if self.trial.should_prune():
+            self.pruned = True
+            trainer.stop_training = True
+
+
+def run_trial(cfg: SweepConfig, trial, data) -> tuple[str, float | None]:
+    """Train the trial's configuration; return (state, value) for ``study.tell``."""
+    import torch
+
+    import optimlab
+    from optimlab import models, optim
+
+    if cfg.sampler == "grid":
+        params = {k: trial.suggest_categorical(k, v) for k, v in cfg.grid().items()}
+    else:
+        params = {"optimizer": trial.suggest_categorical("optimizer", list(cfg.optimizers)),
+                  "lr": trial.suggest_float("lr", cfg.lr[0], cfg.lr[1], log=True),
+                  "schedule": trial.suggest_categorical("schedule", list(cfg.schedules)),
+                  "batch_size": trial.suggest_categorical("batch_size", list(cfg.batch_sizes)),
+                  "seed": trial.suggest_categorical("seed", list(cfg.seeds))}
+    origin = trial.user_attrs.get("origin", trial.number)
+    trial.set_user_attr("origin", origin)
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    n_train = len(data["train"][1])
+    steps = math.ceil(n_train / min(params["batch_size"], n_train))
+    schedule_total = steps * cfg.epochs
+    torch.manual_seed(params["seed"])
+    model = models.lecture_cnn()
+    opt = optim.create(params["optimizer"], model.parameters(), cfg.convention, lr=params["lr"])
+    schedule = schedule_text(params["schedule"], params["lr"], schedule_total, steps)
+    ckpt_dir = Path(cfg.out) / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = ckpt_dir / f"{cfg.study}-{origin}.pt"
+    reporter = _Reporter(trial)
+    history = optimlab.fit(model, opt, data, epochs=cfg.epochs, batch_size=params["batch_size"], schedule=schedule,
+                           seed=params["seed"], store=str(cfg.store_path), name=f"{cfg.study}#{origin}",
+                           config={"sweep": cfg.study, "trial": trial.number, "origin": origin, **params},
+                           callbacks=[reporter], quiet=True, on_nonfinite="stop", checkpoint=checkpoint,
+                           resume=True)
+    rows = [r for r in history.epochs if r.get("val_loss") is not None and not r.get("partial")]
+    for r in rows:  # a resumed run reports the epochs done before the interruption too (idempotent)
+        if int(r["epoch"]) not in reporter.reported:
+            trial.report(float(r["val_loss"]), int(r["epoch"]))
+    best = min(rows, key=lambda r: r["val_loss"]) if rows else None
+    trial.set_user_attr("run_id", history.run_id)
+    trial.set_user_attr("status", history.status)
+    trial.set_user_attr("epochs", len(history.epochs))
+    if best is not None:
+        trial.set_user_attr("val_acc", best.get("val_acc"))
+        trial.set_user_attr("best_epoch", best["epoch"])
+    checkpoint.unlink(missing_ok=True)
+    if history.status == "nonfinite":
+        return "PRUNED", None
+    if reporter.pruned:
+        return "PRUNED", None
+    if best is None:
+        return "FAIL", None
+    return "COMPLETE", float(best["val_loss"])
+
+
+def worker(cfg: SweepConfig, index: int = 0, *, quiet: bool = True) -> int:
+    """One worker's loop on the shared study; returns the number of trials it ran."""
+    import optuna
+    import torch
+
+    from optimlab.sweep.data import load_dataset
+
+    torch.set_num_threads(cfg.threads)
+    study = open_study(cfg, seed_offset=index)
+    recover_stale(study)
+    data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_val=cfg.n_val)
+    total, ran = cfg.total(), 0
+    S = optuna.trial.TrialState
+    while True:
+        if _counted(study) >= total and not study.get_trials(deepcopy=False, states=(S.WAITING,)):
+            break
+        trial = study.ask()
+        if cfg.sampler == "grid" and "retry_of" not in trial.user_attrs and _grid_done(study, trial):
+            break
+        try:
+            state, value = run_trial(cfg, trial, data)
+        except KeyboardInterrupt:
+            study.tell(trial, state=S.FAIL)
+            origin = trial.user_attrs.get("origin", trial.number)
+            study.enqueue_trial(trial.params, user_attrs={"origin": origin, "retry_of": trial.number})
+            raise
+        except Exception:
+            study.tell(trial, state=S.FAIL)
+            raise
+        study.tell(trial, value if state == "COMPLETE" else None, state=getattr(S, state))
+        ran += 1
+        if not quiet:
+            shown = f"{value:.4f}" if value is not None else state.lower()
+            print(f"[worker {index}] trial {trial.number}: {trial.params} -> {shown}", file=sys.stderr, flush=True)
+    return ran
+
+
+def _grid_done(study, trial) -> bool:
+    """GridSampler re-samples a grid point once the grid is exhausted: drop such a trial."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    same = [t for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))
+            if t.number != trial.number and t.params == trial.params]
+    if same:
+        study._storage.set_trial_state_values(trial._trial_id, S.FAIL)
+        study._storage.set_trial_user_attr(trial._trial_id, "duplicate_of", same[0].number)
+        return True
+    return False
+
+
+def _worker_entry(cfg_dict: dict, index: int, quiet: bool) -> None:
+    worker(SweepConfig(**cfg_dict), index, quiet=quiet)
+
+
+def run_sweep(cfg: SweepConfig, *, workers: int = 1, quiet: bool = True) -> None:
+    """Run the sweep to ``cfg.trials`` trials with ``workers`` processes sharing the study."""
+    import multiprocessing as mp
+
+    open_study(cfg)  # create it (and check its settings) once, before the workers race for it
+    if workers <= 1:
+        worker(cfg, 0, quiet=quiet)
+        return
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # torch's first optimizer imports dynamo: once, here
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    procs = [ctx.Process(target=_worker_entry, args=(asdict(cfg), i, quiet), name=f"sweep-worker-{i}")
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(timeout=30)
+        raise
+    failed = [p.name for p in procs if p.exitcode]
+    if failed:
+        raise RuntimeError(f"sweep workers failed: {', '.join(failed)} (see their messages above)")
+
+
+def trials_table(study) -> list[dict[str, Any]]:
+    """Every finished trial as a flat dict (params, value, state, user attributes)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name not in FINISHED:
+            continue
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value, "last_val_loss": last,
+                     **t.params, **{k: v for k, v in t.user_attrs.items() if k not in ("host", "pid")},
+                     "duration_s": (t.datetime_complete - t.datetime_start).total_seconds()
+                     if t.datetime_complete and t.datetime_start else None})
+    return rows
+
+
+def best_per_optimizer(study) -> list[dict[str, Any]]:
+    best: dict[str, dict] = {}
+    for row in trials_table(study):
+        if row["state"] != "COMPLETE":
+            continue
+        cur = best.get(row["optimizer"])
+        if cur is None or row["value"] < cur["value"]:
+            best[row["optimizer"]] = row
+    return sorted(best.values(), key=lambda r: r["value"])
