@@ -120,7 +120,17 @@ def storage(cfg: SweepConfig):
     url = cfg.storage_url
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        import sqlalchemy
+
+        store = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+
+        def pragmas(conn, _record):  # WAL: readers never block the writer; NORMAL: no fsync per commit
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+
+        sqlalchemy.event.listen(store.engine, "connect", pragmas)
+        store.engine.dispose()  # connections made from now on get the pragmas
+        return store
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
@@ -128,9 +138,7 @@ def _sampler(cfg: SweepConfig):
     import optuna
 
     seed = cfg.sampler_seed
-    if cfg.sampler == "grid":
-        return optuna.samplers.GridSampler(cfg.grid(), seed=seed)
-    if cfg.sampler == "random":
+    if cfg.sampler in ("grid", "random"):  # the grid is a queue of enqueued trials (see open_study)
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(2, cfg.trials // 3)))
 
@@ -143,24 +151,52 @@ def _pruner(cfg: SweepConfig):
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
 
 
-def open_study(cfg: SweepConfig, *, seed_offset: int = 0):
-    import optuna
+def _spec(cfg: SweepConfig) -> dict:
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("storage", "out", "store", "threads", "trials")}
+    return json.loads(json.dumps(keep))
 
+
+def open_study(cfg: SweepConfig, *, seed_offset: int = 0, wait: float = 120.0):
+    """Create the study (exactly one process succeeds, and queues the grid) or load it and
+    check that it was started with the same settings."""
     import warnings
+
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sampling = cfg
     if seed_offset and cfg.sampler_seed is not None:  # workers draw different random streams
         sampling = SweepConfig(**{**asdict(cfg), "sampler_seed": cfg.sampler_seed + seed_offset})
-    study = optuna.create_study(study_name=cfg.study, storage=storage(cfg), sampler=_sampler(sampling),
-                                pruner=_pruner(cfg), direction="minimize", load_if_exists=True)
-    spec = {k: v for k, v in asdict(cfg).items() if k not in ("storage", "out", "store", "threads", "trials")}
+    kwargs = dict(study_name=cfg.study, storage=storage(cfg), sampler=_sampler(sampling), pruner=_pruner(cfg))
+    spec = _spec(cfg)
+    try:
+        study = optuna.create_study(direction="minimize", **kwargs)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(**kwargs)
+    else:
+        study.set_user_attr("config", spec)
+        if cfg.sampler == "grid":
+            import itertools
+            import random
+
+            grid = cfg.grid()
+            points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+            random.Random(cfg.sampler_seed).shuffle(points)
+            for params in points[:cfg.total()]:
+                study.enqueue_trial(params, user_attrs={"queued": True})
+        study.set_user_attr("ready", True)
+    if cfg.sampler_seed is not None and study.trials:  # a restarted worker must not replay earlier draws
+        again = SweepConfig(**{**asdict(sampling), "sampler_seed": sampling.sampler_seed + 7919 * len(study.trials)})
+        study.sampler = _sampler(again)
+    deadline = time.monotonic() + wait
+    while not study.user_attrs.get("ready"):  # another process is creating it right now
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"study {cfg.study!r} exists but its creator never finished setting it up")
+        time.sleep(0.2)
     saved = study.user_attrs.get("config")
-    if saved is None:
-        study.set_user_attr("config", json.loads(json.dumps(spec)))
-    elif saved != json.loads(json.dumps(spec)):
-        changed = sorted(k for k in spec if json.loads(json.dumps(spec[k])) != saved.get(k))
+    if saved != spec:
+        changed = sorted(k for k in spec if spec[k] != saved.get(k))
         raise ValueError(f"study {cfg.study!r} in {cfg.storage_url} was started with other settings "
                          f"({', '.join(changed)} differ): use the same options, or another --study name")
     return study
@@ -190,7 +226,7 @@ def recover_stale(study) -> int:
         except Exception:  # another worker got there first
             continue
         origin = t.user_attrs.get("origin", t.number)
-        study.enqueue_trial(t.params, user_attrs={"origin": origin, "retry_of": t.number}, skip_if_exists=False)
+        study.enqueue_trial(t.params, user_attrs={"origin": origin, "retry_of": t.number, "queued": True})
         requeued += 1
     return requeued
 
@@ -290,22 +326,27 @@ def worker(cfg: SweepConfig, index: int = 0, *, quiet: bool = True) -> int:
     total, ran = cfg.total(), 0
     S = optuna.trial.TrialState
     while True:
-        if _counted(study) >= total and not study.get_trials(deepcopy=False, states=(S.WAITING,)):
+        waiting = study.get_trials(deepcopy=False, states=(S.WAITING,))
+        if not waiting and (cfg.sampler == "grid" or _counted(study) >= total):
             break
         trial = study.ask()
-        if cfg.sampler == "grid" and "retry_of" not in trial.user_attrs and _grid_done(study, trial):
+        if cfg.sampler == "grid" and not trial.user_attrs.get("queued"):
+            # another worker took the last queued point between our look and our ask
+            _tell(study, trial, None, S.FAIL)
+            study._storage.set_trial_user_attr(trial._trial_id, "unused", True)
             break
         try:
             state, value = run_trial(cfg, trial, data)
         except KeyboardInterrupt:
-            study.tell(trial, state=S.FAIL)
+            _tell(study, trial, None, S.FAIL)
             origin = trial.user_attrs.get("origin", trial.number)
-            study.enqueue_trial(trial.params, user_attrs={"origin": origin, "retry_of": trial.number})
+            study.enqueue_trial(trial.params, user_attrs={"origin": origin, "retry_of": trial.number,
+                                                          "queued": True})
             raise
         except Exception:
-            study.tell(trial, state=S.FAIL)
+            _tell(study, trial, None, S.FAIL)
             raise
-        study.tell(trial, value if state == "COMPLETE" else None, state=getattr(S, state))
+        _tell(study, trial, value if state == "COMPLETE" else None, getattr(S, state))
         ran += 1
         if not quiet:
             shown = f"{value:.4f}" if value is not None else state.lower()
@@ -313,18 +354,15 @@ def worker(cfg: SweepConfig, index: int = 0, *, quiet: bool = True) -> int:
     return ran
 
 
-def _grid_done(study, trial) -> bool:
-    """GridSampler re-samples a grid point once the grid is exhausted: drop such a trial."""
-    import optuna
-
-    S = optuna.trial.TrialState
-    same = [t for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))
-            if t.number != trial.number and t.params == trial.params]
-    if same:
-        study._storage.set_trial_state_values(trial._trial_id, S.FAIL)
-        study._storage.set_trial_user_attr(trial._trial_id, "duplicate_of", same[0].number)
-        return True
-    return False
+def _tell(study, trial, value, state) -> None:
+    """``study.tell``; GridSampler calls ``study.stop()`` when its grid is used up, which only
+    ``optimize`` may do; the result is stored before that (optuna's ``tell`` sets it in a
+    ``finally``), so the complaint is dropped."""
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
 
 
 def _worker_entry(cfg_dict: dict, index: int, quiet: bool) -> None:

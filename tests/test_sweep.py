@@ -1,0 +1,146 @@
+"""optimlab sweep on Optuna with SQLite: workers sharing one study, pruning, resuming, the report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from optimlab.sweep.runner import SweepConfig, open_study, run_sweep, trials_table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--dataset", "synthetic", "--n-train", "256", "--n-val", "128", "--batch-sizes", "64", "--quiet"]
+
+
+def _cli(*args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    return subprocess.Popen([sys.executable, "-m", "optimlab", "sweep", *SMALL, *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _finished(study):
+    S = optuna.trial.TrialState
+    return study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED))
+
+
+def _store_runs(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT run_id, status FROM runs").fetchall())
+
+
+def test_two_workers_share_the_study_every_trial_once_with_the_report(tmp_path):
+    out = tmp_path / "sw"
+    proc = _cli("--workers", "2", "--trials", "6", "--sampler", "grid", "--optimizers", "adam,momentum",
+                "--lr", "0.003,0.03,0.0001", "--epochs", "2", "--threads", "1", "--out", str(out))
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-3000:]
+    cfg = SweepConfig(out=str(out), sampler="grid", optimizers=("adam", "momentum"), lr=(0.003, 0.03, 0.0001),
+                      batch_sizes=(64,), epochs=2, dataset="synthetic", n_train=256, n_val=128, trials=6)
+    study = open_study(cfg)
+    done = _finished(study)
+    assert len(done) == 6
+    assert len({tuple(sorted(t.params.items())) for t in done}) == 6  # every grid point exactly once
+    assert len({t.user_attrs["pid"] for t in done}) == 2  # both workers took trials
+    runs = _store_runs(out / "runs.sqlite")
+    assert {t.user_attrs["run_id"] for t in done} <= set(runs)  # every trial's metrics in the run store
+    best = min((t for t in done if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    assert study.best_trial.number == best.number
+    # the table: one row per optimizer, the best first
+    lines = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| optimizer") and len(lines) == 3
+    assert lines[1].split("|")[1].strip() == best.params["optimizer"] and f"#{best.number}" in lines[1]
+    for name in ("report.html", "report.md", "val_loss_vs_lr.png", "history.png"):
+        assert (out / name).stat().st_size > 1000, name
+    html = (out / "report.html").read_text()
+    assert "Best configuration per optimizer" in html and "Validation loss against learning rate" in html
+
+
+def test_pruning_stops_hopeless_trials_from_the_validation_loss(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTIMLAB_RUNS", str(tmp_path / "unused.sqlite"))
+    cfg = SweepConfig(out=str(tmp_path), sampler="random", optimizers=("momentum",), lr=(1e-6, 100.0), epochs=3,
+                      dataset="synthetic", n_train=256, n_val=128, batch_sizes=(64,), trials=6)
+    study = open_study(cfg)
+    for lr in (0.03, 0.05, 0.02, 1e-6, 2e-6, 20.0):  # three good, two far too small, one far too large
+        study.enqueue_trial({"optimizer": "momentum", "lr": lr, "schedule": "constant", "batch_size": 64, "seed": 0})
+    run_sweep(cfg)
+    rows = {round(r["lr"], 8): r for r in trials_table(open_study(cfg))}
+    assert len(rows) == 6
+    for lr in (0.03, 0.05, 0.02):
+        assert rows[lr]["state"] == "COMPLETE" and rows[lr]["epochs"] == 3
+    for lr in (1e-6, 2e-6):
+        assert rows[lr]["state"] == "PRUNED" and rows[lr]["epochs"] < 3, rows[lr]
+    assert rows[20.0]["state"] == "PRUNED" and rows[20.0]["status"] in ("nonfinite", "stopped")
+
+
+def test_interrupted_sweep_continues_the_same_study(tmp_path):
+    out = tmp_path / "sw"
+    args = ("--trials", "4", "--sampler", "random", "--optimizers", "adam,momentum", "--lr", "0.005:0.05",
+            "--epochs", "3", "--n-train", "512", "--threads", "1", "--out", str(out), "--pruner", "none")
+    cfg = SweepConfig(out=str(out), sampler="random", optimizers=("adam", "momentum"), lr=(0.005, 0.05),
+                      batch_sizes=(64,), epochs=3, dataset="synthetic", n_train=512, n_val=128, trials=4,
+                      pruner="none")
+    proc = _cli(*args, start_new_session=True)
+    deadline = time.monotonic() + 180
+    study = None
+    try:
+        while time.monotonic() < deadline:  # kill it while a trial runs, after two have finished
+            time.sleep(0.05)
+            if not (out / "sweep.db").exists():
+                continue
+            try:
+                study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep.db'}")
+                trials = study.get_trials(deepcopy=False)
+            except Exception:
+                continue
+            done = [t for t in trials if t.state.name == "COMPLETE"]
+            running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
+            if len(done) >= 2 and running:
+                break
+        else:
+            pytest.fail("the sweep did not get going")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    before = {t.number: (t.params, t.value, t.datetime_complete) for t in study.get_trials() if t.state.name == "COMPLETE"}
+    killed = [t for t in study.get_trials() if t.state.name == "RUNNING"]
+    assert len(killed) == 1 and len(before) >= 2
+
+    proc = _cli(*args)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-3000:]
+    study = open_study(cfg)
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 4
+    for number, kept in before.items():  # nothing lost, nothing run again
+        t = trials[number]
+        assert (t.params, t.value, t.datetime_complete) == kept
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 4
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert [t.number for t in failed] == [killed[0].number]
+    retry = [t for t in finished if t.user_attrs.get("retry_of") == killed[0].number]
+    assert len(retry) == 1 and retry[0].params == killed[0].params
+    # the retry resumed the interrupted run from its checkpoint: same run in the store, completed
+    runs = _store_runs(out / "runs.sqlite")
+    assert retry[0].user_attrs["run_id"] in runs and runs[retry[0].user_attrs["run_id"]] == "completed"
+    assert all(runs[t.user_attrs["run_id"]] == "completed" for t in finished)
+    assert len(runs) == 4
+
+
+def test_settings_of_an_existing_study_are_checked(tmp_path):
+    cfg = SweepConfig(out=str(tmp_path), dataset="synthetic", epochs=1)
+    open_study(cfg)
+    with pytest.raises(ValueError, match="epochs"):
+        open_study(SweepConfig(out=str(tmp_path), dataset="synthetic", epochs=2))
+    with pytest.raises(ValueError, match="LOW:HIGH"):
+        SweepConfig(lr=(0.1, 0.2, 0.3))
+    with pytest.raises(ValueError):
+        SweepConfig(schedules=("nonsense(1)",))
