@@ -8,7 +8,6 @@ This file is also the worker script that torchrun starts (see ``__main__`` below
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -61,14 +60,39 @@ def _worker(out: Path) -> None:
         distributed.cleanup()
 
 
+def _forked_rank(rank: int, port: int, out: str) -> None:
+    # what torchrun sets for each process (env:// rendezvous), then the same worker code
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _worker(Path(out))
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
+    """Two real processes. Forked rather than started by torchrun so that they inherit the
+    imported torch (a fresh interpreter pays 5-20 s of imports on a busy 2-core machine); the
+    torchrun command of the README runs the same code: ``torchrun --standalone --nproc-per-node 2
+    tests/test_distributed.py OUT`` (this file's ``__main__``)."""
+    import multiprocessing as mp
+    import socket
+
     out = tmp_path_factory.mktemp("ddp")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(Path(__file__)), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # no OpenMP pool in flight across the fork
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # torch's first optimizer imports dynamo: once, here
+    try:
+        ctx = mp.get_context("fork")
+        procs = [ctx.Process(target=_forked_rank, args=(r, port, str(out))) for r in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=300)
+    finally:
+        torch.set_num_threads(threads)
+    assert [p.exitcode for p in procs] == [0, 0]
     return out
 
 

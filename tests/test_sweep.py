@@ -5,25 +5,29 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
+import multiprocessing as mp
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 optuna = pytest.importorskip("optuna")
 
 from optimlab.sweep.runner import SweepConfig, open_study, run_sweep, trials_table  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--dataset", "synthetic", "--n-train", "256", "--n-val", "128", "--batch-sizes", "64", "--quiet"]
 
 
-def _cli(*args, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
-    return subprocess.Popen([sys.executable, "-m", "optimlab", "sweep", *SMALL, *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch, tmp_path):
+    """Workers are forked from this process (a fresh interpreter would pay its imports again):
+    one torch thread, so that no OpenMP pool is in flight across a fork."""
+    monkeypatch.setenv("OPTIMLAB_RUNS", str(tmp_path / "default-store.sqlite"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _finished(study):
@@ -36,12 +40,14 @@ def _store_runs(path: Path) -> dict[str, str]:
         return dict(conn.execute("SELECT run_id, status FROM runs").fetchall())
 
 
-def test_two_workers_share_the_study_every_trial_once_with_the_report(tmp_path):
+def test_two_workers_share_the_study_every_trial_once_with_the_report(tmp_path, capsys):
     out = tmp_path / "sw"
-    proc = _cli("--workers", "2", "--trials", "6", "--sampler", "grid", "--optimizers", "adam,momentum",
-                "--lr", "0.003,0.03,0.0001", "--epochs", "2", "--threads", "1", "--out", str(out))
-    stdout, stderr = proc.communicate(timeout=240)
-    assert proc.returncode == 0, stderr[-3000:]
+    from optimlab.cli import main
+
+    code = main(["sweep", *SMALL, "--workers", "2", "--trials", "6", "--sampler", "grid", "--optimizers",
+                 "adam,momentum", "--lr", "0.003,0.03,0.0001", "--epochs", "2", "--threads", "1", "--out", str(out)])
+    assert code == 0
+    stdout = capsys.readouterr().out
     cfg = SweepConfig(out=str(out), sampler="grid", optimizers=("adam", "momentum"), lr=(0.003, 0.03, 0.0001),
                       batch_sizes=(64,), epochs=2, dataset="synthetic", n_train=256, n_val=128, trials=6)
     study = open_study(cfg)
@@ -82,40 +88,35 @@ def test_pruning_stops_hopeless_trials_from_the_validation_loss(tmp_path, monkey
 
 def test_interrupted_sweep_continues_the_same_study(tmp_path):
     out = tmp_path / "sw"
-    args = ("--trials", "4", "--sampler", "random", "--optimizers", "adam,momentum", "--lr", "0.005:0.05",
-            "--epochs", "3", "--n-train", "512", "--threads", "1", "--out", str(out), "--pruner", "none")
     cfg = SweepConfig(out=str(out), sampler="random", optimizers=("adam", "momentum"), lr=(0.005, 0.05),
                       batch_sizes=(64,), epochs=3, dataset="synthetic", n_train=512, n_val=128, trials=4,
                       pruner="none")
-    proc = _cli(*args, start_new_session=True)
+    open_study(cfg)
+    proc = mp.get_context("fork").Process(target=run_sweep, args=(cfg,))
+    proc.start()
     deadline = time.monotonic() + 180
-    study = None
     try:
         while time.monotonic() < deadline:  # kill it while a trial runs, after two have finished
             time.sleep(0.05)
-            if not (out / "sweep.db").exists():
-                continue
-            try:
-                study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep.db'}")
-                trials = study.get_trials(deepcopy=False)
-            except Exception:
-                continue
+            study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep.db'}")
+            trials = study.get_trials(deepcopy=False)
             done = [t for t in trials if t.state.name == "COMPLETE"]
             running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
             if len(done) >= 2 and running:
                 break
+            if not proc.is_alive():
+                pytest.fail("the sweep ended before it could be interrupted")
         else:
             pytest.fail("the sweep did not get going")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        proc.kill()  # SIGKILL: no clean-up at all
+        proc.join()
     before = {t.number: (t.params, t.value, t.datetime_complete) for t in study.get_trials() if t.state.name == "COMPLETE"}
     killed = [t for t in study.get_trials() if t.state.name == "RUNNING"]
     assert len(killed) == 1 and len(before) >= 2
+    assert (out / "checkpoints" / f"sweep-{killed[0].number}.pt").exists()
 
-    proc = _cli(*args)
-    _, stderr = proc.communicate(timeout=240)
-    assert proc.returncode == 0, stderr[-3000:]
+    run_sweep(cfg)  # the same sweep again
     study = open_study(cfg)
     trials = study.get_trials()
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
