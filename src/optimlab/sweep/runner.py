@@ -131,7 +131,35 @@ def storage(cfg: SweepConfig):
         sqlalchemy.event.listen(store.engine, "connect", pragmas)
         store.engine.dispose()  # connections made from now on get the pragmas
         return store
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    import random
+
+    import sqlalchemy.exc
+
+    # Workers started at once on an empty database all try to create Optuna's tables; the
+    # losers fail on a duplicate (type, table or version row): once the winner is done, retry.
+    for attempt in range(8):
+        try:
+            return optuna.storages.RDBStorage(_driver(url), engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
+            if attempt == 7:
+                raise
+            time.sleep(0.5 + random.random())
+
+
+def _driver(url: str) -> str:
+    """``postgresql://`` names no driver and SQLAlchemy 2.1 then wants psycopg 3: use whichever
+    of psycopg / psycopg2 is installed (the ``postgres`` extra brings psycopg2-binary)."""
+    import importlib.util
+
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            rest = url[len(prefix):]
+            if importlib.util.find_spec("psycopg") is not None:
+                return "postgresql+psycopg://" + rest
+            if importlib.util.find_spec("psycopg2") is not None:
+                return "postgresql+psycopg2://" + rest
+            raise ValueError(f"{url.split('@')[-1]}: PostgreSQL needs a driver: pip install 'optimlab[postgres]'")
+    return url
 
 
 def _sampler(cfg: SweepConfig):
