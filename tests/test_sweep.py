@@ -86,31 +86,41 @@ def test_pruning_stops_hopeless_trials_from_the_validation_loss(tmp_path, monkey
     assert rows[20.0]["state"] == "PRUNED" and rows[20.0]["status"] in ("nonfinite", "stopped")
 
 
+def _sweep_that_hangs_in_trial_2(cfg, flag: Path) -> None:
+    """The sweep, in a forked child that stops in the middle of trial 2 (after its first epoch),
+    to be killed there."""
+    from optimlab.sweep import runner
+
+    original = runner._Reporter.on_epoch_end
+
+    def on_epoch_end(self, trainer, row):
+        original(self, trainer, row)
+        if self.trial.number == 2 and row["epoch"] == 1:
+            flag.touch()
+            time.sleep(600)
+
+    runner._Reporter.on_epoch_end = on_epoch_end
+    run_sweep(cfg)
+
+
 def test_interrupted_sweep_continues_the_same_study(tmp_path):
     out = tmp_path / "sw"
     cfg = SweepConfig(out=str(out), sampler="random", optimizers=("adam", "momentum"), lr=(0.005, 0.05),
                       batch_sizes=(64,), epochs=3, dataset="synthetic", n_train=512, n_val=128, trials=4,
                       pruner="none")
     open_study(cfg)
-    proc = mp.get_context("fork").Process(target=run_sweep, args=(cfg,))
+    flag = tmp_path / "third-trial-mid-run"
+    proc = mp.get_context("fork").Process(target=_sweep_that_hangs_in_trial_2, args=(cfg, flag))
     proc.start()
     deadline = time.monotonic() + 180
     try:
-        while time.monotonic() < deadline:  # kill it while a trial runs, after two have finished
+        while not flag.exists():  # trial 2 has finished (and checkpointed) its first epoch
+            assert proc.is_alive() and time.monotonic() < deadline, "the sweep did not get to trial 2"
             time.sleep(0.05)
-            study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep.db'}")
-            trials = study.get_trials(deepcopy=False)
-            done = [t for t in trials if t.state.name == "COMPLETE"]
-            running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
-            if len(done) >= 2 and running:
-                break
-            if not proc.is_alive():
-                pytest.fail("the sweep ended before it could be interrupted")
-        else:
-            pytest.fail("the sweep did not get going")
     finally:
         proc.kill()  # SIGKILL: no clean-up at all
         proc.join()
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep.db'}")
     before = {t.number: (t.params, t.value, t.datetime_complete) for t in study.get_trials() if t.state.name == "COMPLETE"}
     killed = [t for t in study.get_trials() if t.state.name == "RUNNING"]
     assert len(killed) == 1 and len(before) >= 2
