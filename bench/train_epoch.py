@@ -8,6 +8,7 @@ images; accuracy on the 10,000 validation images afterwards. Contenders:
 
 * optimlab.train.fit — ``optimlab.models.lecture_cnn()``, monitoring on
   (per-step gradient norms, sampled per-layer statistics), run store on.
+* optimlab.train.fit with ``monitor=False`` — what monitoring costs.
 * bare loop, same model — a hand-written loop over index slices, no
   monitoring: the floor for optimlab's loop.
 * DataLoader loop, same model — the typical user loop with optimlab's model.
@@ -17,8 +18,10 @@ images; accuracy on the 10,000 validation images afterwards. Contenders:
 * Keras 3 on TensorFlow (``pip install -e '.[bench]'``; skipped when missing),
   the framework the lectures used, ``model.fit(..., batch_size=64, epochs=1)``.
 
-Every contender's time includes its own first-call costs (oneDNN primitive
-creation, Keras's graph tracing), as a user running one epoch sees them.
+Each contender runs in a fresh process (``--same-process`` to share one), and
+its time includes its own first-call costs (oneDNN primitive creation,
+Keras's graph tracing), as a user running one epoch sees them; loading the
+data and importing the frameworks are not timed.
 Numbers on a shared machine are noisy: compare the ratios, and use
 ``--repeats`` to keep each contender's best time.
 """
@@ -26,7 +29,9 @@ Numbers on a shared machine are noisy: compare the ratios, and use
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +56,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return correct / len(x)
 
 
-def run_optimlab(train, val):
+def run_optimlab(train, val, monitor=True):
     from optimlab import models, optim
     from optimlab.train import fit
 
@@ -60,7 +65,7 @@ def run_optimlab(train, val):
     opt = optim.create("adam", model.parameters(), lr=LR, fused=True)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        history = fit(model, opt, train, epochs=1, batch_size=BATCH, seed=SEED, quiet=True,
+        history = fit(model, opt, train, epochs=1, batch_size=BATCH, seed=SEED, quiet=True, monitor=monitor,
                       store=os.path.join(tmp, "runs.sqlite"))
         seconds = time.perf_counter() - start
     return seconds, accuracy(model, *val), history
@@ -154,6 +159,7 @@ def run_keras(train, val):
 
 CONTENDERS = [
     ("optimlab fit, monitoring on (lecture_cnn)", "optimlab", lambda tr, va: run_optimlab(tr, va)),
+    ("optimlab fit, monitoring off", "optimlab_off", lambda tr, va: run_optimlab(tr, va, monitor=False)),
     ("bare loop, same model (lecture_cnn)", "bare", lambda tr, va: run_torch(tr, va, fast_model=True, loop="bare")),
     ("DataLoader loop, same model (lecture_cnn)", "loader_fast",
      lambda tr, va: run_torch(tr, va, fast_model=True, loop="loader")),
@@ -164,51 +170,90 @@ CONTENDERS = [
 ]
 
 
+def run_one(key: str, train, val) -> dict:
+    """Run contender ``key`` once: its label, seconds, validation accuracy (and optimlab's diagnoses)."""
+    if key == "keras":
+        seconds, acc, versions = run_keras(train, val)
+        return {"key": key, "label": f"Keras 3 on TensorFlow ({versions})", "seconds": seconds, "acc": acc}
+    label, _, fn = next(c for c in CONTENDERS if c[1] == key)
+    seconds, acc, history = fn(train, val)
+    out = {"key": key, "label": label, "seconds": seconds, "acc": acc}
+    if history is not None:
+        out["diagnoses"] = [d.code for d in history.diagnoses]
+    return out
+
+
+def _isolated(key: str, args) -> dict:
+    """Run one contender in a fresh Python process (no state shared with the others:
+    allocator settings, thread pools, memory fragmentation, imported frameworks)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--only", key, "--dataset", args.dataset]
+    if args.train_size:
+        cmd += ["--train-size", str(args.train_size)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"contender {key} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     parser.add_argument("--threads", type=int, default=None, help="torch / TF threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=1, help="run each contender this many times, keep the best")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over the contenders; keep each one's best")
     parser.add_argument("--skip", default="", help="comma-separated contender keys to skip "
-                        "(optimlab, bare, loader_fast, loader, bare_textbook, keras)")
+                        "(optimlab, optimlab_off, bare, loader_fast, loader, bare_textbook, keras)")
+    parser.add_argument("--same-process", action="store_true",
+                        help="run every contender in this process (default: each in a fresh process)")
+    parser.add_argument("--train-size", type=int, default=None,
+                        help="use only the first N training images (a quick check; default: all 50,000)")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one contender, JSON out
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from optimlab import data
 
-    ds = data.load(args.dataset)
-    train, val = ds.train, ds.val
+    def load():
+        ds = data.load(args.dataset)
+        n = args.train_size or len(ds.train[1])
+        return (ds.train[0][:n], ds.train[1][:n]), ds.val
+
+    if args.only:
+        print(json.dumps(run_one(args.only, *load())))
+        return 0
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    print(f"{args.dataset}: {len(train[1]):,} training images, batch {BATCH}, Adam lr {LR}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
-    results: dict[str, tuple[str, float, float]] = {}
-    contenders = [c for c in CONTENDERS if c[1] not in skip]
+    keys = [key for _, key, _ in CONTENDERS if key not in skip]
     keras_note = None
     if "keras" not in skip:
         if keras_available():
-            contenders.append(("Keras 3 on TensorFlow", "keras", run_keras))
+            keys.append("keras")
         else:
             keras_note = "Keras on TensorFlow: not installed (pip install -e '.[bench]')"
-    for label, key, fn in contenders:
-        best = None
-        for _ in range(args.repeats):
-            seconds, acc, extra = fn(train, val)
-            if key == "keras":
-                label = f"Keras 3 on TensorFlow ({extra})"
-            if best is None or seconds < best[0]:
-                best = (seconds, acc)
-            print(f"  {label}: {seconds:.2f} s, val acc {acc:.4f}", file=sys.stderr)
-        results[key] = (label, *best)
-    print(format_table(results))
+    train, val = load() if args.same_process else (None, None)
+    print(f"{args.dataset}: {args.train_size or 50_000:,} training images, batch {BATCH}, Adam lr {LR}; torch {torch.__version__}, "
+          f"{args.threads or torch.get_num_threads()} threads; "
+          f"{'one process' if args.same_process else 'a fresh process per contender'}", file=sys.stderr)
+    best: dict[str, dict] = {}
+    for round_ in range(args.repeats):  # rounds interleave the contenders, so load spikes hit all alike
+        for key in keys:
+            r = run_one(key, train, val) if args.same_process else _isolated(key, args)
+            if key not in best or r["seconds"] < best[key]["seconds"]:
+                best[key] = r
+            extra = f", diagnoses: {', '.join(r['diagnoses']) or 'none'}" if "diagnoses" in r else ""
+            print(f"  [{round_ + 1}/{args.repeats}] {r['label']}: {r['seconds']:.2f} s, val acc {r['acc']:.4f}"
+                  f"{extra}", file=sys.stderr, flush=True)
+    print(format_table({k: (r["label"], r["seconds"], r["acc"]) for k, r in best.items()}, args.train_size or 50_000))
     if keras_note:
         print(keras_note)
     return 0
 
 
-def format_table(results: dict[str, tuple[str, float, float]]) -> str:
+def format_table(results: dict[str, tuple[str, float, float]], n: int = 50_000) -> str:
     ref = results.get("optimlab")
     lines = ["| loop | epoch (s) | ms/step | val acc | optimlab / this |", "|---|---:|---:|---:|---:|"]
-    steps = -(-50_000 // BATCH)
+    steps = -(-n // BATCH)
     for key, (label, seconds, acc) in results.items():
         ratio = f"{ref[1] / seconds:.2f}x" if ref else "-"
         lines.append(f"| {label} | {seconds:.2f} | {1e3 * seconds / steps:.2f} | {acc:.4f} | {ratio} |")

@@ -140,3 +140,33 @@ def test_same_accuracy_as_the_textbook_model_on_a_small_image_task():
 def test_the_model_is_an_ordinary_module():
     model = lecture_cnn()
     assert isinstance(model, nn.Module) and "ChannelsLastConv2d" in repr(model) and "FastDropout(p=0.25)" in repr(model)
+
+
+def test_tune_allocator_stops_page_faults_on_reused_big_tensors(monkeypatch):
+    import resource
+    import sys
+
+    from optimlab import cpu
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc malloc tuning is Linux-only")
+    monkeypatch.setattr(cpu, "_done", {})
+    monkeypatch.setenv(cpu.ENV_VAR, "0")
+    assert cpu.tune_allocator() is False  # switched off: malloc left alone
+    monkeypatch.setattr(cpu, "_done", {})
+    monkeypatch.delenv(cpu.ENV_VAR)
+    if not cpu.tune_allocator():
+        pytest.skip("not glibc")
+    assert cpu.tune_allocator() is True  # once per process, idempotent
+
+    def churn():
+        for _ in range(20):
+            a = torch.empty(1_400_000)  # 5.6 MB, the size of the CNN's conv output
+            a.fill_(1.0)
+            del a
+
+    churn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    churn()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 20 * 1_400_000 * 4 / 4096 / 10  # < 10% of the pages: the memory is reused

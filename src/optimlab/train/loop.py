@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from optimlab.cpu import tune_allocator
 from optimlab.train import _data, checkpoint as ckpt, progress as _progress
 from optimlab.train.diagnostics import diagnose
 from optimlab.train.history import COMPLETED, EARLY_STOPPED, NONFINITE, STOPPED, History, clean
@@ -169,6 +170,8 @@ class Trainer:
         self.epochs = epochs
         train, val = _data.split_data(data, val)
         self.device = next(self.model.parameters()).device
+        if self.device.type == "cpu":
+            tune_allocator()  # no page faults on the big per-step tensors (optimlab.cpu)
         self.batches = _data.batches(train, self.batch_size, shuffle=self.shuffle, device=self.device)
         self.val = val
         self.steps_per_epoch = len(self.batches)
