@@ -270,3 +270,13 @@ def test_import_optimlab_stays_light_and_exports_fit_lazily():
     assert receive.recv() == (True, "optimlab.train", "optimlab.train.diagnostics")
     proc.join(60)
     assert optimlab.fit is fit and optimlab.diagnose is diagnose
+
+
+def test_sparse_gradients_are_monitored():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 8, sparse=True), torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = torch.randint(0, 50, (64, 2))
+    y = torch.randint(0, 3, (64,))
+    opt = optim.create("sgd", model.parameters(), lr=0.1)
+    h = fit(model, opt, (x, y), epochs=2, batch_size=16, seed=0, **QUIET)
+    assert h.last["grad_norm/0"] > 0 and h.status == "completed"

@@ -41,8 +41,12 @@ def hyper_in_use(optimizer) -> tuple[float | None, float | None]:
 
 def first_nonfinite(named: list[tuple[str, nn.Parameter]]) -> tuple[str | None, list[str]]:
     """The first parameter (in model order) whose gradient holds inf/NaN, and all such parameters."""
-    bad = [name for name, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+    bad = [name for name, p in named if p.grad is not None and not bool(torch.isfinite(_dense(p.grad)).all())]
     return (bad[0] if bad else None), bad
+
+
+def _dense(grad: torch.Tensor) -> torch.Tensor:
+    return grad.coalesce().values() if grad.is_sparse else grad
 
 
 class Monitor:
@@ -99,7 +103,10 @@ class Monitor:
         if not self.enabled:
             return loss
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        norms = torch.stack(torch._foreach_norm(grads))
+        try:
+            norms = torch.stack(torch._foreach_norm(grads))
+        except (RuntimeError, NotImplementedError):  # e.g. sparse gradients (nn.Embedding(sparse=True))
+            norms = torch.stack([torch.linalg.vector_norm(_dense(g)).to(self._zero) for g in grads])
         self.norms.append(norms)
         return loss + norms.sum()
 
