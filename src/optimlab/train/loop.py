@@ -16,14 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from optimlab.cpu import tune_allocator
-from optimlab.train import _data, checkpoint as ckpt, progress as _progress
+from optimlab.train import _data, _state, checkpoint as ckpt, progress as _progress
 from optimlab.train.diagnostics import diagnose
 from optimlab.train.history import COMPLETED, EARLY_STOPPED, NONFINITE, STOPPED, History, clean
 from optimlab.train.monitor import Monitor, first_nonfinite, hyper_in_use, layer_name
 from optimlab.train.stopping import EarlyStopping, NonFiniteError
 
 LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss, "nll": F.nll_loss}
-CHECKPOINT_FORMAT = "optimlab.checkpoint/1"
 
 
 def _loss(loss):
@@ -392,44 +391,14 @@ class Trainer:
         return h
 
     # -------------------------------------------------------------- checkpoints
-    def _check_fields(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "n_train": self.batches.n, "steps_per_epoch": self.steps_per_epoch,
-                "shuffle": self.shuffle}
-
     def _save(self, epoch: int, batch: int, elapsed: float) -> None:
-        state = {
-            "format": CHECKPOINT_FORMAT, "epoch": epoch, "batch": batch, "step": self.step, "seed": self.seed,
-            "elapsed": elapsed, "check": self._check_fields(), "history": clean(self.history.to_dict()),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "early_stopping": self.early_stopping.state_dict() if self.early_stopping is not None else None,
-            "rng": ckpt.rng_state(), "epoch_rng": self._epoch_rng if batch else None,
-            "monitor": self.monitor.state() if batch else None,
-        }
-        ckpt.save(state, self.checkpoint)
+        ckpt.save(_state.capture(self, epoch, batch, elapsed), self.checkpoint)
         for cb in self.callbacks:
             if hasattr(cb, "on_checkpoint"):
                 cb.on_checkpoint(self, self.checkpoint)
 
     def _restore(self, state: dict[str, Any]) -> tuple[int, int]:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{self.checkpoint} is not an optimlab training checkpoint "
-                             f"(format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
-        check = self._check_fields()
-        if state["check"] != check:
-            raise ValueError(f"the checkpoint {self.checkpoint} was written by a run with {state['check']}, "
-                             f"this run has {check}: resume with the same data and batch size")
-        self.seed = state["seed"]
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for obj, key in ((self.scheduler, "scheduler"), (self.ema, "ema"), (self.early_stopping, "early_stopping")):
-            if obj is not None and state[key] is not None:
-                obj.load_state_dict(state[key])
-        self.history = History.from_dict(state["history"])
-        self.history.config["resumed_from_step"] = state["step"]
-        self.step = state["step"]
-        return state["epoch"], state["batch"]
+        return _state.restore(self, state)
 
 
 def _then(iterator, hook):
