@@ -155,3 +155,20 @@ def test_settings_of_an_existing_study_are_checked(tmp_path):
         SweepConfig(lr=(0.1, 0.2, 0.3))
     with pytest.raises(ValueError):
         SweepConfig(schedules=("nonsense(1)",))
+
+
+def test_sweep_report_renders_in_a_browser(tmp_path):
+    from tests.browser import CHROMIUM, render
+
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/system-packages installs it)")
+    from optimlab.sweep.report import build_report
+
+    cfg = SweepConfig(out=str(tmp_path / "sw"), sampler="random", optimizers=("adam", "momentum"), lr=(1e-3, 0.1),
+                      epochs=1, dataset="synthetic", n_train=128, n_val=64, batch_sizes=(64,), trials=3)
+    run_sweep(cfg)
+    paths, table = build_report(open_study(cfg), cfg.out)
+    dom, console = render(paths["html"], tmp_path)
+    assert console == []
+    assert dom.count('class="main-svg"') >= 2  # both charts drawn
+    assert "Best configuration per optimizer" in dom and table.count("\n") >= 2

@@ -250,7 +250,7 @@ def recover_stale(study) -> int:
         if t.user_attrs.get("host") != host or _alive(int(t.user_attrs.get("pid", -1))):
             continue
         try:
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         except Exception:  # another worker got there first
             continue
         origin = t.user_attrs.get("origin", t.number)
@@ -360,8 +360,8 @@ def worker(cfg: SweepConfig, index: int = 0, *, quiet: bool = True) -> int:
         trial = study.ask()
         if cfg.sampler == "grid" and not trial.user_attrs.get("queued"):
             # another worker took the last queued point between our look and our ask
+            trial.set_user_attr("unused", True)
             _tell(study, trial, None, S.FAIL)
-            study._storage.set_trial_user_attr(trial._trial_id, "unused", True)
             break
         try:
             state, value = run_trial(cfg, trial, data)
