@@ -87,21 +87,21 @@ def test_page_renders_toggles_and_steps(tmp_path, browser):
     assert state["visible"] == [True, False, True] and state["path"] is False and state["head"] is False
     assert state["traces"] == 2 * n, "two traces fewer in the drawing"
 
-    # move the step slider to step 5 with the keyboard, as a user would
+    # move the step slider to step 3 with the keyboard, as a user would
     slider = browser.find_element(By.ID, "step")
     slider.send_keys(Keys.HOME)
-    for _ in range(5):
+    for _ in range(3):
         slider.send_keys(Keys.ARROW_RIGHT)
     shown = browser.execute_script("""
         const c = document.getElementById('contour');
         return {step: window.landscapeState.step, label: document.getElementById('step-value').textContent,
                 len: c.data[1].x.length, head: [c.data[1 + %d].x[0], c.data[1 + %d].y[0]]};""" % (n, n))
-    assert shown["step"] == 5 and shown["label"] == "5" and shown["len"] == 6
-    np.testing.assert_allclose(shown["head"], result["sgd"].points[5], atol=1e-6)
+    assert shown["step"] == 3 and shown["label"] == "3" and shown["len"] == 4
+    np.testing.assert_allclose(shown["head"], result["sgd"].points[3], atol=1e-6)
 
     # play advances the step on its own
     browser.find_element(By.ID, "play").click()
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return window.landscapeState.step") > 5)
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return window.landscapeState.step") > 3)
     browser.find_element(By.ID, "toggle-1").click()
     assert browser.execute_script("return window.landscapeState.visible") == [True, True, True]
     assert severe(browser) == []

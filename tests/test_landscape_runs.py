@@ -174,7 +174,8 @@ def test_unknown_optimizer_lists_the_known_ones():
 
 
 def test_labels_are_made_unique_and_zero_steps_record_the_start():
-    r = L.compare("bowl", ["sgd", "sgd", oo.SGD], steps=0)
+    r = L.compare("bowl", (name for name in ["sgd", "sgd", oo.SGD]), steps=0)  # any iterable
+    assert len(L.compare("bowl", torch.optim.Adam, steps=1)) == 1            # or just one
     assert [t.label for t in r] == ["sgd", "sgd #2", "SGD"]
     assert all(len(t.points) == 1 and tuple(t.points[0]) == (-2.5, 2.0) for t in r)
 

@@ -56,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--train-size", type=int, default=10000, help="training images (default: %(default)s)")
     net.add_argument("--eval-size", type=int, default=2000,
                      help="fixed subset the surfaces are evaluated on (default: %(default)s)")
-    net.add_argument("--resolution", type=int, default=21, help="random-slice grid side (default: %(default)s)")
-    net.add_argument("--pca-resolution", type=int, default=11, help="PCA-slice grid side (default: %(default)s)")
+    net.add_argument("--resolution", type=int, default=15,
+                     help="random-slice grid side (default: %(default)s; 31 for the paper's picture)")
+    net.add_argument("--pca-resolution", type=int, default=9, help="PCA-slice grid side (default: %(default)s)")
     net.add_argument("--span", type=float, default=1.0, help="random-slice half-width (default: %(default)s)")
 
 

@@ -85,8 +85,8 @@ def write_html(comparison, path: str | Path, *, resolution: int = 80) -> Path:
             .replace("%FEATURE%", html.escape(comparison.function.feature))
             .replace("%TOGGLES%", toggles)
             .replace("%TABLE%", _table_html(comparison))
-            .replace("%PLOTLY%", plotly_js().replace("</script", "<\\/script"))
-            .replace("%DATA%", data.replace("</", "<\\/")))
+            .replace("%DATA%", data.replace("</", "<\\/"))
+            .replace("%PLOTLY%", plotly_js().replace("</script", "<\\/script")))  # last: it is 4.6 MB
     path.write_text(page, encoding="utf-8")
     return path
 

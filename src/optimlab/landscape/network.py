@@ -179,7 +179,7 @@ def interpolate(model: nn.Module, start: Tensor, end: Tensor, data, *, alphas=No
     bar = Progress(len(alphas), label, progress)
     losses, accs = [], []
     for a in alphas:
-        loss, acc = evaluate((1 - a) * start + a * end)
+        loss, acc = evaluate((1 - float(a)) * start + float(a) * end)
         losses.append(loss)
         accs.append(acc)
         bar.update()

@@ -60,7 +60,7 @@ class NetworkResult:
 
 
 def study(make_model, optimizers: dict[str, dict], train, evaluate, val, *, epochs: int = 1,
-          batch_size: int = 64, record_every: int | None = None, resolution: int = 21, pca_resolution: int = 11,
+          batch_size: int = 64, record_every: int | None = None, resolution: int = 15, pca_resolution: int = 9,
           span: float = 1.0, eval_batch: int = 1000, seed: int = 0, progress: bool = True) -> list[NetworkResult]:
     """Train ``make_model()`` (one initialisation, seeded) with each optimizer
     (``{name: {"lr": ..., ...}}``, names for :func:`optimlab.optim.create`) on ``train``, then

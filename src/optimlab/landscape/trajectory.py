@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from optimlab.landscape import functions as F
-from optimlab.landscape.specs import Contender, attach_schedule, copy_instance, resolve, unique_labels
+from optimlab.landscape.specs import Contender, Spec, attach_schedule, copy_instance, resolve, unique_labels
 
 TUNE_FACTORS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # the default search grid: multiples of the default rate
 
@@ -240,8 +240,9 @@ def compare(function: str | F.TestFunction, optimizers: Sequence[Any], *, steps:
         raise ValueError(f"steps must be an integer >= 0, got steps={steps!r}")
     if not (isinstance(noise, (int, float)) and noise >= 0):
         raise ValueError(f"noise must be a number >= 0, got noise={noise!r}")
-    if isinstance(optimizers, (str, torch.optim.Optimizer)) or not isinstance(optimizers, Sequence):
-        optimizers = [optimizers]
+    if isinstance(optimizers, (str, Spec, torch.optim.Optimizer)) or callable(optimizers):
+        optimizers = [optimizers]   # one optimizer (a class or a factory is callable)
+    optimizers = list(optimizers)
     if not optimizers:
         raise ValueError("optimizers must name at least one optimizer, got []")
     start = _start(function, start)
