@@ -112,8 +112,10 @@ def _mean(values) -> float:
 
 
 def _smooth(values: list[float], parts: int = 10) -> list[float]:
-    """Means over ``parts`` consecutive chunks (or the values themselves when few)."""
-    if len(values) <= 2 * parts:
+    """Means over at most ``parts`` consecutive chunks of at least 3 values (mini-batch
+    losses are noisy); the values themselves when there are fewer than 6."""
+    parts = min(parts, len(values) // 3)
+    if parts < 2:
         return list(values)
     size = len(values) / parts
     return [_mean(values[int(i * size):int((i + 1) * size)]) for i in range(parts)]
