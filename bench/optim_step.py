@@ -1,11 +1,13 @@
 """Time ``step()`` of every optimlab optimizer against its torch.optim twin.
 
     python bench/optim_step.py [--case big|small|both] [--steps N] [--quick]
+                               [--threads N] [--forloop] [--only Adam,NAdam]
 
 For each optimizer, in one process, the implementations are stepped round-robin (the
 order rotating every round, so drift in machine load hits them alike): torch with
-``foreach=False`` (its for-loop), ``foreach=True`` and, where torch has one on the CPU,
-``fused=True``; optimlab with its default (foreach) path and with ``fused=True``. Every
+``foreach=True`` and, where torch has one on the CPU, ``fused=True`` (``--forloop`` adds
+its ``foreach=False`` loop); optimlab with its default (foreach) path and with
+``fused=True``. Every
 block also steps torch's fused Adam and a plain copy, so each optimizer is compared with
 the fused-Adam bandwidth measured under the same conditions. Reported: the median of
 ``--steps`` timed steps after warm-up.
@@ -128,10 +130,10 @@ def make_params(shapes, grads, seed):
     return params
 
 
-def optimizer_runners(spec: Spec, shapes, grads) -> dict[str, Runner]:
+def optimizer_runners(spec: Spec, shapes, grads, forloop: bool) -> dict[str, Runner]:
     runners: dict[str, Runner] = {}
-    kinds = [("torch for-loop", lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=False)),
-             ("torch foreach", lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=True))]
+    kinds = [("torch for-loop", lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=False))] if forloop else []
+    kinds += [("torch foreach", lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=True))]
     if spec.torch_fused:
         kinds.append(("torch fused", lambda ps: spec.theirs(ps, **spec.their_hyper, fused=True)))
     kinds += [("optimlab foreach", lambda ps: spec.ours(ps, **spec.hyper)),
@@ -162,50 +164,52 @@ def gbps(bytes_per_param: int, n: int, ms: float) -> float:
     return bytes_per_param * n / (ms * 1e-3) / 1e9
 
 
-def bench_case(case: str, shapes, steps: int, warmup: int, specs) -> None:
+def bench_case(case: str, shapes, steps: int, warmup: int, specs, forloop: bool) -> None:
     n = numel(shapes)
     print(f"\n=== case {case}: {n / 1e6:.2f}M float32 parameters in {len(shapes)} tensors; "
           f"median of {steps} steps after {warmup} warm-up; {torch.get_num_threads()} threads ===")
     gen = torch.Generator().manual_seed(123)
     grads = [torch.randn(s, generator=gen) for s in shapes]  # shared, read-only
     src, dst = torch.randn(n), torch.empty(n)
-    rows = []
-    ref_adam_all: list[float] = []
-    copy_all: list[float] = []
-    for spec in specs:
-        runners = optimizer_runners(spec, shapes, grads)
-        adam_ref = Runner("ref", torch.optim.Adam(make_params(shapes, grads, seed=99), lr=LR, fused=True).step)
-        copy = Runner("copy", lambda: dst.copy_(src))
-        run_block(list(runners.values()) + [adam_ref, copy], warmup, steps)
-        ms = {label: r.median_ms() for label, r in runners.items()}
-        torch_best = min(v for k, v in ms.items() if k.startswith("torch"))
-        ref_gbps = gbps(28, n, adam_ref.median_ms())
-        copy_gbps = 8 * n / (copy.median_ms() * 1e-3) / 1e9
-        ref_adam_all += adam_ref.times
-        copy_all += copy.times
-        rows.append((spec, ms, torch_best, ref_gbps, copy_gbps))
-        del runners, adam_ref
-    adam_ms = statistics.median(ref_adam_all) * 1e3
-    copy_ms = statistics.median(copy_all) * 1e3
-    print(f"copy (read+write, 8 B/param): {copy_ms:.2f} ms = {8 * n / copy_ms / 1e6:.1f} GB/s;  "
-          f"torch fused Adam (28 B/param): {adam_ms:.2f} ms = {gbps(28, n, adam_ms):.1f} GB/s  "
-          f"(medians over all blocks)")
     head = (f"{'optimizer':<12} {'B/p':>3} " + " ".join(f"{k:>10}" for k in
             ["for-loop", "foreach", "fused", "ours fe", "ours fused"])
             + f" {'fe/best':>7} {'fu/best':>7} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6} {'copy':>6}  targets")
     print("ms/step: torch for-loop | torch foreach | torch fused | optimlab foreach | optimlab fused=True;"
           " ratios to torch's fastest; GB/s of optimlab fused; torch fused Adam's and copy's GB/s in the same block")
     print(head)
-    print("-" * len(head))
-    for spec, ms, best, ref_gbps, copy_gbps in rows:
+    print("-" * len(head), flush=True)
+    ref_adam_all: list[float] = []
+    copy_all: list[float] = []
+    verdicts = []
+    for spec in specs:
+        runners = optimizer_runners(spec, shapes, grads, forloop)
+        adam_ref = Runner("ref", torch.optim.Adam(make_params(shapes, grads, seed=99), lr=LR, fused=True).step)
+        copy = Runner("copy", lambda: dst.copy_(src))
+        run_block(list(runners.values()) + [adam_ref, copy], warmup, steps)
+        ms = {label: r.median_ms() for label, r in runners.items()}
+        best = min(v for k, v in ms.items() if k.startswith("torch"))
+        ref_gbps = gbps(28, n, adam_ref.median_ms())
+        copy_gbps = 8 * n / (copy.median_ms() * 1e-3) / 1e9
+        ref_adam_all += adam_ref.times
+        copy_all += copy.times
+        del runners, adam_ref
         ours = ms["optimlab fused"]
         eff = gbps(spec.bytes_per_param, n, ours)
-        ratio = ours / best
-        frac = eff / ref_gbps
+        ratio, frac = ours / best, eff / ref_gbps
         cells = " ".join(f"{ms[k]:>10.2f}" if k in ms else f"{'-':>10}" for k in IMPLS)
         ok = ("ok" if ratio <= 1.0 else "SLOWER") + "/" + ("ok" if frac >= 0.8 else "LOW-BW")
+        verdicts.append((spec.name, ratio <= 1.0, frac >= 0.8))
         print(f"{spec.name:<12} {spec.bytes_per_param:>3} {cells} {ms['optimlab foreach'] / best:>7.2f} "
-              f"{ratio:>7.2f} {eff:>6.1f} {ref_gbps:>9.1f} {100 * frac:>5.0f}% {copy_gbps:>6.1f}  {ok}")
+              f"{ratio:>7.2f} {eff:>6.1f} {ref_gbps:>9.1f} {100 * frac:>5.0f}% {copy_gbps:>6.1f}  {ok}", flush=True)
+    adam_ms = statistics.median(ref_adam_all) * 1e3
+    copy_ms = statistics.median(copy_all) * 1e3
+    print(f"medians over all blocks: copy (read+write, 8 B/param) {copy_ms:.2f} ms = "
+          f"{8 * n / copy_ms / 1e6:.1f} GB/s; torch fused Adam (28 B/param) {adam_ms:.2f} ms = "
+          f"{gbps(28, n, adam_ms):.1f} GB/s")
+    slow = [v[0] for v in verdicts if not v[1]]
+    low = [v[0] for v in verdicts if not v[2]]
+    print(f"targets: <= 1.0x torch's fastest: {'all met' if not slow else 'missed by ' + ', '.join(slow)}; "
+          f">= 80% of fused Adam's GB/s: {'all met' if not low else 'missed by ' + ', '.join(low)}", flush=True)
 
 
 # ------------------------------------------------------------------------ state bytes
@@ -249,8 +253,12 @@ def main(argv=None) -> None:
                     "(default 15 big, 40 small; the median is reported)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1/10 of the big case, 3 steps")
     ap.add_argument("--only", default=None, help="comma-separated optimizer names")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--forloop", action="store_true", help="also time torch's for-loop (foreach=False)")
     args = ap.parse_args(argv)
     specs = SPECS if not args.only else [s for s in SPECS if s.name in args.only.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"torch {torch.__version__}, {platform.machine()} {platform.processor() or ''}, "
@@ -266,7 +274,7 @@ def main(argv=None) -> None:
         scale = 0.1 if args.quick else 1.0
         steps = args.steps or (3 if args.quick else (15 if case == "big" else 40))
         warmup = 1 if args.quick else 3
-        bench_case(case, CASES[case](scale), steps, warmup, specs)
+        bench_case(case, CASES[case](scale), steps, warmup, specs, args.forloop)
     state_table(specs)
     if load:
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (other processes skew timings; rerun when quiet)")

@@ -222,6 +222,21 @@ def test_gradients_are_not_modified(name):
             assert torch.equal(p.grad, g)
 
 
+@needs_kernels
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_autograd_sees_the_in_place_update(name, spy):
+    """As with torch's in-place ops, a graph that saved a parameter notices the update."""
+    cls, variants = VARIANTS[name]
+    p = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    opt = cls([p], **variants[0], fused=True)
+    loss = (p * p).sum()  # saves p for backward
+    p.grad = torch.ones(5, dtype=torch.float64)
+    opt.step()
+    assert spy["done"] == 1
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_unsupported_tensors_fall_back(name, spy):
     """bf16, float16 and non-contiguous tensors: the kernel declines (returns False) and the

@@ -28,6 +28,7 @@ from __future__ import annotations
 import array
 import ctypes
 import hashlib
+import operator
 import os
 import platform
 import shutil
@@ -41,6 +42,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version as _increment_version
 
 from optimlab.optim._rules import nadam_momentum
 
@@ -213,6 +215,8 @@ def _address(buf: array.array) -> int:
 _contiguous = Tensor.is_contiguous
 _numel = Tensor.numel
 _data_ptr = Tensor.data_ptr
+_dtype_of = operator.attrgetter("dtype")
+_is_cpu = operator.attrgetter("is_cpu")
 
 
 def _gather(lists: Sequence[Sequence[Tensor]]):
@@ -236,7 +240,7 @@ def _gather(lists: Sequence[Sequence[Tensor]]):
             return None
         for lst in states:
             if (len(lst) != len(params) or not all(map(_contiguous, lst))
-                    or any(t.dtype is not dtype for t in lst) or list(map(_numel, lst)) != numels):
+                    or set(map(_dtype_of, lst)) != {dtype} or list(map(_numel, lst)) != numels):
                 return None
         ptrs = array.array("Q", map(_data_ptr, params))
         ptrs.extend(map(_data_ptr, grads))
@@ -251,10 +255,12 @@ def _threads(total: int) -> int:
     return 1 if total < PARALLEL_MIN_ELEMENTS else max(1, torch.get_num_threads())
 
 
-def _per_tensor(steps: Sequence[float], fn) -> list[float]:
-    """fn(t) for each tensor's step (steps are usually all equal: computed once each)."""
+def _per_tensor(steps: Sequence[float], fn) -> array.array:
+    """fn(t) for each tensor's step, as doubles (steps are usually all equal: one call)."""
+    if steps and steps.count(steps[0]) == len(steps):
+        return array.array("d", [fn(steps[0])]) * len(steps)
     cache: dict[float, float] = {}
-    out = []
+    out = array.array("d")
     for t in steps:
         v = cache.get(t)
         if v is None:
@@ -264,7 +270,7 @@ def _per_tensor(steps: Sequence[float], fn) -> list[float]:
 
 
 def _run(kind: int, lists, flags: int, hyper: list[float], per_tensor: array.array | None = None,
-         nts: int = 0, gathered=None) -> bool:
+         nts: int = 0, gathered=None, params: Sequence[Tensor] = ()) -> bool:
     lib = _load()
     if lib is None:
         return False
@@ -272,6 +278,7 @@ def _run(kind: int, lists, flags: int, hyper: list[float], per_tensor: array.arr
         gathered = _gather(lists)
         if gathered is None:
             return False
+        params = lists[0]
     ptrs, numels, is_double, total = gathered
     h = array.array("d", hyper)
     ts = _address(per_tensor) if per_tensor is not None and len(per_tensor) else None
@@ -279,6 +286,9 @@ def _run(kind: int, lists, flags: int, hyper: list[float], per_tensor: array.arr
                      _address(ptrs), ts, nts, _address(h))
     if rc != 0:
         raise RuntimeError(f"optimlab fused kernel {kind} failed with code {rc}")
+    # The parameters changed behind autograd's back: bump their version counters, as an
+    # in-place torch op would, so a graph that saved them notices.
+    _increment_version(params)
     return True
 
 
@@ -322,7 +332,7 @@ def adamax(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
     """:func:`_rules.adamax` after :func:`_rules.effective_grads`, in one pass."""
     if not params:
         return True
-    step_sizes = array.array("d", _per_tensor(steps, lambda t: -lr / (1 - beta1**t)))
+    step_sizes = _per_tensor(steps, lambda t: -lr / (1 - beta1**t))
     hyper = [beta2, eps, weight_decay, 1 - beta1, -1.0 if maximize else 1.0]
     return _run(_K_ADAMAX, [params, grads, exp_avgs, exp_infs], _common_flags(maximize, weight_decay),
                 hyper, step_sizes, 1)
@@ -343,13 +353,13 @@ def nadam(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
     if gathered is None or len(mu_products) != len(params):
         return False
     # 0-dim float32/float64 CPU tensors, in their own dtype (not necessarily the params').
-    mu_kinds = [_DTYPES.get(mp.dtype) for mp in mu_products]
-    if None in mu_kinds or any(mp.numel() != 1 or not mp.is_cpu for mp in mu_products):
+    mu_kinds = list(map(_DTYPES.get, map(_dtype_of, mu_products)))
+    if None in mu_kinds or set(map(_numel, mu_products)) != {1} or not all(map(_is_cpu, mu_products)):
         return False
     n = len(params)
-    mus = array.array("d", _per_tensor(steps, lambda t: nadam_momentum(beta1, t, momentum_decay)))
-    mu_nexts = array.array("d", _per_tensor(steps, lambda t: nadam_momentum(beta1, t + 1, momentum_decay)))
-    bc2 = array.array("d", _per_tensor(steps, lambda t: 1 - beta2**t))
+    mus = _per_tensor(steps, lambda t: nadam_momentum(beta1, t, momentum_decay))
+    mu_nexts = _per_tensor(steps, lambda t: nadam_momentum(beta1, t + 1, momentum_decay))
+    bc2 = _per_tensor(steps, lambda t: 1 - beta2**t)
     mu_ptrs = array.array("Q", map(_data_ptr, mu_products))
     mu_is_double = array.array("i", mu_kinds)
     scalars = array.array("d", [0.0]) * (3 * n)
@@ -358,4 +368,4 @@ def nadam(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
     flags = _common_flags(maximize, weight_decay) | (_F_DECOUPLED if decoupled else 0)
     hyper = [beta2, eps, weight_decay, 1 - beta1, 1 - beta2, 1 - lr * weight_decay,
              -1.0 if maximize else 1.0]
-    return _run(_K_NADAM, None, flags, hyper, scalars, 3, gathered=gathered)
+    return _run(_K_NADAM, None, flags, hyper, scalars, 3, gathered=gathered, params=params)
