@@ -41,6 +41,19 @@ import torch.nn.functional as F
 from torch import nn
 
 BATCH, LR, SEED = 64, 1e-3, 0
+CPU: dict[str, float] = {}  # CPU seconds (all threads) of the last timed region
+
+
+class timed:
+    """``with timed() as t: ...`` → ``t.seconds`` (wall) and ``CPU["seconds"]`` (process CPU time)."""
+
+    def __enter__(self):
+        self.start, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        CPU["seconds"] = time.process_time() - self.cpu
 
 
 def textbook_cnn() -> nn.Module:
@@ -64,11 +77,10 @@ def run_optimlab(train, val, monitor=True):
     model = models.lecture_cnn()
     opt = optim.create("adam", model.parameters(), lr=LR, fused=True)
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        history = fit(model, opt, train, epochs=1, batch_size=BATCH, seed=SEED, quiet=True, monitor=monitor,
-                      store=os.path.join(tmp, "runs.sqlite"))
-        seconds = time.perf_counter() - start
-    return seconds, accuracy(model, *val), history
+        with timed() as t:
+            history = fit(model, opt, train, epochs=1, batch_size=BATCH, seed=SEED, quiet=True, monitor=monitor,
+                          store=os.path.join(tmp, "runs.sqlite"))
+    return t.seconds, accuracy(model, *val), history
 
 
 def _bare(model, opt, x, y):
@@ -105,10 +117,9 @@ def run_torch(train, val, *, fast_model: bool, loop: str):
     else:
         model = textbook_cnn()
         opt = torch.optim.Adam(model.parameters(), lr=LR)
-    start = time.perf_counter()
-    (_bare if loop == "bare" else _loader)(model, opt, *train)
-    seconds = time.perf_counter() - start
-    return seconds, accuracy(model, *val), None
+    with timed() as t:
+        (_bare if loop == "bare" else _loader)(model, opt, *train)
+    return t.seconds, accuracy(model, *val), None
 
 
 def keras_available() -> str | None:
@@ -150,9 +161,9 @@ def run_keras(train, val):
     ])
     model.compile(optimizer=keras.optimizers.Adam(LR),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=True, verbose=0)
-    seconds = time.perf_counter() - start
+    with timed() as t:
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=True, verbose=0)
+    seconds = t.seconds
     _, acc = model.evaluate(val[0].permute(0, 2, 3, 1).numpy(), val[1].numpy(), batch_size=1000, verbose=0)
     return seconds, float(acc), f"keras {keras.__version__}, tensorflow {tf.__version__}"
 
@@ -174,10 +185,11 @@ def run_one(key: str, train, val) -> dict:
     """Run contender ``key`` once: its label, seconds, validation accuracy (and optimlab's diagnoses)."""
     if key == "keras":
         seconds, acc, versions = run_keras(train, val)
-        return {"key": key, "label": f"Keras 3 on TensorFlow ({versions})", "seconds": seconds, "acc": acc}
+        return {"key": key, "label": f"Keras 3 on TensorFlow ({versions})", "seconds": seconds, "acc": acc,
+                "cpu": CPU["seconds"]}
     label, _, fn = next(c for c in CONTENDERS if c[1] == key)
     seconds, acc, history = fn(train, val)
-    out = {"key": key, "label": label, "seconds": seconds, "acc": acc}
+    out = {"key": key, "label": label, "seconds": seconds, "acc": acc, "cpu": CPU["seconds"]}
     if history is not None:
         out["diagnoses"] = [d.code for d in history.diagnoses]
     return out
@@ -192,6 +204,8 @@ def _isolated(key: str, args) -> dict:
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    if args.passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"contender {key} failed:\n{done.stderr[-3000:]}")
@@ -205,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="rounds over the contenders; keep each one's best")
     parser.add_argument("--skip", default="", help="comma-separated contender keys to skip "
                         "(optimlab, optimlab_off, bare, loader_fast, loader, bare_textbook, keras)")
+    parser.add_argument("--passive", action="store_true",
+                        help="OMP_WAIT_POLICY=PASSIVE for the contenders (fresh processes only): on a busy machine, OpenMP threads that "
+                             "spin while waiting for a descheduled sibling make torch many times slower")
     parser.add_argument("--same-process", action="store_true",
                         help="run every contender in this process (default: each in a fresh process)")
     parser.add_argument("--train-size", type=int, default=None,
@@ -234,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     train, val = load() if args.same_process else (None, None)
     print(f"{args.dataset}: {args.train_size or 50_000:,} training images, batch {BATCH}, Adam lr {LR}; torch {torch.__version__}, "
           f"{args.threads or torch.get_num_threads()} threads; "
-          f"{'one process' if args.same_process else 'a fresh process per contender'}", file=sys.stderr)
+          f"{'one process' if args.same_process else 'a fresh process per contender'}"
+          f"{', OMP_WAIT_POLICY=PASSIVE' if args.passive else ''}; load average {os.getloadavg()[0]:.1f}",
+          file=sys.stderr)
     best: dict[str, dict] = {}
     for round_ in range(args.repeats):  # rounds interleave the contenders, so load spikes hit all alike
         for key in keys:
@@ -242,21 +261,25 @@ def main(argv: list[str] | None = None) -> int:
             if key not in best or r["seconds"] < best[key]["seconds"]:
                 best[key] = r
             extra = f", diagnoses: {', '.join(r['diagnoses']) or 'none'}" if "diagnoses" in r else ""
-            print(f"  [{round_ + 1}/{args.repeats}] {r['label']}: {r['seconds']:.2f} s, val acc {r['acc']:.4f}"
-                  f"{extra}", file=sys.stderr, flush=True)
-    print(format_table({k: (r["label"], r["seconds"], r["acc"]) for k, r in best.items()}, args.train_size or 50_000))
+            print(f"  [{round_ + 1}/{args.repeats}] {r['label']}: {r['seconds']:.2f} s ({r['cpu']:.1f} s CPU), "
+                  f"val acc {r['acc']:.4f}"
+                  f"{extra} (load average {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+    print(format_table(best, args.train_size or 50_000))
     if keras_note:
         print(keras_note)
     return 0
 
 
-def format_table(results: dict[str, tuple[str, float, float]], n: int = 50_000) -> str:
+def format_table(results: dict[str, dict], n: int = 50_000) -> str:
+    """Markdown: each contender's best epoch time, its CPU time, accuracy, and optimlab's time over it."""
     ref = results.get("optimlab")
-    lines = ["| loop | epoch (s) | ms/step | val acc | optimlab / this |", "|---|---:|---:|---:|---:|"]
+    lines = ["| loop | epoch (s) | ms/step | CPU (s) | val acc | optimlab / this |",
+             "|---|---:|---:|---:|---:|---:|"]
     steps = -(-n // BATCH)
-    for key, (label, seconds, acc) in results.items():
-        ratio = f"{ref[1] / seconds:.2f}x" if ref else "-"
-        lines.append(f"| {label} | {seconds:.2f} | {1e3 * seconds / steps:.2f} | {acc:.4f} | {ratio} |")
+    for r in results.values():
+        ratio = f"{ref['seconds'] / r['seconds']:.2f}" if ref else "-"
+        lines.append(f"| {r['label']} | {r['seconds']:.2f} | {1e3 * r['seconds'] / steps:.2f} | {r['cpu']:.1f} "
+                     f"| {r['acc']:.4f} | {ratio} |")
     return "\n".join(lines)
 
 
