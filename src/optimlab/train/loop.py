@@ -207,7 +207,7 @@ class Trainer:
         for epoch in range(start_epoch, self.epochs):
             model.train()
             resumed = state is not None and epoch == start_epoch
-            self.monitor.start_epoch(state["monitor"] if resumed and start_batch else None)
+            self.monitor.start_epoch(self.steps_per_epoch, state["monitor"] if resumed and start_batch else None)
             elapsed = state["elapsed"] if resumed and start_batch else 0.0
             first = start_batch if resumed else 0
             self.display.epoch_start(epoch + 1, first)
@@ -266,7 +266,7 @@ class Trainer:
             if per_step:
                 self.scheduler.step()
             if self.display.wants_values():
-                self.display.step(float(torch.stack(monitor.losses).mean()), self._running_acc())
+                self.display.step(*monitor.running())
             else:
                 self.display.step()
             for cb in step_callbacks:
@@ -276,12 +276,6 @@ class Trainer:
             if self.stop_training and batch != last:
                 return False
         return True
-
-    def _running_acc(self) -> float | None:
-        m = self.monitor
-        if not m.correct or len(m.correct) != len(m.sizes):
-            return None
-        return float(torch.stack(m.correct).sum()) / sum(m.sizes)
 
     def _end_epoch(self, epoch: int, seconds: float) -> bool:
         row, step_rows = self.monitor.summarize()
@@ -355,11 +349,7 @@ class Trainer:
         message = (f"training stopped at {where}: loss = {loss_value}; {cause}. The step was not applied{kept}. "
                    "Remedies (lectures): clip the gradients (fit(..., clip=1.0)) and lower the learning rate; "
                    "check for log(0) or division by zero.")
-        self.monitor.losses.pop()
-        self.monitor.sizes.pop()
-        for buf in (self.monitor.norms, self.monitor.correct):
-            if len(buf) > len(self.monitor.sizes):
-                buf.pop()
+        self.monitor.drop_last()
         row, step_rows = self.monitor.summarize()
         if row:
             self.history.epochs.append({"epoch": epoch + 1, "step": self.step, **row, "partial": True})

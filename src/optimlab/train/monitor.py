@@ -74,20 +74,44 @@ class Monitor:
         self.start_epoch()
 
     # ------------------------------------------------------------------ per step
-    def start_epoch(self, saved: dict[str, Any] | None = None) -> None:
-        """Clear the epoch's buffers, or restore them from :meth:`state` (a resumed epoch)."""
-        self.losses: list[torch.Tensor] = []
-        self.norms: list[torch.Tensor] = []
-        self.correct: list[torch.Tensor] = []
-        self.sizes: list[int] = []
+    def start_epoch(self, steps: int = 0, saved: dict[str, Any] | None = None) -> None:
+        """Fresh buffers for an epoch of ``steps`` steps (they grow if it runs longer), or the
+        buffers of a resumed epoch from :meth:`state`.
+
+        Per-step values are written into these preallocated tensors, not kept as new small
+        tensors: thousands of live small allocations would split the heap's free blocks,
+        and every step's big tensors would then come from fresh, page-faulted memory.
+        """
+        self.n = 0                              # steps recorded this epoch
+        self.sizes: list[int] = []              # batch sizes
         self.samples: list[dict[str, Any]] = []
+        self.classify: bool | None = None       # accuracy is recorded when outputs are class scores
+        self._alloc(max(steps, 1))
         if saved:
             n = len(saved["sizes"])
-            self.losses = list(saved["losses"].unbind()) if n else []
-            self.norms = list(saved["norms"].unbind()) if n and saved["norms"].numel() else []
-            self.correct = list(saved["correct"].unbind()) if n and saved["correct"].numel() else []
-            self.sizes = list(saved["sizes"])
+            self._alloc(max(steps, n, 1))
+            self.n, self.sizes = n, list(saved["sizes"])
+            self.losses[:n] = saved["losses"].to(self.losses)
+            if saved["norms"].numel():
+                self.norms[:n] = saved["norms"].to(self.norms)
+            if saved["correct"].numel():
+                self.correct[:n] = saved["correct"].to(self.correct)
+                self.classify = True
             self.samples = [dict(s) for s in saved["samples"]]
+
+    def _alloc(self, capacity: int, keep: int = 0) -> None:
+        device, p = self._zero.device, len(self.params)
+        losses = torch.zeros(capacity, dtype=torch.float64, device=device)  # exact for any loss dtype
+        norms = torch.zeros(capacity, p if self.enabled else 0, dtype=torch.float64, device=device)
+        correct = torch.zeros(capacity, dtype=torch.int64, device=device)
+        if keep:
+            losses[:keep], norms[:keep], correct[:keep] = self.losses[:keep], self.norms[:keep], self.correct[:keep]
+        self.losses, self.norms, self.correct = losses, norms, correct
+
+    def drop_last(self) -> None:
+        """Forget the last recorded step (one whose loss or gradient was non-finite)."""
+        self.n -= 1
+        self.sizes.pop()
 
     def is_sample(self, batch: int, last: int) -> bool:
         return self.enabled and ((batch + 1) % self.sample_every == 0 or batch == last)
@@ -95,20 +119,33 @@ class Monitor:
     def after_backward(self, loss: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Record the step's loss, accuracy and gradient norms; return ``loss + Σ norms``
         (finite iff the loss and every gradient are)."""
-        loss = loss.detach()
-        self.losses.append(loss)
+        i = self.n
+        if i == len(self.losses):
+            self._alloc(2 * i, keep=i)
+        self.n = i + 1
         self.sizes.append(len(target))
-        if out.dim() == 2 and target.dim() == 1 and not target.is_floating_point():
-            self.correct.append((out.detach().argmax(1) == target).sum())
+        loss = loss.detach()
+        self.losses[i] = loss
+        if self.classify is None:
+            self.classify = out.dim() == 2 and target.dim() == 1 and not target.is_floating_point()
+        if self.classify:
+            self.correct[i] = (out.detach().argmax(1) == target).sum()
         if not self.enabled:
             return loss
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        row = self.norms[i]
         try:
-            norms = torch.stack(torch._foreach_norm(grads))
+            row.copy_(torch.stack(torch._foreach_norm(grads)))
         except (RuntimeError, NotImplementedError):  # e.g. sparse gradients (nn.Embedding(sparse=True))
-            norms = torch.stack([torch.linalg.vector_norm(_dense(g)).to(self._zero) for g in grads])
-        self.norms.append(norms)
-        return loss + norms.sum()
+            row.copy_(torch.stack([torch.linalg.vector_norm(_dense(g)).to(self._zero) for g in grads]))
+        return loss + row.sum()
+
+    def running(self) -> tuple[float, float | None]:
+        """Mean loss and accuracy of the epoch so far (reads back to Python: for the progress bar)."""
+        n = self.n
+        sizes = sum(self.sizes)
+        acc = float(self.correct[:n].sum()) / sizes if self.classify and sizes else None
+        return float(self.losses[:n].mean()) if n else math.nan, acc
 
     def snapshot(self) -> list[torch.Tensor]:
         """The weights before a sampled step (for the update-to-weight ratio)."""
@@ -120,34 +157,33 @@ class Monitor:
         delta = torch.stack(torch._foreach_norm(torch._foreach_sub(now, before))) ** 2
         weight = torch.stack(torch._foreach_norm(before)) ** 2
         lr, momentum = hyper_in_use(self.optimizer)
+        layers = (torch.stack([delta, weight]) @ self._onehot).tolist()  # [[Δ² per layer], [θ² per layer]]
         self.samples.append({"step": step, "epoch": epoch, "batch": batch, "lr": lr, "momentum": momentum,
-                             "delta_sq": delta @ self._onehot, "weight_sq": weight @ self._onehot})
+                             "delta_sq": layers[0], "weight_sq": layers[1]})
 
     # ----------------------------------------------------------------- per epoch
     def state(self) -> dict[str, Any]:
         """The epoch so far, as checkpoint-safe tensors and lists."""
-        return {
-            "losses": torch.stack(self.losses) if self.losses else torch.zeros(0),
-            "norms": torch.stack(self.norms) if self.norms else torch.zeros(0),
-            "correct": torch.stack(self.correct) if self.correct else torch.zeros(0, dtype=torch.int64),
-            "sizes": list(self.sizes),
-            "samples": [dict(s) for s in self.samples],
-        }
+        n = self.n
+        return {"losses": self.losses[:n].clone(), "norms": self.norms[:n].clone(),
+                "correct": self.correct[:n].clone() if self.classify else torch.zeros(0, dtype=torch.int64),
+                "sizes": list(self.sizes), "samples": [dict(s) for s in self.samples]}
 
     def summarize(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """``(epoch_row, step_rows)`` for the epoch just finished (one read-back to Python)."""
-        if not self.sizes:
+        n = self.n
+        if not n:
             return {}, []
         sizes = torch.tensor(self.sizes, dtype=torch.float64)
-        losses = torch.stack(self.losses).double().cpu()
-        row: dict[str, Any] = {"steps": len(self.sizes), "samples": int(sizes.sum()),
+        losses = self.losses[:n].double().cpu()
+        row: dict[str, Any] = {"steps": n, "samples": int(sizes.sum()),
                                "train_loss": float((losses * sizes).sum() / sizes.sum())}
-        if len(self.correct) == len(self.sizes):
-            row["train_acc"] = float(torch.stack(self.correct).sum()) / row["samples"]
+        if self.classify:
+            row["train_acc"] = float(self.correct[:n].sum()) / row["samples"]
         steps: list[dict[str, Any]] = []
         if not self.enabled:
             return row, steps
-        norms = torch.stack(self.norms).double().cpu()                       # (steps, params)
+        norms = self.norms[:n].double().cpu()                                # (steps, params)
         per_layer = ((norms ** 2) @ self._onehot.double().cpu()).sqrt()        # (steps, layers)
         total = norms.norm(dim=1)                                            # (steps,)
         row["grad_norm"] = float(total.mean())
@@ -160,8 +196,8 @@ class Monitor:
             end = s["batch"] + 1
             window = slice(start, end)
             start = end
-            w_sq, d_sq = s["weight_sq"].double().cpu(), s["delta_sq"].double().cpu()
-            ratio = [math.sqrt(d) / math.sqrt(w) if w > 0 else None for d, w in zip(d_sq.tolist(), w_sq.tolist())]
+            w_sq, d_sq = s["weight_sq"], s["delta_sq"]
+            ratio = [math.sqrt(d) / math.sqrt(w) if w > 0 else None for d, w in zip(d_sq, w_sq)]
             ratios.append(ratio)
             out = {"step": s["step"], "epoch": s["epoch"],
                    "loss": float((losses[window] * sizes[window]).sum() / sizes[window].sum()),
