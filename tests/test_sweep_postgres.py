@@ -122,7 +122,8 @@ def test_two_workers_on_postgresql_record_every_trial_once_and_find_the_best(pos
     run_ids = set()
     for i in range(2):
         with sqlite3.connect(tmp_path / f"m{i}" / "runs.sqlite") as conn:
-            run_ids |= {r[0] for r in conn.execute("SELECT run_id FROM runs")}
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name='runs'").fetchone():  # a worker may get no trial
+                run_ids |= {r[0] for r in conn.execute("SELECT run_id FROM runs")}
     assert {t.user_attrs["run_id"] for t in finished} <= run_ids
     # the report of either machine shows the same best configuration first
     md = (tmp_path / "m0" / "report.md").read_text()
