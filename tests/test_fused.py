@@ -266,6 +266,22 @@ def test_unsupported_tensors_fall_back(name, spy):
     assert spy["declined"] == 2 * 2 * 10 + 10
 
 
+@needs_kernels
+def test_advance_steps_is_torchs_increment():
+    steps = [torch.tensor(float(t)) for t in (0, 1, 16777216, 41)] + [torch.tensor(7.0, dtype=torch.float64)]
+    expected = [s.clone() for s in steps]
+    torch._foreach_add_(expected, 1)
+    versions = [s._version for s in steps]
+    values = _fused.advance_steps(steps)
+    assert values == [e.item() for e in expected]  # 2**24 + 1 rounds to 2**24 in float32, as torch
+    assert all(torch.equal(s, e) and s.dtype == e.dtype for s, e in zip(steps, expected))
+    assert all(s._version > v for s, v in zip(steps, versions))
+    for bad in ([torch.zeros(2)], [torch.tensor(1.0, dtype=torch.float16)]):
+        before = [b.clone() for b in bad]
+        assert _fused.advance_steps(bad) is None
+        assert all(torch.equal(b, c) for b, c in zip(bad, before))
+
+
 def test_kernel_functions_decline_bf16():
     p = torch.zeros(3, dtype=torch.bfloat16)
     z = [torch.zeros_like(p)]

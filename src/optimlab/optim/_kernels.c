@@ -280,7 +280,23 @@ OL_EXPORT void ol_nadam_scalars(int64_t n, void *const *mu_ptrs, const int32_t *
     }
 }
 
-OL_EXPORT int ol_version(void) { return 2; }
+/* Step counters: t ← t + 1 in each counter's dtype (0-dim float or double tensors), as
+ * torch._foreach_add_(steps, 1) does, and the new values as doubles (what .item() reads). */
+OL_EXPORT void ol_advance(int64_t n, void *const *ptrs, const int32_t *is_double, double *out) {
+    for (int64_t i = 0; i < n; i++) {
+        if (is_double[i]) {
+            double *p = (double *)ptrs[i];
+            *p = *p + 1.0;
+            out[i] = *p;
+        } else {
+            float *p = (float *)ptrs[i];
+            *p = *p + 1.0f;
+            out[i] = (double)*p;
+        }
+    }
+}
+
+OL_EXPORT int ol_version(void) { return 3; }
 
 #else /* OL_TYPED_PASS: the kernels for one dtype T ------------------------------- */
 
