@@ -10,6 +10,8 @@ import optimlab.optim as oo
 CASES = {
     "sgd": (oo.SGD, torch.optim.SGD, {}, [
         dict(lr=0.05),
+        dict(lr=0.05, maximize=True),
+        dict(lr=0.05, weight_decay=0.01),
         dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
         dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True, weight_decay=0.01),
     ]),

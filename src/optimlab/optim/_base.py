@@ -11,12 +11,21 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import operator
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import Tensor
 
+from optimlab.optim import _fused
 from optimlab.optim import _validation as check
+
+_grad_of = operator.attrgetter("grad")
+_is_sparse = operator.attrgetter("is_sparse")
+_shape_of = operator.attrgetter("shape")
+_dtype_of = operator.attrgetter("dtype")
+_device_of = operator.attrgetter("device")
+_is_complex = Tensor.is_complex
 
 
 class UnknownArgumentError(TypeError, ValueError):
@@ -153,39 +162,56 @@ class Optimizer(torch.optim.Optimizer):
         return loss
 
     def _check_gradients(self, groups) -> None:
+        # Shapes matter beyond a clear message: the C kernels trust them for memory bounds.
         for group, params in groups:
-            for p in params:
-                g = p.grad
-                if g.is_sparse:
-                    if not self.supports_sparse:
-                        raise ValueError(f"{type(self).__name__} does not support sparse gradients "
-                                         "(use Adagrad or SGD, or nn.Embedding(sparse=False))")
-                    if group["weight_decay"] != 0:
-                        raise ValueError(f"weight_decay={group['weight_decay']!r} cannot be combined "
-                                         "with sparse gradients")
-                if g.shape != p.shape:
-                    raise ValueError(f"a gradient of shape {tuple(g.shape)} was set on a parameter "
-                                     f"of shape {tuple(p.shape)}")
+            grads = list(map(_grad_of, params))
+            if any(map(_is_sparse, grads)):
+                self._check_sparse(group)
+            if list(map(_shape_of, grads)) != list(map(_shape_of, params)):
+                p, g = next((p, g) for p, g in zip(params, grads) if g.shape != p.shape)
+                raise ValueError(f"a gradient of shape {tuple(g.shape)} was set on a parameter "
+                                 f"of shape {tuple(p.shape)}")
+
+    def _check_sparse(self, group: dict[str, Any]) -> None:
+        if not self.supports_sparse:
+            raise ValueError(f"{type(self).__name__} does not support sparse gradients "
+                             "(use Adagrad or SGD, or nn.Embedding(sparse=False))")
+        if group["weight_decay"] != 0:
+            raise ValueError(f"weight_decay={group['weight_decay']!r} cannot be combined "
+                             "with sparse gradients")
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        all_state = self.state
         states = []
         for p in params:
-            state = self.state[p]
+            state = all_state[p]
             if not state:
                 state.update(self._init_state(p, group))
             states.append(state)
-        buckets: dict[tuple, list[int]] = {}
-        for i, p in enumerate(params):
-            key = (p.device, p.dtype, p.grad.is_sparse)
-            buckets.setdefault(key, []).append(i)
-        for indices in buckets.values():
+        grads = list(map(_grad_of, params))
+        if group["foreach"] is False or any(map(_is_sparse, grads)):
+            buckets = self._buckets(params, grads)
+        elif len(set(map(_dtype_of, params))) == 1 and len(set(map(_device_of, params))) == 1:
+            self._update(group, params, grads, states)  # the usual case: one device, one dtype
+            return
+        else:
+            buckets = self._buckets(params, grads)
+        for indices in buckets:
             ps = [params[i] for i in indices]
             ss = [states[i] for i in indices]
-            if group["foreach"] is False or ps[0].grad.is_sparse:
+            if group["foreach"] is False or grads[indices[0]].is_sparse:
                 for p, s in zip(ps, ss):  # torch's single-tensor path: same rule, one tensor at a time
                     self._update(group, [p], [p.grad], [s])
             else:
-                self._update(group, ps, [p.grad for p in ps], ss)
+                self._update(group, ps, [grads[i] for i in indices], ss)
+
+    @staticmethod
+    def _buckets(params: list[Tensor], grads: list[Tensor]) -> list[list[int]]:
+        """Indices of the tensors that share a device, a dtype and a gradient layout."""
+        buckets: dict[tuple, list[int]] = {}
+        for i, (p, g) in enumerate(zip(params, grads)):
+            buckets.setdefault((p.device, p.dtype, g.is_sparse), []).append(i)
+        return list(buckets.values())
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -198,12 +224,21 @@ class Optimizer(torch.optim.Optimizer):
     @staticmethod
     def _real(tensors: list[Tensor]) -> list[Tensor]:
         """Complex tensors as real pairs: adaptive rules treat Re and Im independently (as torch)."""
+        if not any(map(_is_complex, tensors)):
+            return tensors
         return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
 
     @staticmethod
-    def _advance(states: list[dict[str, Any]]) -> list[float]:
-        """Increment each tensor's step counter (a float32 tensor, as torch) and read it."""
+    def _advance(states: list[dict[str, Any]], fused: bool | None = False) -> list[float]:
+        """Increment each tensor's step counter (a float32 tensor, as torch) and read it.
+
+        ``fused``: the group asked for the C kernels, which do the same increments in one call
+        (torch's dispatch costs microseconds per 0-dim counter)."""
         steps = [s["step"] for s in states]
+        if fused:
+            values = _fused.advance_steps(steps)
+            if values is not None:
+                return values
         torch._foreach_add_(steps, 1)
         return [t.item() for t in steps]
 

@@ -46,7 +46,7 @@ from torch.autograd.graph import increment_version as _increment_version
 
 from optimlab.optim._rules import nadam_momentum
 
-__all__ = ["rmsprop", "adadelta", "adamax", "nadam", "advance_steps", "available"]
+__all__ = ["rmsprop", "adadelta", "adamax", "nadam", "advance_steps", "increment", "available"]
 
 # Kernel ids and flags: keep in sync with _kernels.c.
 _K_RMSPROP, _K_ADADELTA, _K_ADAMAX, _K_NADAM = 0, 1, 2, 3
@@ -321,6 +321,12 @@ def advance_steps(steps: Sequence[Tensor]) -> list[float] | None:
     lib.ol_advance(n, _address(ptrs), _address(is_double), _address(out))
     _increment_version(steps)
     return out.tolist()
+
+
+def increment(steps: Sequence[Tensor]) -> None:
+    """``torch._foreach_add_(steps, 1)``, in one C call where :func:`advance_steps` applies."""
+    if advance_steps(steps) is None:
+        torch._foreach_add_(steps, 1)
 
 
 def rmsprop(*, params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor],

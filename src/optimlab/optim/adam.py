@@ -62,6 +62,14 @@ class Adam(Optimizer):
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         maxes = [s["max_exp_avg_sq"] for s in states] if amsgrad else []
+        if group["fused"] and params[0].is_cpu:  # torch's fused CPU kernel, called directly
+            steps = [s["step"] for s in states]
+            _fused.increment(steps)
+            kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+            kernel(params, grads, exp_avgs, exp_avg_sqs, maxes, steps, amsgrad=amsgrad, lr=lr,
+                   beta1=float(beta1), beta2=float(beta2), weight_decay=wd, eps=group["eps"],
+                   maximize=group["maximize"], grad_scale=None, found_inf=None)
+            return
         if group["fused"]:
             _torch_adam(params, grads, exp_avgs, exp_avg_sqs, maxes, [s["step"] for s in states],
                                   fused=True, decoupled_weight_decay=group["decoupled_weight_decay"],
@@ -118,7 +126,7 @@ class Adamax(Optimizer):
         return {"step": self._new_step(), "exp_avg": _zeros(param), "exp_inf": _zeros(param)}
 
     def _update(self, group, params, grads, states) -> None:
-        steps = self._advance(states)
+        steps = self._advance(states, group["fused"])
         beta1, beta2 = group["betas"]
         lists = dict(params=self._real(params), grads=self._real(grads),
                      exp_avgs=self._real([s["exp_avg"] for s in states]),
@@ -166,7 +174,7 @@ class NAdam(Optimizer):
                 "exp_avg": _zeros(param), "exp_avg_sq": _zeros(param)}
 
     def _update(self, group, params, grads, states) -> None:
-        steps = self._advance(states)
+        steps = self._advance(states, group["fused"])
         beta1, beta2 = group["betas"]
         lr, wd = float(group["lr"]), group["weight_decay"]
         params, grads = self._real(params), self._real(grads)

@@ -61,6 +61,12 @@ class Adagrad(Optimizer):
             _rules.adagrad_sparse(params[0], grad, states[0]["sum"], step, lr=lr, lr_decay=lr_decay, eps=eps)
             return
         sums, steps = [s["sum"] for s in states], [s["step"] for s in states]
+        if group["fused"] and params[0].is_cpu:  # torch's fused CPU kernel, called directly
+            _fused.increment(steps)
+            torch._fused_adagrad_(params, grads, sums, steps, lr=lr, lr_decay=lr_decay,
+                                  weight_decay=group["weight_decay"], eps=eps, maximize=group["maximize"],
+                                  grad_scale=None, found_inf=None)
+            return
         if group["fused"]:
             _torch_adagrad(params, grads, sums, steps, fused=True, lr=lr,
                                         weight_decay=group["weight_decay"], lr_decay=lr_decay, eps=eps,
@@ -110,7 +116,7 @@ class RMSprop(Optimizer):
         return state
 
     def _update(self, group, params, grads, states) -> None:
-        self._advance(states)
+        self._advance(states, group["fused"])
         if group["momentum"] > 0 or group["centered"]:  # a group may switch them on mid-run
             for p, s in zip(params, states):
                 if group["momentum"] > 0 and "momentum_buffer" not in s:
@@ -162,7 +168,7 @@ class Adadelta(Optimizer):
                 "acc_delta": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
     def _update(self, group, params, grads, states) -> None:
-        self._advance(states)
+        self._advance(states, group["fused"])
         lists = dict(params=self._real(params), grads=self._real(grads),
                      square_avgs=self._real([s["square_avg"] for s in states]),
                      acc_deltas=self._real([s["acc_delta"] for s in states]))

@@ -55,7 +55,9 @@ class SGD(Optimizer):
         momentum = group["momentum"]
         bufs = [s.get("momentum_buffer") for s in states]
         lr = float(group["lr"])
-        if group["fused"] and not grads[0].is_sparse:
+        if group["fused"] and not grads[0].is_sparse and params[0].is_cpu:
+            _fused_sgd_cpu(group, params, grads, bufs, lr)
+        elif group["fused"] and not grads[0].is_sparse:
             _torch_sgd(params, grads, bufs, fused=True, weight_decay=group["weight_decay"],
                                 momentum=momentum, lr=lr, dampening=group["dampening"],
                                 nesterov=group["nesterov"], maximize=group["maximize"])
@@ -67,6 +69,34 @@ class SGD(Optimizer):
         if momentum != 0:
             for state, buf in zip(states, bufs):
                 state["momentum_buffer"] = buf
+
+
+def _fused_sgd_cpu(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                   bufs: list[Tensor | None], lr: float) -> None:
+    """torch's fused CPU kernel, called directly; ``bufs`` gets the momentum buffers."""
+    momentum = group["momentum"]
+    hyper = dict(weight_decay=group["weight_decay"], momentum=momentum, lr=lr,
+                 dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
+                 grad_scale=None, found_inf=None)
+    if momentum == 0:
+        if group["weight_decay"] == 0:  # θ ± γg: one foreach op, bit-identical and cheaper per tensor
+            torch._foreach_add_(params, grads, alpha=lr if group["maximize"] else -lr)
+        else:
+            torch._fused_sgd_(params, grads, [], is_first_step=False, **hyper)
+        return
+    new = [i for i, b in enumerate(bufs) if b is None]  # first step for these: b₁ = g₁
+    for i in new:
+        bufs[i] = torch.empty_like(grads[i])
+    if len(new) == len(bufs):
+        torch._fused_sgd_(params, grads, bufs, is_first_step=True, **hyper)
+        return
+    if new:  # a parameter added mid-run: its buffer starts now, the others continue
+        torch._fused_sgd_([params[i] for i in new], [grads[i] for i in new], [bufs[i] for i in new],
+                          is_first_step=True, **hyper)
+        started = set(new)
+        old = [i for i in range(len(bufs)) if i not in started]
+        params, grads, bufs = [params[i] for i in old], [grads[i] for i in old], [bufs[i] for i in old]
+    torch._fused_sgd_(params, grads, bufs, is_first_step=False, **hyper)
 
 
 class Momentum(SGD):

@@ -1,0 +1,242 @@
+"""Time ``step()`` of the post-Adam optimizers against their peers; state bytes of all.
+
+    python bench/modern_step.py [--case big|small|both] [--steps N] [--quick]
+                                [--only RAdam,Lion] [--state-only]
+
+The sibling of ``bench/optim_step.py`` (same cases, same round-robin timing, same
+fused-Adam bandwidth yardstick measured in each block). Each optimlab optimizer (its
+default path) is stepped beside the peer the tests use as its oracle, where that peer is
+installed (the ``test`` extra): torch.optim.RAdam / Adafactor / Muon (``foreach=True``
+where torch has it), ``lion-pytorch`` (its foreach class and its loop; the faster
+counts), ``pytorch-optimizer``'s Lamb, LARS and Lookahead, ``schedulefree``'s fast classes.
+
+Effective GB/s counts the bytes one update must move per parameter (float32); where the
+rule needs a reduction first (LAMB's and LARS's norms, Adafactor's row and column means)
+that extra read is counted:
+
+    Lion                      read θ, g, m; write θ, m                          20 B
+    RAdam                     read θ, g, m, v; write θ, m, v                    28 B
+    LAMB                      read θ, g, m, v; write m, v; read θ, m, v; write θ  40 B
+    LARS                      read θ, g (norms); read θ, g, b; write θ, b       28 B
+    Lookahead(Adam), k = 5    Adam's 28 B + every k steps read θ, φ; write θ, φ  ≈31 B
+    Schedule-Free AdamW       read y, g, z, v; write y, z, v                    28 B
+    Schedule-Free SGD         read y, g, z; write y, z                          20 B
+    Adafactor                 read g (row/col means); read θ, g; write θ        16 B
+    Muon                      matrix products (Newton–Schulz): no bandwidth figure
+
+A last table lists the state every optimizer in the library keeps (both conventions),
+in bytes per parameter, measured from the state after two steps (0-dim counters included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import optimlab.optim as oo  # noqa: E402
+import optimlab.optim.keras as ok  # noqa: E402
+from optim_step import CASES, LR, Runner, gbps, make_params, numel, run_block  # noqa: E402
+
+
+def _package(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+lion_pytorch = _package("lion_pytorch")
+lion_foreach = _package("lion_pytorch.foreach")
+pytorch_optimizer = _package("pytorch_optimizer")
+schedulefree = _package("schedulefree")
+
+
+def _trained(cls):
+    def make(params, **hyper):
+        opt = cls(params, **hyper)
+        opt.train()  # Schedule-Free: the step runs in train mode
+        return opt
+    return make
+
+
+@dataclass
+class ModernSpec:
+    name: str
+    ours: Callable
+    peers: dict[str, Callable]  # label -> factory(params); absent packages leave it empty
+    bytes_per_param: int | None  # None: compute-bound (no bandwidth figure)
+    matrices_only: bool = False
+
+
+def _specs() -> list[ModernSpec]:
+    lion_peers = {}
+    if lion_foreach is not None:
+        lion_peers["lion-pytorch foreach"] = lambda ps: lion_foreach.Lion(ps, lr=LR)
+    if lion_pytorch is not None:
+        lion_peers["lion-pytorch"] = lambda ps: lion_pytorch.Lion(ps, lr=LR)
+    po = pytorch_optimizer
+    sf = schedulefree
+    return [
+        ModernSpec("RAdam", lambda ps: oo.RAdam(ps, lr=LR),
+                   {"torch foreach": lambda ps: torch.optim.RAdam(ps, lr=LR, foreach=True)}, 28),
+        ModernSpec("Lion", lambda ps: oo.Lion(ps, lr=LR), lion_peers, 20),
+        ModernSpec("LAMB", lambda ps: oo.LAMB(ps, lr=LR),
+                   {"pytorch-optimizer": lambda ps: po.Lamb(ps, lr=LR, weight_decouple=False)} if po else {}, 40),
+        ModernSpec("LARS", lambda ps: oo.LARS(ps, lr=LR),
+                   {"pytorch-optimizer": lambda ps: po.LARS(ps, lr=LR)} if po else {}, 28),
+        ModernSpec("Lookahead", lambda ps: oo.Lookahead(oo.Adam(ps, lr=LR, fused=True), k=5),
+                   {"pytorch-optimizer": lambda ps: po.Lookahead(torch.optim.Adam(ps, lr=LR, fused=True), k=5)}
+                   if po else {}, 31),
+        ModernSpec("SF AdamW", lambda ps: _trained(oo.ScheduleFreeAdamW)(ps, lr=LR),
+                   {"schedulefree": lambda ps: _trained(sf.AdamWScheduleFree)(ps, lr=LR)} if sf else {}, 28),
+        ModernSpec("SF SGD", lambda ps: _trained(oo.ScheduleFreeSGD)(ps, lr=LR),
+                   {"schedulefree": lambda ps: _trained(sf.SGDScheduleFree)(ps, lr=LR)} if sf else {}, 20),
+        ModernSpec("Adafactor", lambda ps: oo.Adafactor(ps, lr=LR),
+                   {"torch foreach": lambda ps: torch.optim.Adafactor(ps, lr=LR, foreach=True)}, 16),
+        ModernSpec("Muon", lambda ps: oo.Muon(ps, lr=LR),
+                   {"torch": lambda ps: torch.optim.Muon(ps, lr=LR)}, None, matrices_only=True),
+    ]
+
+
+def bench_case(case: str, shapes, steps: int, warmup: int, specs) -> None:
+    n_all = numel(shapes)
+    print(f"\n=== case {case}: {n_all / 1e6:.2f}M float32 parameters in {len(shapes)} tensors "
+          f"(Muon: the {sum(len(s) == 2 for s in shapes)} matrices); median of {steps} steps after "
+          f"{warmup} warm-up; {torch.get_num_threads()} threads ===")
+    head = (f"{'optimizer':<10} {'B/p':>3} {'peer':<22} {'peer ms':>8} {'ours ms':>8} {'ours/peer':>9} "
+            f"{'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}")
+    print(head)
+    print("-" * len(head), flush=True)
+    gen = torch.Generator().manual_seed(123)
+    all_grads = [torch.randn(s, generator=gen) for s in shapes]
+    for spec in specs:
+        if spec.matrices_only:
+            picked = [i for i, s in enumerate(shapes) if len(s) == 2]
+        else:
+            picked = list(range(len(shapes)))
+        sub_shapes = [shapes[i] for i in picked]
+        grads = [all_grads[i] for i in picked]
+        n = numel(sub_shapes)
+        runners = {"ours": Runner("ours", spec.ours(make_params(sub_shapes, grads, seed=0)).step)}
+        for i, (label, factory) in enumerate(spec.peers.items()):
+            runners[label] = Runner(label, factory(make_params(sub_shapes, grads, seed=i + 1)).step)
+        adam_ref = Runner("ref", torch.optim.Adam(make_params(shapes, all_grads, seed=99), lr=LR, fused=True).step)
+        spec_steps = max(3, steps // 3) if spec.matrices_only else steps
+        run_block(list(runners.values()) + [adam_ref], warmup, spec_steps)
+        ours = runners["ours"].median_ms()
+        ref_gbps = gbps(28, n_all, adam_ref.median_ms())
+        peers = {k: r.median_ms() for k, r in runners.items() if k != "ours"}
+        if spec.bytes_per_param:
+            eff = gbps(spec.bytes_per_param, n, ours)
+            bw = f"{eff:>6.1f} {ref_gbps:>9.1f} {100 * eff / ref_gbps:>5.0f}%"
+        else:
+            bw = f"{'-':>6} {ref_gbps:>9.1f} {'-':>6}"
+        if peers:
+            label, best = min(peers.items(), key=lambda kv: kv[1])
+            cells = f"{label:<22} {best:>8.2f} {ours:>8.2f} {ours / best:>9.2f}"
+        else:
+            cells = f"{'(not installed)':<22} {'-':>8} {ours:>8.2f} {'-':>9}"
+        print(f"{spec.name:<10} {spec.bytes_per_param or '-':>3} {cells} {bw}", flush=True)
+
+
+# ------------------------------------------------------------------------ state bytes
+STATE_SHAPES = [(256, 128), (128,), (64, 256), (64,), (10, 64), (10,)]  # a small MLP
+
+
+def state_bytes_per_param(opt: torch.optim.Optimizer, params) -> float:
+    """Bytes of every tensor the optimizer holds in its state (shared storage counted once)."""
+    seen, total = set(), 0
+
+    def visit(value):
+        nonlocal total
+        if isinstance(value, torch.Tensor):
+            key = (value.untyped_storage().data_ptr(), value.untyped_storage().nbytes())
+            if key not in seen:
+                seen.add(key)
+                total += value.untyped_storage().nbytes()
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+
+    visit({k: v for k, v in opt.state_dict().items() if k != "param_groups"})  # Lookahead: + "lookahead"
+    return total / sum(p.numel() for p in params)
+
+
+def _state_factories() -> list[tuple[str, str, Callable]]:
+    rows = []
+    for name in oo.available("torch"):
+        cls = oo.get(name)
+        hyper = {"lr": LR} if name not in ("adadelta",) else {}
+        rows.append(("torch", name, lambda ps, cls=cls, hyper=hyper: cls(ps, **hyper)))
+    for name in oo.available("keras"):
+        cls = oo.get(name, "keras")
+        rows.append(("keras", name, lambda ps, cls=cls: cls(ps)))
+    return rows
+
+
+def state_table() -> None:
+    gen = torch.Generator().manual_seed(5)
+    n = numel(STATE_SHAPES)
+    print(f"\n=== optimizer state, bytes per parameter, measured from state_dict() after two steps "
+          f"(float32 MLP, {n:,} parameters in {len(STATE_SHAPES)} tensors) ===")
+    print(f"{'convention':<10} {'optimizer':<20} {'B/param':>8}  {'x θ':>5}  state keys")
+    for convention, name, factory in _state_factories():
+        params = [torch.randn(s, generator=gen).requires_grad_() for s in STATE_SHAPES]
+        if name == "muon":  # Muon proper takes matrices only; muon_adamw splits by shape
+            params = [p for p in params if p.dim() == 2]
+        opt = factory(params)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        per = state_bytes_per_param(opt, params)
+        sd = opt.state_dict()
+        keys = sorted({k for s in sd["state"].values() if isinstance(s, dict) for k in s})
+        keys += [f"{extra}.{k}" for extra, v in sd.items() if extra not in ("state", "param_groups", "optimlab")
+                 and isinstance(v, dict) for k in v if isinstance(v[k], (torch.Tensor, list, dict))]
+        print(f"{convention:<10} {name:<20} {per:>8.3f}  {per / 4:>5.2f}  {', '.join(keys)}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", choices=["big", "small", "both"], default="both")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 15 big, 40 small; "
+                    "Muon a third of that); the median is reported")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1/10 of the cases, 3 steps")
+    ap.add_argument("--only", default=None, help="comma-separated optimizer names (as in the table)")
+    ap.add_argument("--state-only", action="store_true", help="print only the state-bytes table")
+    args = ap.parse_args(argv)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+          f"{torch.get_num_threads()}" + (f", load average {load[0]:.2f}" if load else ""))
+    if not args.state_only:
+        specs = _specs()
+        if args.only:
+            specs = [s for s in specs if s.name in args.only.split(",")]
+        for case in (["big", "small"] if args.case == "both" else [args.case]):
+            steps = args.steps or (3 if args.quick else (15 if case == "big" else 40))
+            start = time.perf_counter()
+            bench_case(case, CASES[case](0.1 if args.quick else 1.0), steps, 1 if args.quick else 3, specs)
+            print(f"({time.perf_counter() - start:.0f} s)")
+    state_table()
+    if load:
+        print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
