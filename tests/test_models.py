@@ -94,9 +94,9 @@ def test_relu_after_pooling_is_bitwise_the_same():
     assert torch.equal(F.relu(F.max_pool2d(x, 2)), F.max_pool2d(F.relu(x), 2))
 
 
-def test_fast_dropout_has_the_law_of_dropout():
+@pytest.mark.parametrize("p", [0.25, 0.375 + 1 / 65536, 0.1], ids=["8-bit", "16-bit", "32-bit"])
+def test_fast_dropout_has_the_law_of_dropout(p):
     torch.manual_seed(0)
-    p = 0.25
     drop = FastDropout(p)
     x = torch.ones(1_000_000)
     y = drop(x)
@@ -119,6 +119,19 @@ def test_fast_dropout_has_the_law_of_dropout():
     assert torch.equal(FastDropout(1.0)(z), torch.zeros_like(z)) and FastDropout(0.0)(z) is z
     with pytest.raises(ValueError, match="dropout probability"):
         FastDropout(-0.1)
+
+
+def test_fast_dropout_lanes_give_the_keep_probability_exactly_where_representable():
+    from optimlab.models import _lanes
+
+    for p, bits in ((0.25, 8), (0.5, 8), (255 / 256, 8), (0.375 + 1 / 65536, 16), (0.1, 32), (1 / 3, 32)):
+        dtype, k = _lanes(p)
+        assert torch.iinfo(dtype).bits == bits
+        kept = 2**bits // 2 - k  # lanes b in [k, 2^(bits-1)) of 2^bits equally likely values
+        if bits < 32:
+            assert kept / 2**bits == 1 - p
+        else:
+            assert abs(kept / 2**bits - (1 - p)) <= 2**-32
 
 
 def test_same_accuracy_as_the_textbook_model_on_a_small_image_task():

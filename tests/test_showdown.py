@@ -35,7 +35,7 @@ def synthetic_mnist(monkeypatch):
 
 def config(tmp_path, **kw):
     base = dict(optimizers=("adam", "sgd"), epochs=2, batch_size=32, seeds=1, out=str(tmp_path / "sd"),
-                checkpoint_every=3)
+                checkpoint_every=3, jobs=1)
     return ShowdownConfig(**{**base, **kw})
 
 
@@ -117,3 +117,27 @@ def test_showdown_report_renders_in_a_browser(tmp_path):
     assert console == []
     assert dom.count('class="main-svg"') >= 6  # six charts drawn
     assert json.loads((tmp_path / "sd" / "showdown.json").read_text())["showdown_id"] == cfg.showdown_id
+
+
+def test_parallel_runs_give_the_sequential_results(tmp_path):
+    """Two worker processes, one thread each: every run as if trained here with one thread."""
+    parallel = run_showdown(config(tmp_path / "par", jobs=2), quiet=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sequential = run_showdown(config(tmp_path / "seq", jobs=1), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("adam", "sgd"):
+        a = parallel["lecture"][key][0]["history"]
+        b = sequential["lecture"][key][0]["history"]
+        assert a["config"]["threads"] == 1
+        assert [e["val_loss"] for e in a["epochs"]] == [e["val_loss"] for e in b["epochs"]]
+        assert (tmp_path / "par" / "sd" / "runs" / f"lecture-{key}-s0.json").exists()
+    again = run_showdown(config(tmp_path / "par", jobs=2), quiet=True)  # all finished: nothing rerun
+    assert again["lecture"]["adam"][0]["run_id"] == parallel["lecture"]["adam"][0]["run_id"]
+
+
+def test_jobs_must_be_a_positive_integer(tmp_path):
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
+        config(tmp_path, jobs=0)

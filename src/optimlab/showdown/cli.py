@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beyond", action="store_true",
                         help="also run the best known recipe per optimizer (a second table)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: one epoch of a few hundred batches")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs trained side by side in separate processes (default: one per CPU core; "
+                             "1 = one after another in this process)")
     parser.add_argument("--out", default="showdown", help="output directory (report, runs, checkpoints)")
     parser.add_argument("--quiet", action="store_true")
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = ShowdownConfig(dataset=args.dataset, optimizers=names, convention=args.convention, epochs=args.epochs,
                              batch_size=args.batch_size, seeds=args.seeds, schedule=args.schedule, quick=args.quick,
-                             beyond=args.beyond, out=args.out)
+                             beyond=args.beyond, out=args.out, jobs=args.jobs)
     except ValueError as err:
         print(f"optimlab showdown: {err}", file=sys.stderr)
         return 2

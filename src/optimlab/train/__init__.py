@@ -36,7 +36,7 @@ def fit(model, optimizer, data, *, epochs: int = 1, batch_size: int | str = 32, 
         seed: int | None = None, monitor: bool = True, sample_every: int | None = None,
         progress: bool | None = None, quiet: bool = False, checkpoint=None, checkpoint_every: int | None = None,
         resume: bool = False, store=True, name: str | None = None, config: dict | None = None,
-        on_nonfinite: str = "raise", callbacks=(), eval_batch_size: int = 1000, shuffle: bool = True) -> History:
+        on_nonfinite: str = "raise", callbacks=(), eval_batch_size: int = 256, shuffle: bool = True) -> History:
     """Train ``model`` with ``optimizer`` on ``data``; return the run's :class:`History`.
 
     ``model``: an ``nn.Module`` (seed torch before building it for a reproducible start).

@@ -50,7 +50,7 @@ class Trainer:
                  quiet: bool = False, checkpoint: str | os.PathLike | None = None,
                  checkpoint_every: int | None = None, store=True, name: str | None = None,
                  config: dict | None = None, on_nonfinite: str = "raise", callbacks=(),
-                 eval_batch_size: int = 1000, shuffle: bool = True):
+                 eval_batch_size: int = 256, shuffle: bool = True):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(optimizer, str):
