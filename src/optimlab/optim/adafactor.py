@@ -9,7 +9,7 @@ from torch import Tensor
 
 from optimlab.optim import _rules, _rules_modern
 from optimlab.optim import _validation as check
-from optimlab.optim._base import Optimizer
+from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 from optimlab.optim._modern import RealOnly
 
 
@@ -60,6 +60,7 @@ class Adafactor(RealOnly, Optimizer):
     are factored over their last two, so stacks of matrices save memory too.
     """
 
+    chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"beta2_decay": _non_positive, "eps": _eps_pair, "d": _at_least_one}
     state_keys = frozenset({"step", "row_var", "col_var", "variance"})
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from optimlab.optim import _rules, _rules_modern
 from optimlab.optim import _validation as check
-from optimlab.optim._base import Optimizer
+from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 from optimlab.optim._modern import RealOnly
 
 
@@ -32,6 +32,7 @@ class Lion(RealOnly, Optimizer):
     batches (the paper's image/language models); it is less robust to small batches.
     """
 
+    chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas}
     state_keys = frozenset({"exp_avg"})
 

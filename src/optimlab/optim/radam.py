@@ -9,7 +9,7 @@ from torch import Tensor
 
 from optimlab.optim import _rules, _rules_modern
 from optimlab.optim import _validation as check
-from optimlab.optim._base import Optimizer
+from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 
 
 class RAdam(Optimizer):
@@ -33,6 +33,7 @@ class RAdam(Optimizer):
     than tuned. Otherwise it behaves like Adam.
     """
 
+    chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas, "eps": check.positive, "decoupled_weight_decay": check.boolean}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
 

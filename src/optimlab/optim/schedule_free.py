@@ -9,7 +9,7 @@ from torch import Tensor
 
 from optimlab.optim import _rules, _rules_modern
 from optimlab.optim import _validation as check
-from optimlab.optim._base import Optimizer
+from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 from optimlab.optim._modern import RealOnly
 
 
@@ -120,6 +120,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
     (winner of the 2024 AlgoPerf self-tuning track). Warm-up is still advised.
     """
 
+    chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": _betas_open, "eps": check.positive, "decay_at_z": check.boolean, **_COMMON}
     state_keys = frozenset({"z", "exp_avg_sq"})
 

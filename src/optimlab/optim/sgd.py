@@ -48,17 +48,19 @@ class SGD(Optimizer):
             raise ValueError(f"nesterov=True needs momentum > 0 and dampening = 0, got "
                              f"momentum={group['momentum']!r}, dampening={group['dampening']!r}")
 
-    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {}  # the momentum buffer is created from the first gradient
+    lazy_state = True  # the momentum buffer is created from the first gradient
+
+    def _stateless(self, group: dict[str, Any]) -> bool:
+        return group["momentum"] == 0
 
     def _update(self, group, params, grads, states) -> None:
         momentum = group["momentum"]
-        bufs = [s.get("momentum_buffer") for s in states]
+        bufs = [s.get("momentum_buffer") for s in states] if momentum != 0 else []
         lr = float(group["lr"])
         if group["fused"] and not grads[0].is_sparse and params[0].is_cpu:
             _fused_sgd_cpu(group, params, grads, bufs, lr)
         elif group["fused"] and not grads[0].is_sparse:
-            _torch_sgd(params, grads, bufs, fused=True, weight_decay=group["weight_decay"],
+            _torch_sgd(params, grads, bufs or [None] * len(params), fused=True, weight_decay=group["weight_decay"],
                                 momentum=momentum, lr=lr, dampening=group["dampening"],
                                 nesterov=group["nesterov"], maximize=group["maximize"])
         else:
@@ -75,14 +77,14 @@ def _fused_sgd_cpu(group: dict[str, Any], params: list[Tensor], grads: list[Tens
                    bufs: list[Tensor | None], lr: float) -> None:
     """torch's fused CPU kernel, called directly; ``bufs`` gets the momentum buffers."""
     momentum = group["momentum"]
+    if momentum == 0 and group["weight_decay"] == 0:  # θ ± γg: one foreach op, bit-identical, cheaper per tensor
+        torch._foreach_add_(params, grads, alpha=lr if group["maximize"] else -lr)
+        return
     hyper = dict(weight_decay=group["weight_decay"], momentum=momentum, lr=lr,
                  dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
                  grad_scale=None, found_inf=None)
     if momentum == 0:
-        if group["weight_decay"] == 0:  # θ ± γg: one foreach op, bit-identical and cheaper per tensor
-            torch._foreach_add_(params, grads, alpha=lr if group["maximize"] else -lr)
-        else:
-            torch._fused_sgd_(params, grads, [], is_first_step=False, **hyper)
+        torch._fused_sgd_(params, grads, [], is_first_step=False, **hyper)
         return
     new = [i for i, b in enumerate(bufs) if b is None]  # first step for these: b₁ = g₁
     for i in new:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from optimlab.optim import _rules, _rules_modern
 from optimlab.optim import _validation as check
-from optimlab.optim._base import Optimizer
+from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 from optimlab.optim._modern import RealOnly
 
 
@@ -33,6 +33,7 @@ class LAMB(RealOnly, Optimizer):
     little over AdamW. Put biases and norm gains in a group with ``weight_decay=0``.
     """
 
+    chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas, "eps": check.positive, "bias_correction": check.boolean}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
 
@@ -79,6 +80,7 @@ class LARS(RealOnly, Optimizer):
     of γ. γ is a global rate: typical values are O(1) with η = 0.001.
     """
 
+    chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"momentum": check.unit_interval, "trust_coefficient": check.positive,
                     "exclude_1d": check.boolean}
     state_keys = frozenset({"momentum_buffer"})
