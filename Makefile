@@ -24,8 +24,9 @@ test: $(VENV)/.installed-test
 	@.ci/system-packages || echo "note: could not install chromium/postgresql; the tests that need them will be skipped"
 	KERAS_BACKEND=torch $(PY) -m pytest -q
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-test
 	$(PY) bench/optim_step.py
+	$(PY) bench/modern_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

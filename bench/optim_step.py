@@ -250,7 +250,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", choices=["big", "small", "both"], default="both")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per implementation "
-                    "(default 15 big, 40 small; the median is reported)")
+                    "(default 40; the median is reported)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1/10 of the big case, 3 steps")
     ap.add_argument("--only", default=None, help="comma-separated optimizer names")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -272,7 +272,7 @@ def main(argv=None) -> None:
     cases = ["big", "small"] if args.case == "both" else [args.case]
     for case in cases:
         scale = 0.1 if args.quick else 1.0
-        steps = args.steps or (3 if args.quick else (15 if case == "big" else 40))
+        steps = args.steps or (3 if args.quick else 40)
         warmup = 1 if args.quick else 3
         bench_case(case, CASES[case](scale), steps, warmup, specs, args.forloop)
     state_table(specs)
