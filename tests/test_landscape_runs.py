@@ -48,6 +48,17 @@ def test_optimlab_and_torch_optimizers_trace_the_same_path():
     assert factory.label == "factory" and factory.lr_from == "own" and factory.lr is None
 
 
+def test_muon_walks_the_plane_as_a_one_by_two_matrix():
+    """Muon takes matrices: its point is a 1×2 matrix, and its orthogonalised step is then the
+    normalised (momentum) direction, so each step moves about lr whatever the gradient's size."""
+    ours = L.run("ravine", Spec("muon", lr=0.1), steps=60)
+    theirs = L.run("ravine", Spec("torch.Muon", lr=0.1), steps=60)
+    np.testing.assert_allclose(ours.points, theirs.points, rtol=1e-12, atol=1e-14)
+    assert ours.points.shape == (61, 2) and ours.losses[-1] < 0.1 * ours.losses[0]
+    lengths = ours.step_lengths()
+    assert lengths.max() < 0.2 and np.median(lengths) > 0.01  # bounded, not gradient-sized, steps
+
+
 def test_an_instance_runs_as_a_copy_and_stays_untouched():
     point = torch.zeros(2, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.RMSprop([point], lr=0.05)

@@ -25,6 +25,9 @@ import optimlab.optim as oo
 # gradient (a step of about lr per coordinate): lr_adaptive fits. Adadelta keeps its own 1.0.
 GD_FAMILY = frozenset({"sgd", "momentum", "nag", "lars", "schedulefreesgd"})
 OWN_DEFAULT_LR = {"adadelta": 1.0}
+# Optimizers of matrices: their point is a 1×2 matrix (Muon's orthogonalised step is then the
+# normalised gradient direction), the same two coordinates.
+MATRIX_ONLY = frozenset({"muon"})
 
 
 @dataclass

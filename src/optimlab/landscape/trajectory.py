@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from optimlab.landscape import functions as F
-from optimlab.landscape.specs import Contender, Spec, attach_schedule, copy_instance, resolve, unique_labels
+from optimlab.landscape.specs import (MATRIX_ONLY, Contender, Spec, attach_schedule, copy_instance, resolve,
+                                      unique_labels)
 
 TUNE_FACTORS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # the default search grid: multiples of the default rate
 
@@ -262,7 +263,8 @@ def compare(function: str | F.TestFunction, optimizers: Sequence[Any], *, steps:
             group_slots = [_Slot(c, opt.param_groups[0].get("lr"), point)]
         else:
             lrs = [c.lr * k for k in factors] if (c.tunable and len(factors) > 1) else [c.lr]
-            group_slots = [_Slot(c, lr, torch.tensor(start, dtype=torch.float64, requires_grad=True))
+            shape = (1, 2) if c.kind in MATRIX_ONLY else (2,)
+            group_slots = [_Slot(c, lr, torch.tensor(start, dtype=torch.float64).reshape(shape).requires_grad_())
                            for lr in lrs]
             groups = [{"params": [s.param]} if s.lr is None else {"params": [s.param], "lr": s.lr}
                       for s in group_slots]
