@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -141,3 +142,14 @@ def test_parallel_runs_give_the_sequential_results(tmp_path):
 def test_jobs_must_be_a_positive_integer(tmp_path):
     with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
         config(tmp_path, jobs=0)
+
+
+def test_post_adam_rows_train_and_a_row_that_cannot_fails_before_training(tmp_path):
+    results = run_showdown(config(tmp_path, optimizers=("muon", "lion"), epochs=1), quiet=True)
+    muon = results["lecture"]["muon"][0]
+    assert muon["label"] == "Muon (+AdamW)" and math.isfinite(muon["history"]["epochs"][-1]["val_loss"])
+    from optimlab.showdown.recipes import Recipe
+    from optimlab.showdown.runner import _check_recipes
+
+    with pytest.raises(ValueError, match="row 'bad'.*cannot train the lecture's CNN: .*Muon orthogonalises 2-D"):
+        _check_recipes([Recipe("bad", "Bad", "muon", "torch", describe="plain Muon")])

@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         results = run_showdown(cfg, quiet=args.quiet)
+    except ValueError as err:
+        print(f"optimlab showdown: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted: run the same command again to resume (finished runs are kept in {cfg.out}/runs)",
               file=sys.stderr)

@@ -47,6 +47,9 @@ def lecture_recipe(key: str, convention: str = "keras") -> Recipe:
         return Recipe(key, label, "sgd", convention, {"momentum": 0.9}, describe=f"SGD(momentum=0.9), {convention} defaults")
     if convention == "keras" and key not in oo.available("keras"):
         convention = "torch"  # optimizers Keras lacks run at torch's defaults
+    if key == "muon":  # Muon takes 2-D weights: the dense layer; the conv and biases go to AdamW
+        return Recipe(key, "Muon (+AdamW)", "muon_adamw", "torch", {},
+                      describe="Muon for the dense weight, AdamW for the conv and biases, torch defaults")
     hyper = {"lr": 0.1} if key == "lars" else {}
     return Recipe(key, label, key, convention, hyper, describe=f"{key}, {convention} defaults")
 

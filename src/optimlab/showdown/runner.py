@@ -151,6 +151,15 @@ def run_one(cfg: ShowdownConfig, table: str, recipe: Recipe, seed: int, train, v
     return result
 
 
+def _check_recipes(rows, total_steps: int = 1000) -> None:
+    """Build every row's optimizer on a throwaway model: a bad row fails here, before any training."""
+    for recipe in rows:
+        try:
+            recipe.build(models.lecture_cnn().parameters(), total_steps)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"row {recipe.key!r} ({recipe.describe}) cannot train the lecture's CNN: {err}") from None
+
+
 def run_key(table: str, recipe: Recipe, seed: int) -> str:
     return f"{table}-{recipe.key}-s{seed}"
 
@@ -201,6 +210,8 @@ def run_showdown(cfg: ShowdownConfig, *, quiet: bool = False, callbacks=()) -> d
                 print(f"[{key}] finished earlier: val acc {result['history']['epochs'][-1].get('val_acc')}",
                       file=sys.stderr)
     pending = [job for job in plan if run_key(*job) not in results_by_key]
+    total = -(-len(train[0]) // cfg.batch_size) * (1 if cfg.quick else cfg.epochs)
+    _check_recipes({recipe.key + table: recipe for table, recipe, _ in pending}.values(), total)
     jobs, threads = plan_jobs(cfg, len(pending), callbacks)
     if jobs > 1:
         from optimlab.showdown.parallel import run_parallel
