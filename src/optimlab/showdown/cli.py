@@ -37,7 +37,8 @@ def _description(cfg, source: str, split: str) -> str:
     budget = "a quick smoke run (one epoch of 300 batches)" if cfg.quick else f"{cfg.epochs} epochs"
     return (f"The lecture's CNN (Conv2D 32 3×3 ReLU → MaxPool 2×2 → Dropout 0.25 → Dense 10) on {cfg.dataset} "
             f"({source}; {split}), {budget}, batch {cfg.batch_size}, {cfg.seeds} seed(s), optimizers at "
-            f"{cfg.convention}'s defaults{'' if cfg.convention == 'torch' else ' as in the lecture'}. "
+            f"{cfg.convention}'s defaults{'' if cfg.convention == 'torch' else ' as in the lecture'}, "
+            f"{cfg.convention}'s initialisation ({'Glorot uniform, zero biases' if cfg.convention == 'keras' else 'torch.nn defaults'}). "
             f"Times are this machine's; the lecture's are its own. Showdown id `{cfg.showdown_id}`.")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from optimlab import models
+from optimlab import init, models
 from optimlab.showdown.recipes import BEYOND, LECTURE, Recipe, lecture_recipe
 
 QUICK_BATCHES = 300  # --quick: a few hundred batches per run
@@ -53,7 +53,9 @@ class ShowdownConfig:
     def showdown_id(self) -> str:
         """Stable for the same experiment, so a re-run finds its finished runs."""
         keys = ("dataset", "optimizers", "convention", "epochs", "batch_size", "schedule", "quick")
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=list)
+        setup = {k: getattr(self, k) for k in keys}
+        setup["initialisation"] = "keras" if self.convention == "keras" else "torch"
+        blob = json.dumps(setup, sort_keys=True, default=list)
         return "sd-" + hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
@@ -130,6 +132,8 @@ def run_one(cfg: ShowdownConfig, table: str, recipe: Recipe, seed: int, train, v
     epochs = 1 if cfg.quick else cfg.epochs
     torch.manual_seed(seed)
     model = models.lecture_cnn()
+    if cfg.convention == "keras":  # Keras's Conv2D and Dense defaults: glorot_uniform kernels, zero biases
+        init.apply(model, "glorot_uniform", zero_bias=True)
     optimizer, schedule = recipe.build(model.parameters(), steps_per_epoch * epochs)
     history = fit(model, optimizer, {"train": train, "val": val}, epochs=epochs,
                   batch_size=cfg.batch_size, schedule=schedule, seed=seed,
