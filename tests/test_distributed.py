@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.forked import run_forked
+
 CASES = {  # name -> (optimlab optimizer, hyperparameters)
     "momentum": ("sgd", {"lr": 0.05, "momentum": 0.9}),
     "adam": ("adam", {"lr": 0.01}),
@@ -73,26 +75,13 @@ def ranks(tmp_path_factory):
     imported torch (a fresh interpreter pays 5-20 s of imports on a busy 2-core machine); the
     torchrun command of the README runs the same code: ``torchrun --standalone --nproc-per-node 2
     tests/test_distributed.py OUT`` (this file's ``__main__``)."""
-    import multiprocessing as mp
     import socket
 
     out = tmp_path_factory.mktemp("ddp")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # no OpenMP pool in flight across the fork
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # torch's first optimizer imports dynamo: once, here
-    try:
-        ctx = mp.get_context("fork")
-        procs = [ctx.Process(target=_forked_rank, args=(r, port, str(out))) for r in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(timeout=300)
-    finally:
-        torch.set_num_threads(threads)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert run_forked(_forked_rank, [(r, port, str(out)) for r in range(2)]) == [0, 0]
     return out
 
 

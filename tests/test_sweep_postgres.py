@@ -9,7 +9,6 @@ directory; it is stopped at the end. Two worker processes run the same ``optimla
 from __future__ import annotations
 
 import glob
-import multiprocessing as mp
 import os
 import pwd
 import shutil
@@ -20,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests.forked import run_forked
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("psycopg2", reason="psycopg2-binary (the 'postgres' extra) is not installed")
@@ -84,20 +84,8 @@ def test_two_workers_on_postgresql_record_every_trial_once_and_find_the_best(pos
     common = ["sweep", "--storage", postgres_url, "--study", "pg", "--dataset", "synthetic", "--n-train", "256",
               "--n-val", "128", "--batch-sizes", "64", "--sampler", "grid", "--optimizers", "adam,momentum,sgd",
               "--lr", "0.0003,0.01,0.1", "--epochs", "2", "--threads", "1", "--quiet"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # no OpenMP pool in flight across the fork
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # import what every worker needs once, here
-    try:
-        ctx = mp.get_context("fork")
-        machines = [ctx.Process(target=_machine, args=(common + ["--out", str(tmp_path / f"m{i}")],))
-                    for i in range(2)]
-        for m in machines:  # both start at once: one creates the study, the other joins it
-            m.start()
-        for m in machines:
-            m.join(timeout=300)
-    finally:
-        torch.set_num_threads(threads)
-    assert [m.exitcode for m in machines] == [0, 0]
+    # both start at once: one creates the study, the other joins it
+    assert run_forked(_machine, [(common + ["--out", str(tmp_path / f"m{i}")],) for i in range(2)]) == [0, 0]
 
     cfg = SweepConfig(storage=postgres_url, study="pg", dataset="synthetic", n_train=256, n_val=128,
                       batch_sizes=(64,), sampler="grid", optimizers=("adam", "momentum", "sgd"),

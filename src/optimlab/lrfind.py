@@ -184,16 +184,9 @@ def lr_find(model: nn.Module, optimizer, data, *, start_lr: float = 1e-7, end_lr
     Model, optimizer and RNG state are restored exactly when it returns (or raises).
     """
     from optimlab.train import _data
-    from optimlab.train.loop import _loss
+    from optimlab.train.loop import _loss, model_and_optimizer
 
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(optimizer, str):
-        from optimlab import optim
-
-        optimizer = optim.create(optimizer, model.parameters())
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError(f"optimizer must be a torch.optim.Optimizer or a name, got {optimizer!r}")
+    optimizer = model_and_optimizer(model, optimizer)
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
             raise ValueError(f"{name} must be a positive number, got {name}={value!r}")

@@ -41,6 +41,18 @@ def _simple(value):
     return value if isinstance(value, (bool, int, float, str, type(None))) else repr(value)
 
 
+
+def model_and_optimizer(model, optimizer) -> torch.optim.Optimizer:
+    """Check ``model`` is an ``nn.Module``; return ``optimizer``, built by name (its defaults) if a string."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(optimizer, str):
+        from optimlab import optim
+        optimizer = optim.create(optimizer, model.parameters())
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer or a name, got {optimizer!r}")
+    return optimizer
+
 class Trainer:
     """Everything ``fit`` does, as an object (see :func:`fit` for the arguments)."""
 
@@ -51,13 +63,7 @@ class Trainer:
                  checkpoint_every: int | None = None, store=True, name: str | None = None,
                  config: dict | None = None, on_nonfinite: str = "raise", callbacks=(),
                  eval_batch_size: int = 256, shuffle: bool = True):
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(optimizer, str):
-            from optimlab import optim
-            optimizer = optim.create(optimizer, model.parameters())
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ValueError(f"optimizer must be a torch.optim.Optimizer or a name, got {optimizer!r}")
+        optimizer = model_and_optimizer(model, optimizer)
         if schedule_unit not in ("step", "epoch"):
             raise ValueError(f"schedule_unit must be 'step' or 'epoch', got schedule_unit={schedule_unit!r}")
         if on_nonfinite not in ("raise", "stop"):
