@@ -157,20 +157,22 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        groups = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                groups.append((group, params, list(map(_grad_of, params))))
         self._check_gradients(groups)
-        if self.skip_nonfinite and not _all_finite([p.grad for _, ps in groups for p in ps]):
+        if self.skip_nonfinite and not _all_finite([g for _, _, grads in groups for g in grads]):
             self.skipped_steps += 1
             return loss
-        for group, params in groups:
-            if params:
-                self._step_group(group, params)
+        for group, params, grads in groups:
+            self._step_group(group, params, grads)
         return loss
 
     def _check_gradients(self, groups) -> None:
         # Shapes matter beyond a clear message: the C kernels trust them for memory bounds.
-        for group, params in groups:
-            grads = list(map(_grad_of, params))
+        for group, params, grads in groups:
             if any(map(_is_sparse, grads)):
                 self._check_sparse(group)
             if list(map(_shape_of, grads)) != list(map(_shape_of, params)):
@@ -186,7 +188,7 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"weight_decay={group['weight_decay']!r} cannot be combined "
                              "with sparse gradients")
 
-    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         all_state = self.state
         if self._stateless(group):
             states = [_NO_STATE] * len(params)
@@ -199,15 +201,11 @@ class Optimizer(torch.optim.Optimizer):
                 if not state:
                     state.update(self._init_state(p, group))
                 states.append(state)
-        grads = list(map(_grad_of, params))
-        if group["foreach"] is False or any(map(_is_sparse, grads)):
-            buckets = self._buckets(params, grads)
-        elif len(set(map(_dtype_of, params))) == 1 and len(set(map(_device_of, params))) == 1:
+        if (group["foreach"] is not False and not any(map(_is_sparse, grads))
+                and len(set(map(_dtype_of, params))) == 1 and len(set(map(_device_of, params))) == 1):
             self._update_in_chunks(group, params, grads, states)  # the usual case: one device, one dtype
             return
-        else:
-            buckets = self._buckets(params, grads)
-        for indices in buckets:
+        for indices in self._buckets(params, grads):
             ps = [params[i] for i in indices]
             ss = [states[i] for i in indices]
             if group["foreach"] is False or grads[indices[0]].is_sparse:

@@ -83,12 +83,12 @@ class Muon(RealOnly, Optimizer):
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
-    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = [self.state[p] for p in params]
         for p, s in zip(params, states):
             if not s:
                 s.update(self._init_state(p, group))
-        _muon_update(group, params, [p.grad for p in params], states)
+        _muon_update(group, params, grads, states)
 
 
 def _require_2d(opt: torch.optim.Optimizer, group: dict[str, Any]) -> None:
@@ -198,15 +198,15 @@ class MuonWithAuxAdamW(Optimizer):
             state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
 
-    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         if not group["use_muon"]:
-            super()._step_group(group, params)
+            super()._step_group(group, params, grads)
             return
         states = [self.state[p] for p in params]
         for p, s in zip(params, states):
             if not s:
                 s.update(self._init_state(p, group))
-        _muon_update(group, params, [p.grad for p in params], states)
+        _muon_update(group, params, grads, states)
 
     def _update(self, group, params, grads, states) -> None:  # the AdamW groups (torch's AdamW, foreach form)
         steps = self._advance(states)

@@ -86,10 +86,10 @@ class _ScheduleFree(RealOnly, Optimizer):
     def _advance_group(self, group: dict[str, Any]) -> tuple[float, float]:
         return _rules_modern.schedule_free_weight(group, group["warmup_steps"], group["r"], group["weight_lr_power"])
 
-    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         self._stepped.add(id(group))
         self._now = self._advance_group(group)
-        super()._step_group(group, params)
+        super()._step_group(group, params, grads)
 
 
 class ScheduleFreeAdamW(_ScheduleFree):

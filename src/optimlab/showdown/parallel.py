@@ -20,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 import torch
 import torch.multiprocessing as tmp
 
+from optimlab.showdown.runner import recipes, run_key, run_one
 from optimlab.train.progress import _fmt
 
 _worker: dict = {}
@@ -48,14 +49,12 @@ class _Reporter:
         self.queue.put((self.key, "epoch", (trainer.step, row["epoch"], _fmt(row))))
 
 
-def _run_in_worker(cfg, table: str, key: str, seed: int) -> dict:
-    from optimlab.showdown.runner import recipes, run_one
-
-    recipe = next(r for r in recipes(cfg)[table] if r.key == key)
-    w = _worker
+def _run_in_worker(cfg, table: str, row: str, seed: int) -> dict:
+    recipe = next(r for r in recipes(cfg)[table] if r.key == row)  # recipes hold lambdas: rebuilt here
+    key, w = run_key(table, recipe, seed), _worker
     result = run_one(cfg, table, recipe, seed, w["train"], w["val"], w["source"], quiet=True,
-                     callbacks=[_Reporter(f"{table}-{key}-s{seed}", w["queue"])])
-    w["queue"].put((f"{table}-{key}-s{seed}", _DONE, result["history"]["epochs"][-1].get("val_acc")))
+                     callbacks=[_Reporter(key, w["queue"])])
+    w["queue"].put((key, _DONE, result["history"]["epochs"][-1].get("val_acc")))
     return result
 
 
@@ -101,7 +100,7 @@ def run_parallel(cfg, pending, train, val, source: str, *, jobs: int, threads: i
     ctx = tmp.get_context("spawn")
     queue = ctx.Queue()
     steps = -(-len(train[0]) // cfg.batch_size) * (1 if cfg.quick else cfg.epochs)
-    keys = {f"{t}-{r.key}-s{s}": (r.label, steps) for t, r, s in pending}
+    keys = {run_key(t, r, s): (r.label, steps) for t, r, s in pending}
     display = _Display(keys, quiet)
     if not quiet:
         print(f"{len(pending)} runs, {jobs} at a time, {threads} torch thread(s) each", file=sys.stderr)
@@ -121,7 +120,7 @@ def run_parallel(cfg, pending, train, val, source: str, *, jobs: int, threads: i
                                initargs=(threads, train, val, source, queue))
     results: dict[str, dict] = {}
     try:
-        futures = {pool.submit(_run_in_worker, cfg, t, r.key, s): f"{t}-{r.key}-s{s}" for t, r, s in pending}
+        futures = {pool.submit(_run_in_worker, cfg, t, r.key, s): run_key(t, r, s) for t, r, s in pending}
         remaining = set(futures)
         while remaining:
             done, remaining = wait(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
