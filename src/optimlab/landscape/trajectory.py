@@ -204,7 +204,15 @@ def _start(function: F.TestFunction, start) -> tuple[float, float]:
         x, y = (float(v) for v in start)
     except (TypeError, ValueError):
         raise ValueError(f"start must be two numbers (x, y), got start={start!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"start must be two finite numbers (x, y), got start={start!r}")
     return x, y
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+    return float(value)
 
 
 def _search_factors(tune: bool | Sequence[float]) -> tuple[float, ...]:
@@ -239,7 +247,7 @@ def compare(function: str | F.TestFunction, optimizers: Sequence[Any], *, steps:
     function = F.get(function)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got steps={steps!r}")
-    if not (isinstance(noise, (int, float)) and noise >= 0):
+    if isinstance(noise, bool) or not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a number >= 0, got noise={noise!r}")
     if isinstance(optimizers, (str, Spec, torch.optim.Optimizer)) or callable(optimizers):
         optimizers = [optimizers]   # one optimizer (a class or a factory is callable)
@@ -247,8 +255,10 @@ def compare(function: str | F.TestFunction, optimizers: Sequence[Any], *, steps:
     if not optimizers:
         raise ValueError("optimizers must name at least one optimizer, got []")
     start = _start(function, start)
-    tol = function.tol if tol is None else float(tol)
-    radius = default_radius(function) if radius is None else float(radius)
+    tol = function.tol if tol is None else _positive("tol", tol)
+    radius = default_radius(function) if radius is None else _positive("radius", radius)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got seed={seed!r}")
     factors = _search_factors(tune)
     contenders = [resolve(s, function) for s in optimizers]
     unique_labels(contenders)

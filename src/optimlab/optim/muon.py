@@ -3,6 +3,7 @@ with AdamW for everything else."""
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Iterable
 
@@ -19,8 +20,8 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Jordan's quintic: the largest slo
 
 def _ns_coefficients(name: str, value: Any) -> None:
     if (not isinstance(value, (tuple, list)) or len(value) != 3
-            or not all(isinstance(c, numbers.Real) and not isinstance(c, bool) for c in value)):
-        raise ValueError(f"{name} must be three real numbers (a, b, c), got {value!r}")
+            or not all(isinstance(c, numbers.Real) and not isinstance(c, bool) and math.isfinite(c) for c in value)):
+        raise ValueError(f"{name} must be three finite real numbers (a, b, c), got {value!r}")
 
 
 def _ns_steps(name: str, value: Any) -> None:
@@ -170,6 +171,13 @@ class MuonWithAuxAdamW(Optimizer):
                  adamw_weight_decay: float = 1e-2, amsgrad: bool = False, foreach: bool | None = None,
                  skip_nonfinite: bool = False):
         self._aux_defaults = dict(lr=adamw_lr, betas=adamw_betas, eps=adamw_eps, weight_decay=adamw_weight_decay)
+        # checked here, not only when an AdamW group arrives: a bad value is a constructor error
+        for key, check_fn in (("lr", check.non_negative), ("betas", check.betas), ("eps", check.positive),
+                              ("weight_decay", check.non_negative)):
+            try:
+                check_fn(f"adamw_{key}", self._aux_defaults[key])
+            except ValueError as err:
+                raise ValueError(f"{type(self).__name__}: {err}") from None
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
                         use_muon=True, betas=adamw_betas, amsgrad=amsgrad, foreach=foreach)

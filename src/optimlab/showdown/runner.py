@@ -40,14 +40,26 @@ class ShowdownConfig:
 
     def __post_init__(self):
         for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1), ("seeds", self.seeds, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {name}={value!r}")
         if self.convention not in ("keras", "torch"):
             raise ValueError(f"convention must be 'keras' or 'torch', got {self.convention!r}")
         if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
             raise ValueError(f"jobs must be an integer >= 1 (or None for one per core), got {self.jobs!r}")
         if not self.optimizers:
             raise ValueError("optimizers must name at least one optimizer")
+        from optimlab import optim
+        from optimlab.data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got dataset={self.dataset!r}")
+        for key in self.optimizers:
+            recipe = lecture_recipe(key, self.convention)
+            optim.get(recipe.optimizer, recipe.convention)  # unknown: the registry's error, with a suggestion
+        if self.checkpoint_every is not None and (isinstance(self.checkpoint_every, bool)
+                                                  or not isinstance(self.checkpoint_every, int)
+                                                  or self.checkpoint_every < 1):
+            raise ValueError(f"checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
 
     @property
     def showdown_id(self) -> str:

@@ -33,6 +33,31 @@ SCHEDULES = {  # preset name -> schedule text (LR: the trial's rate, TOTAL: its 
     "step": "step(base_lr=LR, step_size=EPOCH, gamma=0.5)",
 }
 FINISHED = ("COMPLETE", "PRUNED")
+DATASETS = ("synthetic", "mnist", "fashion-mnist")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {name}={value!r}")
+
+
+def check_storage_url(url: str) -> str:
+    """``url`` if it is an SQLAlchemy URL of a database Optuna can use (SQLite, PostgreSQL, MySQL);
+    a ``ValueError`` naming it otherwise. Nothing is opened."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError) as err:
+        raise ValueError(f"storage must be a database URL such as sqlite:///sweep.db or "
+                         f"postgresql://user:pass@host/db, got storage={url!r} ({err})") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "mysql"):
+        raise ValueError(f"storage must be an sqlite://, postgresql:// or mysql:// URL, got storage={url!r}")
+    if backend != "sqlite" and not parsed.host:
+        raise ValueError(f"storage names no host: got storage={url!r} (expected {backend}://user:pass@host/db)")
+    return url
 
 
 @dataclass
@@ -68,16 +93,37 @@ class SweepConfig:
         if self.pruner not in ("median", "none"):
             raise ValueError(f"pruner must be median or none, got {self.pruner!r}")
         if not self.optimizers:
-            raise ValueError("name at least one optimizer")
+            raise ValueError("optimizers must name at least one optimizer, got ()")
+        if self.convention not in ("torch", "keras"):
+            raise ValueError(f"convention must be 'torch' or 'keras', got convention={self.convention!r}")
+        from optimlab import optim
+
+        for name in self.optimizers:
+            optim.get(name, self.convention)  # an unknown name: the registry's error, with a suggestion
         if not self.lr or any(not (v > 0 and math.isfinite(v)) for v in self.lr):
-            raise ValueError(f"learning rates must be positive, got {self.lr}")
+            raise ValueError(f"lr: learning rates must be positive and finite, got lr={self.lr}")
         if self.sampler != "grid" and len(self.lr) != 2:
-            raise ValueError("for tpe / random sampling give the learning-rate range as LOW:HIGH")
+            raise ValueError(f"lr: for tpe / random sampling give the learning-rate range as (low, high), got lr={self.lr}")
         if self.sampler != "grid" and not self.lr[0] < self.lr[1]:
-            raise ValueError(f"the learning-rate range needs low < high, got {self.lr}")
+            raise ValueError(f"lr: the learning-rate range needs low < high, got lr={self.lr}")
         for name in ("trials", "epochs", "threads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            _check_int(name, getattr(self, name), 1)
+        for name in ("n_train", "n_val"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        if self.sampler_seed is not None:
+            _check_int("sampler_seed", self.sampler_seed, 0)
+        if not self.batch_sizes or not self.seeds:
+            raise ValueError(f"batch_sizes and seeds must not be empty, got batch_sizes={self.batch_sizes}, "
+                             f"seeds={self.seeds}")
+        for value in self.batch_sizes:
+            _check_int("batch_sizes", value, 1)
+        for value in self.seeds:
+            _check_int("seeds", value, 0)
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got dataset={self.dataset!r}")
+        if self.storage is not None:
+            check_storage_url(self.storage)
         for s in self.schedules:
             schedule_text(s, 0.1, 100, 10)  # a bad schedule fails before any training
 

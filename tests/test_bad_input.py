@@ -1,0 +1,401 @@
+"""The bad-input catalogue: invalid values for every public constructor and command, from one table.
+
+Each row names a call, the invalid value given to one of its parameters, the error expected
+and what its message must name. Every row runs in an empty working directory with the run
+store, the kernel cache and every path argument pointed inside it, and checks that the
+directory is still empty afterwards: a refused call writes nothing.
+
+Rows come from two sources: the hand-written table ``ROWS`` (the interesting values of each
+parameter: out of range, wrong choice, nonsense combinations) and ``generated_rows()``, which
+gives NaN and a string to every numeric parameter of every registered optimizer and schedule,
+found by reading their signatures (so a new optimizer is covered the day it is registered).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch import nn
+
+import optimlab.optim as oo
+from optimlab import schedules as sc
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One invalid call: ``call(tmp_path)`` must raise ``error`` whose message contains ``names``."""
+    id: str
+    call: Callable[[Path], Any]
+    names: tuple[str, ...]
+    error: type[BaseException] = ValueError
+    tags: tuple[str, ...] = field(default=())
+
+
+# ----------------------------------------------------------------------------- fixtures
+def params(*shape):
+    return [torch.zeros(*(shape or (3, 2)), requires_grad=True)]
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def data(n=32):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def fit_with(tmp: Path, **kwargs):
+    """``fit`` with a checkpoint and a run store in ``tmp``: a refused call must create neither."""
+    from optimlab.train import fit
+
+    model = mlp()
+    opt = kwargs.pop("optimizer", None) or oo.SGD(model.parameters(), lr=0.1)
+    base = dict(epochs=1, batch_size=8, checkpoint=tmp / "run.pt", store=tmp / "runs.sqlite", quiet=True)
+    return fit(model, opt, data(), **{**base, **kwargs})
+
+
+def lr_find_with(tmp: Path, **kwargs):
+    from optimlab.lrfind import lr_find
+
+    model = mlp()
+    return lr_find(model, oo.SGD(model.parameters(), lr=0.1), data(), plot=tmp / "lr.png", quiet=True, **kwargs)
+
+
+def required_args(sig: inspect.Signature, skip=("params", "optimizer")) -> dict[str, Any]:
+    """A valid value for each required argument (sizes and steps: 100; rates: 0.1)."""
+    out = {}
+    for k, p in sig.parameters.items():
+        if p.default is p.empty and k not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            out[k] = {"boundaries": (10,), "values": (0.1, 0.01), "milestones": (10, 20)}.get(
+                k, 100 if any(s in k for s in ("steps", "period", "size")) else 0.1)
+    return out
+
+
+# ------------------------------------------------------------------ hand-written rows
+def _opt(name, convention="torch", **hyper):
+    return lambda tmp: oo.create(name, params(), convention, **hyper)
+
+
+def _sched(cls, **kwargs):
+    return lambda tmp: cls(**kwargs)
+
+
+def _ema(**kwargs):
+    from optimlab.ema import EMA
+
+    return lambda tmp: EMA(mlp(), **kwargs)
+
+
+def _stopping(**kwargs):
+    from optimlab.train import EarlyStopping
+
+    return lambda tmp: EarlyStopping(**kwargs)
+
+
+def _clip(fn, *args, **kwargs):
+    from optimlab import clip
+
+    def call(tmp):
+        model = mlp()
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        return getattr(clip, fn)(model, *args, **kwargs)
+    return call
+
+
+def _init(*args, **kwargs):
+    from optimlab import init
+
+    return lambda tmp: init.apply(mlp(), *args, **kwargs)
+
+
+def _lookahead(**kwargs):
+    return lambda tmp: oo.Lookahead(oo.SGD(params(), lr=0.1), **kwargs)
+
+
+def _landscape(**kwargs):
+    from optimlab import landscape
+
+    return lambda tmp: landscape.compare(kwargs.pop("function", "rosenbrock"), kwargs.pop("optimizers", ["sgd"]),
+                                         **kwargs)
+
+
+def _sweep(**kwargs):
+    from optimlab.sweep import SweepConfig
+
+    return lambda tmp: SweepConfig(**{"out": str(tmp / "sweep"), **kwargs})
+
+
+def _showdown(**kwargs):
+    from optimlab.showdown import ShowdownConfig
+
+    return lambda tmp: ShowdownConfig(**{"out": str(tmp / "showdown"), **kwargs})
+
+
+def _lecture_cnn(**kwargs):
+    from optimlab.models import lecture_cnn
+
+    return lambda tmp: lecture_cnn(**kwargs)
+
+
+def _scheduler(schedule):
+    return lambda tmp: sc.Scheduler(oo.SGD(params(), lr=0.1), schedule)
+
+
+def _plateau(**kwargs):
+    return lambda tmp: sc.ReduceOnPlateau(oo.SGD(params(), lr=0.1), **kwargs)
+
+
+NAN, INF = math.nan, math.inf
+
+ROWS: list[Bad] = [
+    # optimizers (torch conventions): ranges and kinds beyond NaN/strings (generated below)
+    Bad("sgd lr<0", _opt("sgd", lr=-0.1), ("lr", "-0.1")),
+    Bad("sgd lr=inf", _opt("sgd", lr=INF), ("lr", "inf")),
+    Bad("sgd momentum<0", _opt("sgd", momentum=-0.5), ("momentum", "-0.5")),
+    Bad("sgd nesterov without momentum", _opt("sgd", nesterov=True), ("nesterov",)),
+    Bad("adam betas[0]=1", _opt("adam", betas=(1.0, 0.999)), ("betas[0]", "1.0")),
+    Bad("adam betas scalar", _opt("adam", betas=0.9), ("betas", "0.9")),
+    Bad("adam eps=0", _opt("adam", eps=0.0), ("eps", "0.0")),
+    Bad("adam amsgrad=1", _opt("adam", amsgrad=1), ("amsgrad", "1")),
+    Bad("adamw weight_decay<0", _opt("adamw", weight_decay=-0.01), ("weight_decay", "-0.01")),
+    Bad("rmsprop alpha=1", _opt("rmsprop", alpha=1.0), ("alpha", "1.0")),
+    Bad("adadelta rho>1", _opt("adadelta", rho=1.5), ("rho", "1.5")),
+    Bad("adagrad lr_decay<0", _opt("adagrad", lr_decay=-1), ("lr_decay", "-1")),
+    Bad("nadam momentum_decay<0", _opt("nadam", momentum_decay=-1), ("momentum_decay", "-1")),
+    Bad("adamax betas[1]>1", _opt("adamax", betas=(0.9, 1.2)), ("betas[1]", "1.2")),
+    Bad("lion betas[1]=1", _opt("lion", betas=(0.9, 1.0)), ("betas[1]", "1.0")),
+    Bad("lars trust_coefficient<0", _opt("lars", lr=0.1, trust_coefficient=-1.0), ("trust_coefficient", "-1.0")),
+    Bad("muon ns_steps=-1", _opt("muon", ns_steps=-1), ("ns_steps", "-1")),
+    Bad("muon adjust_lr_fn", _opt("muon", adjust_lr_fn="fast"), ("adjust_lr_fn", "'fast'")),
+    Bad("muon_adamw adamw_lr<0", _opt("muon_adamw", adamw_lr=-1.0), ("adamw_lr", "-1.0")),
+    Bad("sf_adamw warmup_steps<0", _opt("schedulefree_adamw", warmup_steps=-1), ("warmup_steps", "-1")),
+    Bad("adam unknown keyword", _opt("adam", lrr=0.1), ("lrr", "'lr'"), error=TypeError),
+    Bad("create unknown name", lambda tmp: oo.create("adamm", params()), ("adamm", "adam")),
+    Bad("create unknown convention", lambda tmp: oo.create("adam", params(), "jax"), ("convention", "'jax'")),
+    Bad("adam empty params", lambda tmp: oo.Adam([]), ("empty parameter list",)),
+    Bad("adam integer param", lambda tmp: oo.Adam([torch.zeros(3, dtype=torch.long)]), ("torch.int64",)),
+    Bad("adam group lr<0", lambda tmp: oo.Adam([{"params": params(), "lr": -1.0}]), ("lr", "-1.0")),
+    Bad("lookahead k=0", _lookahead(k=0), ("k", "0")),
+    Bad("lookahead alpha=0", _lookahead(alpha=0.0), ("alpha", "0.0")),
+    # optimizers (Keras conventions)
+    Bad("keras adam beta_1=1", _opt("adam", "keras", beta_1=1.0), ("beta_1", "1.0")),
+    Bad("keras sgd momentum>1", _opt("sgd", "keras", momentum=1.5), ("momentum", "1.5")),
+    Bad("keras rmsprop rho<0", _opt("rmsprop", "keras", rho=-0.1), ("rho", "-0.1")),
+    Bad("keras adam clipnorm<0", _opt("adam", "keras", clipnorm=-1.0), ("clipnorm", "-1.0")),
+    Bad("keras adam two clips", _opt("adam", "keras", clipnorm=1.0, clipvalue=1.0), ("clipnorm", "clipvalue")),
+    Bad("keras adamw weight_decay<0", _opt("adamw", "keras", weight_decay=-0.1), ("weight_decay", "-0.1")),
+    # schedules
+    Bad("exponential decay_rate<=0", _sched(sc.ExponentialDecay, base_lr=0.1, decay_rate=0.0), ("decay_rate", "0.0")),
+    Bad("exponential decay_steps=0", _sched(sc.ExponentialDecay, base_lr=0.1, decay_rate=0.9, decay_steps=0),
+        ("decay_steps", "0")),
+    Bad("constant lr<0", _sched(sc.Constant, value=-1.0), ("value", "-1.0")),
+    Bad("piecewise unsorted", _sched(sc.PiecewiseConstant, boundaries=(20, 10), values=(0.1, 0.01, 0.001)),
+        ("boundaries", "20, 10")),
+    Bad("piecewise lengths", _sched(sc.PiecewiseConstant, boundaries=(10,), values=(0.1,)), ("values",)),
+    Bad("polynomial decay_steps=0", _sched(sc.Polynomial, base_lr=0.1, decay_steps=0), ("decay_steps", "0")),
+    Bad("linear steps=0", _sched(sc.Linear, start_lr=0.1, end_lr=0.0, steps=0), ("steps", "0")),
+    Bad("cosine period=0", _sched(sc.CosineAnnealing, base_lr=0.1, period=0), ("period", "0")),
+    Bad("warm restarts period_mult=0", _sched(sc.CosineWarmRestarts, base_lr=0.1, period=10, period_mult=0),
+        ("period_mult", "0")),
+    Bad("onecycle pct_start=1.5", _sched(sc.OneCycle, max_lr=0.1, total_steps=100, pct_start=1.5),
+        ("pct_start", "1.5")),
+    Bad("onecycle anneal", _sched(sc.OneCycle, max_lr=0.1, total_steps=100, anneal="cubic"), ("anneal", "'cubic'")),
+    Bad("warmup_cosine warmup>total", _sched(sc.warmup_cosine, base_lr=0.1, total_steps=10, warmup_steps=20),
+        ("warmup_steps", "20")),
+    Bad("warmup_cosine min_lr>base_lr", _sched(sc.warmup_cosine, base_lr=0.1, total_steps=100, min_lr=0.5),
+        ("min_lr", "0.5")),
+    Bad("scheduler not a schedule", _scheduler("cosine"), ("schedule", "'cosine'")),
+    Bad("plateau factor=1", _plateau(factor=1.0), ("factor", "1.0")),
+    Bad("plateau mode", _plateau(mode="lowest"), ("mode", "'lowest'")),
+    Bad("plateau patience<0", _plateau(patience=-1), ("patience", "-1")),
+    # training utilities
+    Bad("ema decay=1", _ema(decay=1.0), ("decay", "1.0")),
+    Bad("ema decay nan", _ema(decay=NAN), ("decay", "nan")),
+    Bad("early stopping patience<0", _stopping(patience=-1), ("patience", "-1")),
+    Bad("early stopping mode", _stopping(mode="lowest"), ("mode", "'lowest'")),
+    Bad("early stopping min_delta<0", _stopping(min_delta=-0.1), ("min_delta", "-0.1")),
+    Bad("clip_grad_norm max_norm<0", _clip("clip_grad_norm", -1.0), ("max_norm", "-1.0")),
+    Bad("clip_grad_norm nonfinite", _clip("clip_grad_norm", 1.0, nonfinite="ignore"), ("nonfinite", "'ignore'")),
+    Bad("clip_grad_value nan", _clip("clip_grad_value", NAN), ("clip_value", "nan")),
+    Bad("init scheme", _init("xavier_magic"), ("scheme", "'xavier_magic'")),
+    Bad("init normal std<0", _init("normal", std=-1.0), ("std", "-1.0")),
+    Bad("lecture_cnn dropout=1.5", _lecture_cnn(dropout=1.5), ("dropout", "1.5")),
+    Bad("lecture_cnn filters=0", _lecture_cnn(filters=0), ("filters", "0")),
+    # fit: every argument checked before the first batch, no checkpoint, no run row
+    Bad("fit epochs=0", lambda tmp: fit_with(tmp, epochs=0), ("epochs", "0")),
+    Bad("fit batch_size=0", lambda tmp: fit_with(tmp, batch_size=0), ("batch_size", "0")),
+    Bad("fit batch_size text", lambda tmp: fit_with(tmp, batch_size="many"), ("batch_size", "'many'")),
+    Bad("fit loss name", lambda tmp: fit_with(tmp, loss="hinge"), ("loss", "'hinge'")),
+    Bad("fit schedule_unit", lambda tmp: fit_with(tmp, schedule_unit="batch"), ("schedule_unit", "'batch'")),
+    Bad("fit on_nonfinite", lambda tmp: fit_with(tmp, on_nonfinite="ignore"), ("on_nonfinite", "'ignore'")),
+    Bad("fit seed<0", lambda tmp: fit_with(tmp, seed=-1), ("seed", "-1")),
+    Bad("fit checkpoint_every=0", lambda tmp: fit_with(tmp, checkpoint_every=0), ("checkpoint_every", "0")),
+    Bad("fit sample_every=0", lambda tmp: fit_with(tmp, sample_every=0), ("sample_every", "0")),
+    Bad("fit clip<0", lambda tmp: fit_with(tmp, clip=-1.0), ("max_norm", "-1.0")),
+    Bad("fit clip dict", lambda tmp: fit_with(tmp, clip={"max": 1.0}), ("clip", "'max'")),
+    Bad("fit ema=1", lambda tmp: fit_with(tmp, ema=1.0), ("decay", "1.0")),
+    Bad("fit early_stopping", lambda tmp: fit_with(tmp, early_stopping="soon"), ("early_stopping", "'soon'")),
+    Bad("fit store type", lambda tmp: fit_with(tmp, store=3), ("store", "3")),
+    Bad("fit schedule type", lambda tmp: fit_with(tmp, schedule="cosine"), ("schedule", "'cosine'")),
+    Bad("fit optimizer name", lambda tmp: fit_with(tmp, optimizer="adamm"), ("adamm",)),
+    Bad("fit model type", lambda tmp: __import__("optimlab.train").train.fit("model", "adam", data()),
+        ("model", "str")),
+    Bad("fit data shape", lambda tmp: fit_with(tmp, data=None) if False else __import__("optimlab.train").train.fit(
+        mlp(), "sgd", (torch.zeros(8, 4), torch.zeros(7, dtype=torch.long)), store=tmp / "runs.sqlite",
+        checkpoint=tmp / "run.pt", quiet=True), ("8", "7")),
+    # the learning-rate finder
+    Bad("lr_find start_lr<=0", lambda tmp: lr_find_with(tmp, start_lr=0.0), ("start_lr", "0.0")),
+    Bad("lr_find end<start", lambda tmp: lr_find_with(tmp, start_lr=1.0, end_lr=0.1), ("end_lr", "0.1")),
+    Bad("lr_find num_steps=2", lambda tmp: lr_find_with(tmp, num_steps=2), ("num_steps", "2")),
+    Bad("lr_find smooth=1", lambda tmp: lr_find_with(tmp, smooth=1.0), ("smooth", "1.0")),
+    Bad("lr_find diverge=1", lambda tmp: lr_find_with(tmp, diverge=1.0), ("diverge", "1.0")),
+    # the landscape lab
+    Bad("landscape function", _landscape(function="banana"), ("banana",)),
+    Bad("landscape steps<0", _landscape(steps=-1), ("steps", "-1")),
+    Bad("landscape noise<0", _landscape(noise=-0.1), ("noise", "-0.1")),
+    Bad("landscape start", _landscape(start=(1.0,)), ("start", "(1.0,)")),
+    Bad("landscape start inf", _landscape(start=(INF, 0.0)), ("start", "inf")),
+    Bad("landscape optimizer", _landscape(optimizers=["adamm"]), ("adamm",)),
+    Bad("landscape no optimizers", _landscape(optimizers=[]), ("optimizers",)),
+    Bad("landscape tol<0", _landscape(tol=-1.0), ("tol", "-1.0")),
+    Bad("landscape radius nan", _landscape(radius=NAN), ("radius", "nan")),
+    Bad("landscape seed<0", _landscape(seed=-3), ("seed", "-3")),
+    Bad("landscape tune", _landscape(tune=[0.0]), ("tune", "[0.0]")),
+    # sweeps and the showdown: configurations refused before a study or a file exists
+    Bad("sweep trials=0", _sweep(trials=0), ("trials", "0")),
+    Bad("sweep epochs=0", _sweep(epochs=0), ("epochs", "0")),
+    Bad("sweep batch_sizes 0", _sweep(batch_sizes=(0,)), ("batch_sizes", "0")),
+    Bad("sweep lr bounds", _sweep(lr=(1.0, 0.1)), ("lr", "(1.0, 0.1)")),
+    Bad("sweep lr<=0", _sweep(lr=(0.0, 0.1)), ("lr", "0.0")),
+    Bad("sweep optimizer", _sweep(optimizers=("adamm",)), ("adamm",)),
+    Bad("sweep schedule", _sweep(schedules=("cosinus",)), ("cosinus",)),
+    Bad("sweep n_train<0", _sweep(n_train=-5), ("n_train", "-5")),
+    Bad("sweep storage", _sweep(storage="not a url"), ("storage", "'not a url'")),
+    Bad("sweep storage scheme", _sweep(storage="redis://host/0"), ("storage", "redis://host/0")),
+    Bad("sweep storage no host", _sweep(storage="postgresql:///db"), ("storage", "postgresql:///db")),
+    Bad("sweep n_train=0", _sweep(n_train=0), ("n_train", "0")),
+    Bad("sweep threads=0", _sweep(threads=0), ("threads", "0")),
+    Bad("sweep trials text", _sweep(trials="10"), ("trials", "'10'")),
+    Bad("sweep seeds<0", _sweep(seeds=(-1,)), ("seeds", "-1")),
+    Bad("sweep dataset", _sweep(dataset="cifar"), ("dataset", "cifar")),
+    Bad("sweep sampler", _sweep(sampler="bayes"), ("sampler", "bayes")),
+    Bad("sweep pruner", _sweep(pruner="hyperband"), ("pruner", "hyperband")),
+    Bad("sweep convention", _sweep(convention="jax"), ("convention", "'jax'")),
+    Bad("showdown epochs=0", _showdown(epochs=0), ("epochs", "0")),
+    Bad("showdown convention", _showdown(convention="jax"), ("convention", "'jax'")),
+    Bad("showdown jobs=0", _showdown(jobs=0), ("jobs", "0")),
+    Bad("showdown optimizer", _showdown(optimizers=("nope",)), ("nope",)),
+    Bad("showdown dataset", _showdown(dataset="cifar"), ("dataset", "cifar")),
+    Bad("showdown seeds=0", _showdown(seeds=0), ("seeds", "0")),
+    Bad("showdown batch_size bool", _showdown(batch_size=True), ("batch_size", "True")),
+    Bad("showdown checkpoint_every=0", _showdown(checkpoint_every=0), ("checkpoint_every", "0")),
+]
+
+
+# ------------------------------------------------------------------- generated rows
+def _numeric_parameters(fn) -> list[tuple[str, Any]]:
+    """(name, default) for the parameters that take a number or a tuple of numbers."""
+    out = []
+    for name, p in inspect.signature(fn).parameters.items():
+        d = p.default
+        if isinstance(d, bool):
+            continue
+        if isinstance(d, (int, float)) or (isinstance(d, tuple) and d
+                                           and all(isinstance(x, (int, float)) for x in d if x is not None)):
+            out.append((name, d))
+    return out
+
+
+def generated_rows() -> list[Bad]:
+    """NaN and a string in every numeric parameter of every registered optimizer and schedule."""
+    rows = []
+    for convention in ("torch", "keras"):
+        for name in oo.available(convention):
+            cls = oo.get(name, convention)
+            base = required_args(inspect.signature(cls))
+            for pname, default in _numeric_parameters(cls):
+                for bad in (NAN, "x"):
+                    value = tuple(bad if i == 0 else x for i, x in enumerate(default)) if isinstance(default, tuple) else bad
+                    rows.append(Bad(f"{convention} {name} {pname}={value!r}",
+                                    (lambda c, kw: lambda tmp: c(params(), **kw))(cls, {**base, pname: value}),
+                                    (pname, repr(bad)), tags=("generated",)))
+    schedules = [getattr(sc, n) for n in sc.__all__
+                 if n not in ("Schedule", "Scheduler", "ReduceOnPlateau", "plot", "schedule_table", "Sequential", "warmup")]
+    for fn in schedules:
+        base = required_args(inspect.signature(fn))
+        for pname, _ in _numeric_parameters(fn) + [(k, v) for k, v in base.items() if isinstance(v, (int, float))]:
+            for bad in (NAN, INF, "x"):
+                rows.append(Bad(f"schedule {fn.__name__} {pname}={bad!r}",
+                                (lambda f, kw: lambda tmp: f(**kw))(fn, {**base, pname: bad}),
+                                (pname, repr(bad) if isinstance(bad, str) else str(bad)), tags=("generated",)))
+    return _dedupe(rows)
+
+
+def _dedupe(rows: list[Bad]) -> list[Bad]:
+    seen, out = set(), []
+    for r in rows:
+        if r.id not in seen:
+            seen.add(r.id)
+            out.append(r)
+    return out
+
+
+ALL_ROWS = ROWS + generated_rows()
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """An empty working directory holding the run store and the kernel cache."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("OPTIMLAB_RUNS", str(work / "default-runs.sqlite"))
+    monkeypatch.setenv("OPTIMLAB_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    return work
+
+
+@pytest.mark.parametrize("row", ALL_ROWS, ids=[r.id for r in ALL_ROWS])
+def test_bad_value_is_refused_with_its_name_and_nothing_is_written(row, sandbox):
+    with pytest.raises(row.error) as err:
+        row.call(sandbox)
+    message = str(err.value)
+    for name in row.names:
+        assert name in message, f"{row.id}: the message does not name {name!r}: {message}"
+    assert "Traceback" not in message
+    assert _tree(sandbox) == [], f"{row.id}: files were written: {_tree(sandbox)}"
+
+
+def test_the_catalogue_covers_every_public_constructor():
+    """Every optimizer, schedule and training utility in the public API has a row."""
+    import optimlab.optim.keras as ok
+
+    ids = " ".join(r.id for r in ALL_ROWS)
+    for name in oo.available("torch"):
+        assert f"torch {name} " in ids
+    for name in oo.available("keras"):
+        assert f"keras {name} " in ids
+    for name in sc.__all__:
+        if name not in ("Schedule", "plot", "schedule_table", "Sequential", "warmup"):
+            assert name.lower() in ids.lower() or {"Scheduler": "scheduler", "ReduceOnPlateau": "plateau",
+                                                    "PiecewiseConstant": "piecewise",
+                                                    "CosineAnnealing": "cosine"}.get(name, "?") in ids, name
+    for token in ("ema", "early stopping", "clip_grad_norm", "clip_grad_value", "init", "lecture_cnn", "fit",
+                  "lr_find", "landscape", "sweep", "showdown", "lookahead"):
+        assert token in ids, token
+    assert len(ok.__all__) > 2
+    assert len(ALL_ROWS) >= 400
