@@ -99,7 +99,7 @@ def test_report_command_rebuilds_from_the_run_store(tmp_path):
 
 
 def test_bad_input_is_rejected_before_training(tmp_path):
-    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got epochs=0"):
         config(tmp_path, epochs=0)
     with pytest.raises(ValueError, match="convention must be 'keras' or 'torch', got 'jax'"):
         config(tmp_path, convention="jax")

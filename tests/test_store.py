@@ -152,4 +152,6 @@ def test_cli_list_show_export(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["run_id"] == ids[1]
     assert cli.main(["runs", "--db", str(path), "show", "missing"]) == 2
     assert "no run 'missing'" in capsys.readouterr().err
-    assert cli.main(["runs", "--db", str(tmp_path / "none.sqlite"), "list"]) == 0
+    assert cli.main(["runs", "--db", str(tmp_path / "none.sqlite"), "list"]) == 2  # readers create nothing
+    assert f"no run store at {tmp_path / 'none.sqlite'}" in capsys.readouterr().err
+    assert not (tmp_path / "none.sqlite").exists()

@@ -21,6 +21,10 @@ import torch
 from torch import nn
 
 
+def _shadow_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 class EMA:
     """Shadow weights ``θ̄`` updated by ``θ̄ ← d_t · θ̄ + (1 − d_t) · θ``.
 
@@ -28,8 +32,9 @@ class EMA:
     where ``n`` counts earlier updates (TensorFlow's ``num_updates`` rule): early
     on, when the weights still move fast, the average forgets the random
     initialisation quickly instead of dragging it along for ~1/(1 − decay) steps.
-    ``θ̄`` starts as a copy of the weights. Only floating-point parameters are
-    averaged; buffers (e.g. BatchNorm statistics) are left to the model.
+    ``θ̄`` starts as a copy of the weights (in float32 for float16/bfloat16 weights, so that
+    small updates are not rounded away). Only floating-point parameters are averaged;
+    buffers (e.g. BatchNorm statistics) are left to the model.
 
     ``model``: an ``nn.Module``, or an iterable of parameters (named ``"[i]"``).
     Build the EMA after moving the model to its device.
@@ -46,7 +51,9 @@ class EMA:
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.num_updates = 0
-        self.shadow = {name: p.detach().clone() for name, p in self.params.items()}
+        # 16-bit weights are averaged in float32: a bfloat16 shadow would drop every update
+        # smaller than its 8-bit mantissa's resolution, i.e. (1 - decay)·Δθ for decay near 1.
+        self.shadow = {name: p.detach().to(_shadow_dtype(p.dtype), copy=True) for name, p in self.params.items()}
 
     def current_decay(self) -> float:
         """``d_t`` for the next update (formula in the class doc)."""
@@ -59,7 +66,8 @@ class EMA:
         """Fold the current weights into the average; call after each ``optimizer.step()``."""
         weight = 1.0 - self.current_decay()
         for name, p in self.params.items():
-            self.shadow[name].lerp_(p.detach(), weight)  # θ̄ + (1 − d)(θ − θ̄)
+            shadow = self.shadow[name]
+            shadow.lerp_(p.detach().to(shadow.dtype), weight)  # θ̄ + (1 − d)(θ − θ̄)
         self.num_updates += 1
 
     @torch.no_grad()

@@ -119,17 +119,26 @@ def _accuracy(model, x, y, batch: int = 256) -> tuple[float, float]:
 
 
 def _record_eval(store: str, run_id: str | None, loss: float, acc: float) -> None:
-    """Keep the end-of-run training accuracy (eval mode) with the run, for `optimlab report`."""
+    """Keep the end-of-run training accuracy (eval mode) with the run, for `optimlab report`.
+    The store is a record: if it fails, this warns and the showdown goes on (its JSON keeps the result)."""
+    import sqlite3
+    import warnings
+
     from optimlab.store import RunStore
 
     if run_id is None:
         return
     db = RunStore(store)
-    run = db.run(run_id)
-    db.finish_run(run_id, status=run["status"], summary={**run["summary"], "eval_train_loss": loss,
-                                                          "eval_train_acc": acc},
-                  stop=run["stop"], diagnoses=run["diagnoses"])
-    db.close()
+    try:
+        run = db.run(run_id)
+        db.finish_run(run_id, status=run["stored_status"], summary={**run["summary"], "eval_train_loss": loss,
+                                                                     "eval_train_acc": acc},
+                      stop=run["stop"], diagnoses=run["diagnoses"])
+    except (sqlite3.Error, OSError, KeyError) as err:
+        warnings.warn(f"run store {db.path}: could not add the evaluation to run {run_id} ({err})", RuntimeWarning,
+                      stacklevel=2)
+    finally:
+        db.close()
 
 
 def run_one(cfg: ShowdownConfig, table: str, recipe: Recipe, seed: int, train, val, source: str, *,

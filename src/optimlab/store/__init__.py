@@ -11,10 +11,39 @@ a busy database is waited for, up to ``timeout`` seconds). Keep the file on a
 local disk: SQLite's locking is not reliable over network file systems.
 
 Tables: ``runs`` (one row per run: id, name, status, configuration, final
-metrics, why it stopped, diagnoses), ``epochs`` (one row per run and epoch)
-and ``steps`` (the sampled per-step rows), metrics as JSON objects. Rows are
-keyed by (run, epoch) and (run, step), so a resumed run rewrites the rows it
-repeats instead of duplicating them. Command line: ``optimlab runs``.
+metrics, why it stopped, diagnoses, and the writing process), ``epochs`` (one
+row per run and epoch) and ``steps`` (the sampled per-step rows), metrics as
+JSON objects. Rows are keyed by (run, epoch) and (run, step), so a resumed run
+rewrites the rows it repeats instead of duplicating them. Command line:
+``optimlab runs``.
+
+Writing: the store is a record of the work, not the work. ``fit`` turns a
+store failure (a full disk, a path that cannot be created or opened) into one
+``RuntimeWarning`` naming the file and the error, skips the run's later store
+writes, marks the run ``incomplete`` if the file still takes that, and trains
+on; the returned history's ``store_error`` says why, and
+:meth:`RunStore.write_history` records the whole run later (as a resumed run
+does by itself). A ``store`` argument of the wrong type is a ``ValueError``
+before training.
+
+Reading: ``RunStore(path, readonly=True)`` (``optimlab runs``, ``optimlab
+report``) never creates or changes the database: a missing file is a
+``FileNotFoundError`` naming it, and nothing is written. Next to a WAL database
+SQLite may create its ``-wal``/``-shm`` coordination files, which reading
+consistently while a run is being written needs; where it cannot (read-only
+media), no one can be writing either, and the file is read as it stands.
+
+Statuses: ``running``, then how the run ended (``completed``,
+``early_stopped``, ``nonfinite``, ``stopped``), or ``interrupted`` (an
+exception ended ``fit``) or ``incomplete`` (the store failed during the run).
+A killed process cannot say so: its run stays ``running`` in the file, and
+:meth:`RunStore.runs` tells on reading (nothing is rewritten): ``dead`` when the
+run's process was on this host (same boot, same pid namespace) and is gone,
+or its pid now belongs to another process (the recorded start time differs);
+``stale`` when it cannot be checked (another host) and the run has not
+written for ``stale_after`` seconds (a day); otherwise ``running``. The status
+written is kept as ``stored_status``. Resuming the run marks it ``running``
+again.
 """
 
 from __future__ import annotations
@@ -29,11 +58,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from optimlab.jsonsafe import clean
+
 ENV_VAR = "OPTIMLAB_RUNS"
+RUNNING, INCOMPLETE, INTERRUPTED, DEAD, STALE = "running", "incomplete", "interrupted", "dead", "stale"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
-    host TEXT, pid INTEGER, config TEXT NOT NULL, summary TEXT, stop TEXT, diagnoses TEXT);
+    host TEXT, pid INTEGER, config TEXT NOT NULL, summary TEXT, stop TEXT, diagnoses TEXT, proc TEXT);
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL, epoch INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run_id, epoch)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS steps (
@@ -41,7 +73,7 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (run_id, step)) WITHOUT ROWID;
 """
 
-__all__ = ["RunStore", "default_path", "ENV_VAR"]
+__all__ = ["RunStore", "default_path", "ENV_VAR", "INCOMPLETE", "INTERRUPTED", "DEAD", "STALE"]
 
 
 def default_path() -> Path:
@@ -53,33 +85,162 @@ def default_path() -> Path:
 
 
 def _dumps(value) -> str:
-    from optimlab.train.history import clean
-
     return json.dumps(clean(value), separators=(",", ":"), default=str)
 
 
-class RunStore:
-    """A handle on one store file (created on first use). Not shared across ``fork``:
-    each process opens its own ``RunStore``."""
+# ------------------------------------------------------------- whose run is it
+def _boot_and_namespace() -> tuple[str, str] | None:
+    """This machine's boot and this process's pid namespace (Linux): pids compare only within both."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip(), os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
-    def __init__(self, path: str | os.PathLike | None = None, *, timeout: float = 60.0):
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot, from /proc); None when there is none."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_bytes()
+        return stat.rsplit(b")", 1)[1].split()[19].decode()  # field 22; the name before ")" may hold spaces
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _this_process() -> str | None:
+    """``"boot-id pid-namespace start-time"`` of this process (a reused pid has another start time);
+    None where /proc does not tell."""
+    where, start = _boot_and_namespace(), _start_time(os.getpid())
+    return None if where is None or start is None else " ".join((*where, start))
+
+
+def _pid_exists(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would terminate it on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def _is_dead(host: str | None, pid: int | None, proc: str | None) -> bool | None:
+    """Whether the process that wrote a ``running`` row is gone: True, False, or None (cannot tell)."""
+    if host != socket.gethostname() or not pid:
+        return None
+    if proc:
+        parts = proc.split(" ")
+        if len(parts) != 3 or tuple(parts[:2]) != _boot_and_namespace():
+            return None  # another boot or another container that shares the host name
+        start = _start_time(pid)
+        if start is None:  # gone, or hidden by /proc's hidepid: ask the kernel
+            return not _pid_exists(pid)
+        return start != parts[2]
+    return not _pid_exists(pid)  # written without a start time: a reused pid looks alive
+
+
+def _open_error(err: sqlite3.Error, path: Path) -> sqlite3.Error:
+    """The same error, naming the store file (SQLite's messages do not)."""
+    new = type(err)(f"run store {path}: {err}")
+    for attr in ("sqlite_errorcode", "sqlite_errorname"):
+        if hasattr(err, attr):
+            setattr(new, attr, getattr(err, attr))
+    return new
+
+
+def _create_schema(c: sqlite3.Connection) -> None:
+    for sql in SCHEMA.split(";"):
+        if sql.strip():
+            c.execute(sql)
+    if "proc" not in {row[1] for row in c.execute("PRAGMA table_info(runs)")}:
+        c.execute("ALTER TABLE runs ADD COLUMN proc TEXT")  # a store written before dead-run detection
+
+
+class RunStore:
+    """A handle on one store file. Not shared across ``fork``: each process opens its own ``RunStore``.
+
+    ``path``: the file (default :func:`default_path`); created with its directory
+    on the first write. ``readonly=True``: for reading only: the file must exist
+    (``FileNotFoundError`` naming it on the first read) and is never changed;
+    writing raises ``PermissionError``. ``timeout``: seconds to wait for a busy
+    file. ``stale_after``: seconds without a write after which a ``running`` run
+    whose process cannot be checked reads as ``stale``. A path that is not a
+    path (or names a directory), a non-positive ``timeout`` or ``stale_after``
+    raises ``ValueError`` here, before anything is opened.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, timeout: float = 60.0, readonly: bool = False,
+                 stale_after: float = 24 * 3600.0):
+        if path is not None and (not isinstance(path, (str, os.PathLike)) or str(path) == ""):
+            raise ValueError(f"path must be a file path or None (the default store), got path={path!r}")
+        for key, value in (("timeout", timeout), ("stale_after", stale_after)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{key} must be a positive number of seconds, got {key}={value!r}")
+        if not isinstance(readonly, bool):
+            raise ValueError(f"readonly must be True or False, got readonly={readonly!r}")
         self.path = Path(path).expanduser() if path is not None else default_path()
-        self.timeout = timeout
+        if os.path.isdir(self.path):
+            raise ValueError(f"path must be the store file, not a directory: {str(self.path)!r}")
+        self.timeout, self.readonly, self.stale_after = timeout, readonly, float(stale_after)
         self._conn: sqlite3.Connection | None = None
         self._pid: int | None = None
+        self._columns: set[str] = set()
 
     # --------------------------------------------------------------- connection
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            conn = self._open_readonly() if self.readonly else self._open()
+            self._columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn, self._pid = conn, os.getpid()
-            self._write(lambda c: [c.execute(sql) for sql in SCHEMA.split(";") if sql.strip()])
-        return self._conn
+            self._transaction(conn, _create_schema)
+        except sqlite3.Error as err:
+            conn.close()
+            raise _open_error(err, self.path) from err
+        return conn
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"no run store at {self.path}")
+        uri = self.path.absolute().as_uri() + "?mode=ro"
+        try:
+            return self._connect_readonly(uri)
+        except sqlite3.Error as err:
+            # A WAL reader needs the -shm index, which SQLite cannot create on read-only media;
+            # there no one can be writing either, so the file as it stands is the whole store.
+            # (With a -wal file present, committed rows may still be in it: then it is an error.)
+            name = getattr(err, "sqlite_errorname", "")
+            if (not isinstance(err, sqlite3.OperationalError) or Path(f"{self.path}-wal").exists()
+                    or not name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN"))):
+                raise _open_error(err, self.path) from err
+        try:
+            return self._connect_readonly(uri + "&immutable=1")
+        except sqlite3.Error as err:
+            raise _open_error(err, self.path) from err
+
+    def _connect_readonly(self, uri: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            tables = {r[0] for r in self._retry(lambda: conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall())}
+        except BaseException:
+            conn.close()
+            raise
+        if not {"runs", "epochs", "steps"} <= tables:
+            conn.close()
+            raise sqlite3.DatabaseError("not an optimlab run store (no runs, epochs and steps tables)")
+        return conn
 
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
@@ -98,20 +259,24 @@ class RunStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
-    def _write(self, fn) -> None:
-        """Run ``fn(conn)`` in one ``BEGIN IMMEDIATE`` transaction, retried while the file is busy."""
-        conn = self._conn if self._conn is not None and self._pid == os.getpid() else self.conn
-
+    def _transaction(self, conn: sqlite3.Connection, fn) -> None:
         def attempt():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 fn(conn)
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk)
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
         self._retry(attempt)
+
+    def _write(self, fn) -> None:
+        """Run ``fn(conn)`` in one ``BEGIN IMMEDIATE`` transaction, retried while the file is busy."""
+        if self.readonly:
+            raise PermissionError(f"the run store {self.path} was opened read-only (RunStore(..., readonly=True))")
+        self._transaction(self._conn if self._conn is not None and self._pid == os.getpid() else self.conn, fn)
 
     # ------------------------------------------------------------------ writing
     def start_run(self, run_id: str, config: dict, *, name: str | None = None) -> str:
@@ -119,10 +284,11 @@ class RunStore:
         now = time.time()
 
         def write(c):
-            c.execute("INSERT INTO runs (run_id, name, status, created, updated, host, pid, config) "
-                      "VALUES (?, ?, 'running', ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET "
-                      "status='running', updated=excluded.updated, pid=excluded.pid, host=excluded.host",
-                      (run_id, name, now, now, socket.gethostname(), os.getpid(), _dumps(config)))
+            c.execute("INSERT INTO runs (run_id, name, status, created, updated, host, pid, proc, config) "
+                      "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET "
+                      "status='running', updated=excluded.updated, pid=excluded.pid, host=excluded.host, "
+                      "proc=excluded.proc",
+                      (run_id, name, now, now, socket.gethostname(), os.getpid(), _this_process(), _dumps(config)))
 
         self._write(write)
         return run_id
@@ -149,6 +315,59 @@ class RunStore:
 
         self._write(write)
 
+    def write_history(self, history, *, name: str | None = None) -> str:
+        """Record a whole run from its :class:`~optimlab.train.History` (or its ``to_dict()``) in one
+        transaction, as ``fit`` would have: configuration, status, epochs, sampled steps, final
+        metrics, why it stopped, diagnoses. Whatever the store held for the run is replaced (its
+        ``created`` time is kept). For a run ``fit`` could not record (``history.store_error``), or
+        to copy a run into another store. ``name``: default ``history.config["name"]``.
+
+        Returns the run id. Raises ``ValueError`` naming the problem when ``history`` lacks a
+        run id, a configuration, or epoch/step numbers, before anything is written; a store
+        that cannot be written raises its ``sqlite3.Error``/``OSError`` and keeps what it had.
+        """
+        d = history.to_dict() if hasattr(history, "to_dict") else history
+        if not isinstance(d, dict):
+            raise ValueError(f"history must be a History or its to_dict(), got {type(history).__name__}")
+        run_id, config, status = d.get("run_id"), d.get("config"), d.get("status", RUNNING)
+        epochs, steps = d.get("epochs") or [], d.get("steps") or []
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError(f"history has no run id (run_id={run_id!r}): a run needs one to be stored")
+        if not isinstance(config, dict):
+            raise ValueError(f"history {run_id} has no configuration dict (config={config!r})")
+        if not isinstance(status, str) or not status:
+            raise ValueError(f"history {run_id} has no status (status={status!r})")
+        for key, rows in (("epoch", epochs), ("step", steps)):
+            bad = next((r for r in rows if not isinstance(r, dict) or isinstance(r.get(key), bool)
+                        or not isinstance(r.get(key), int)), None)
+            if bad is not None:
+                raise ValueError(f"history {run_id}: every {key}s row needs an integer {key!r}, got {bad!r}")
+        if name is None:
+            name = config.get("name")
+        ended = status != RUNNING  # a live run's row has no summary, stop or diagnoses yet
+        summary = _dumps(epochs[-1] if epochs else {}) if ended else None
+        stop = _dumps(d["stop"]) if ended and d.get("stop") else None
+        diagnoses = _dumps(d.get("diagnoses") or []) if ended else None
+        epoch_rows = [(run_id, r["epoch"], _dumps(r)) for r in epochs]
+        step_rows = [(run_id, r["step"], r.get("epoch"), _dumps(r)) for r in steps]
+        now = time.time()
+
+        def write(c):
+            c.execute("INSERT INTO runs (run_id, name, status, created, updated, host, pid, proc, config, summary, "
+                      "stop, diagnoses) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE "
+                      "SET name=excluded.name, status=excluded.status, updated=excluded.updated, "
+                      "host=excluded.host, pid=excluded.pid, proc=excluded.proc, config=excluded.config, "
+                      "summary=excluded.summary, stop=excluded.stop, diagnoses=excluded.diagnoses",
+                      (run_id, name, status, now, now, socket.gethostname(), os.getpid(), _this_process(),
+                       _dumps(config), summary, stop, diagnoses))
+            for table in ("epochs", "steps"):
+                c.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
+            c.executemany("INSERT OR REPLACE INTO epochs (run_id, epoch, data) VALUES (?, ?, ?)", epoch_rows)
+            c.executemany("INSERT OR REPLACE INTO steps (run_id, step, epoch, data) VALUES (?, ?, ?, ?)", step_rows)
+
+        self._write(write)
+        return run_id
+
     def delete(self, run_id: str) -> None:
         run_id = self.resolve(run_id)
 
@@ -173,23 +392,44 @@ class RunStore:
         raise KeyError(f"run id {run_id!r} is ambiguous: {', '.join(ids[:5])}")
 
     def runs(self, *, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Every run (newest first): id, name, status, times, config, summary, epoch count."""
+        """Every run (newest first): id, name, status, times, config, summary, epoch count, host, pid.
+
+        ``status`` is read as the module describes: a ``running`` row whose process is known
+        to be gone reads ``dead``, one that cannot be checked and has not written for
+        ``stale_after`` seconds reads ``stale``; ``stored_status`` is what the file says.
+        ``status=``: only runs with this (read) status; ``limit``: at most this many.
+        """
+        conn = self.conn  # opening the file learns its columns
+        proc_column = "r.proc" if "proc" in self._columns else "NULL"  # a store from before dead-run detection
         sql = ("SELECT r.run_id, r.name, r.status, r.created, r.updated, r.config, r.summary, r.stop, r.diagnoses, "
-               "(SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.run_id) FROM runs r")
+               f"(SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.run_id), r.host, r.pid, {proc_column} FROM runs r")
         args: list = []
+        derived = status in (RUNNING, DEAD, STALE)  # decided on reading: filtered and limited below
         if status:
             sql += " WHERE r.status = ?"
-            args.append(status)
+            args.append(RUNNING if derived else status)
         sql += " ORDER BY r.created DESC, r.run_id DESC"
-        if limit:
+        if limit and not derived:
             sql += " LIMIT ?"
             args.append(int(limit))
         out = []
-        for rid, name, st, created, updated, config, summary, stop, diagnoses, n in self.conn.execute(sql, args):
-            out.append({"run_id": rid, "name": name, "status": st, "created": created, "updated": updated,
-                        "config": json.loads(config), "summary": json.loads(summary) if summary else {},
+        now = time.time()
+        for row in conn.execute(sql, args):
+            rid, name, st, created, updated, config, summary, stop, diagnoses, n, host, pid, proc = row
+            shown = st
+            if st == RUNNING:
+                dead = _is_dead(host, pid, proc)
+                shown = DEAD if dead else STALE if dead is None and now - updated > self.stale_after else RUNNING
+            if derived and shown != status:
+                continue
+            out.append({"run_id": rid, "name": name, "status": shown, "stored_status": st, "created": created,
+                        "updated": updated, "config": json.loads(config),
+                        "summary": json.loads(summary) if summary else {},
                         "stop": json.loads(stop) if stop else None,
-                        "diagnoses": json.loads(diagnoses) if diagnoses else [], "epochs": n})
+                        "diagnoses": json.loads(diagnoses) if diagnoses else [], "epochs": n,
+                        "host": host, "pid": pid})
+            if derived and limit and len(out) >= limit:
+                break
         return out
 
     def run(self, run_id: str) -> dict[str, Any]:

@@ -16,26 +16,30 @@
   ratios, time and throughput; per epoch and sampled per step.
 * Diagnostics (:func:`diagnose`) — the lectures' failure patterns and remedies;
   a NaN/Inf loss stops the run at once (:class:`NonFiniteError`).
-* Checkpoints (:mod:`optimlab.train.checkpoint`) — atomic, safe to load, and
-  complete: a run killed mid-epoch resumes bit-identically.
+* Checkpoints (:mod:`optimlab.train.checkpoint`) — atomic, verified before
+  use, safe to load, and complete: a run killed mid-epoch resumes
+  bit-identically; a damaged checkpoint, or one from another model or
+  optimizer setup, is refused with :class:`CheckpointError`.
 * The run store (:mod:`optimlab.store`) — every run's configuration and metrics.
 """
 
 from __future__ import annotations
 
+from optimlab.train.checkpoint import CheckpointError
 from optimlab.train.diagnostics import Diagnosis, diagnose
 from optimlab.train.history import History
 from optimlab.train.loop import Trainer
 from optimlab.train.stopping import EarlyStopping, NonFiniteError
 
-__all__ = ["fit", "Trainer", "History", "EarlyStopping", "NonFiniteError", "Diagnosis", "diagnose"]
+__all__ = ["fit", "Trainer", "History", "EarlyStopping", "NonFiniteError", "CheckpointError", "Diagnosis",
+           "diagnose"]
 
 
 def fit(model, optimizer, data, *, epochs: int = 1, batch_size: int | str = 32, val=None, loss=None,
         schedule=None, schedule_unit: str = "step", clip=None, ema=None, early_stopping=None,
         seed: int | None = None, monitor: bool = True, sample_every: int | None = None,
         progress: bool | None = None, quiet: bool = False, checkpoint=None, checkpoint_every: int | None = None,
-        resume: bool = False, store=True, name: str | None = None, config: dict | None = None,
+        resume: bool | str = False, store=True, name: str | None = None, config: dict | None = None,
         on_nonfinite: str = "raise", callbacks=(), eval_batch_size: int = 256, shuffle: bool = True) -> History:
     """Train ``model`` with ``optimizer`` on ``data``; return the run's :class:`History`.
 
@@ -71,10 +75,35 @@ def fit(model, optimizer, data, *, epochs: int = 1, batch_size: int | str = 32, 
     ``quiet=True`` prints nothing.
     ``checkpoint``: a file to write after every epoch and every
     ``checkpoint_every`` steps (atomically); ``resume=True`` continues from it
-    when it exists, bit-identically to an uninterrupted run.
+    when it exists, bit-identically to an uninterrupted run (when it does not,
+    the run starts afresh). The checkpoint is verified first (its CRC-32s) and
+    must be complete and match this run: the same data order (data, batch size,
+    shuffling), the same model (module classes and settings, parameter names,
+    shapes and dtypes) and the same optimizer (class, and every param group's
+    hyperparameters as passed in, before a schedule moves them), schedule, EMA
+    and early stopping. Anything else raises :class:`CheckpointError` (a
+    ``ValueError``) naming the file and listing each difference (e.g.
+    ``optimizer.lr: checkpoint 0.01, now 0.5``), before the model or optimizer
+    is touched. ``resume="override"`` continues from the checkpoint's state but
+    with this run's settings: the optimizer state (moments, step counts) is
+    loaded, then each differing hyperparameter is set to this run's value (a
+    schedule still drives what it schedules), the weights are loaded into this
+    model, and the overridden differences are listed in
+    ``history.config["resume_overrides"]``. Differences no state can cross
+    (parameter names or shapes, the optimizer's class or groups, the data
+    order) are refused even then. Leftover temporary files of writers killed
+    mid-save are deleted at the start.
     ``store``: the run store receiving the configuration and metrics —
     ``True`` (the default store, see :mod:`optimlab.store`), a path, a
     ``RunStore``, or ``False``. ``name`` and ``config`` are recorded with the run.
+    Anything else (or a directory, or a read-only ``RunStore``) raises
+    ``ValueError`` before training. The store is a record, not the work: when
+    it fails (a full disk, a path that cannot be created or opened: any
+    ``sqlite3.Error`` or ``OSError``), ``fit`` warns once (``RuntimeWarning``
+    naming the file and the error), stops writing to it for this run, marks the
+    run ``incomplete`` there if it can, and trains on; the returned history's
+    ``store_error`` says why, and ``RunStore.write_history(history)`` records
+    the whole run later. A run that an exception ends is marked ``interrupted``.
     ``on_nonfinite``: a NaN/Inf loss or gradient stops the run before the step
     is applied; ``"raise"`` (default) raises :class:`NonFiniteError` (with
     ``.history``), ``"stop"`` returns the history with ``status="nonfinite"``.

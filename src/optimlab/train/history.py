@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
+
+from optimlab.jsonsafe import clean  # noqa: F401  (re-exported: optimlab.train.history.clean)
 
 # How a run ended.
 RUNNING, COMPLETED, EARLY_STOPPED, NONFINITE, STOPPED = "running", "completed", "early_stopped", "nonfinite", "stopped"
@@ -30,6 +30,10 @@ class History:
     callback setting ``trainer.stop_training``); ``stop``
     says why and where a run stopped early. ``diagnoses``: what
     :func:`optimlab.diagnose` found at the end of the run.
+    ``store_error``: None when the run store holds the run in full (or no store
+    was used); else why it does not (``fit`` warned and trained on):
+    ``RunStore.write_history(history)`` records the whole run later. It
+    describes this process's store, so it is not part of ``to_dict``.
     """
 
     config: dict[str, Any] = field(default_factory=dict)
@@ -41,6 +45,7 @@ class History:
     best_epoch: int | None = None
     run_id: str | None = None
     diagnoses: list = field(default_factory=list)
+    store_error: str | None = None
 
     def __getitem__(self, key: str) -> list:
         """``history["val_loss"]``: that metric for every epoch (None where missing)."""
@@ -81,22 +86,3 @@ class History:
                           if isinstance(last.get(k), float))
         return (f"History(run_id={self.run_id!r}, status={self.status!r}, epochs={len(self.epochs)}"
                 + (f", {shown}" if shown else "") + f", diagnoses={len(self.diagnoses)})")
-
-
-def clean(value):
-    """A JSON- and ``weights_only``-safe copy: plain Python types; non-finite floats
-    become None (strict JSON has no NaN)."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return str(value)  # plain str (e.g. torch.__version__ is a str subclass)
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import secrets
+import sqlite3
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from torch import nn
 
 from optimlab.cpu import tune_allocator
 from optimlab.train import _data, _state, checkpoint as ckpt, progress as _progress
+from optimlab.train.checkpoint import CheckpointError
 from optimlab.train.diagnostics import diagnose
 from optimlab.train.history import COMPLETED, EARLY_STOPPED, NONFINITE, STOPPED, History, clean
 from optimlab.train.monitor import Monitor, first_nonfinite, hyper_in_use, layer_name
@@ -74,6 +78,12 @@ class Trainer:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got seed={seed!r}")
         _data.batch_size_for(batch_size, 1)  # validates
+        if checkpoint is not None and Path(checkpoint).is_dir():
+            raise CheckpointError(checkpoint, "it is a directory, not a checkpoint file",
+                                  "Pass a file path, e.g. checkpoint='runs/model.pt'.")
+        # the hyperparameters as given, before a schedule writes into the groups: what a resume compares
+        self._initial_groups = _state.group_values(optimizer)
+        self._optimizer_record = _state.optimizer_record(optimizer, self._initial_groups)
         self.model, self.optimizer = model, optimizer
         self.loss_fn, self.loss_name = _loss(loss)
         self.batch_size, self.shuffle, self.eval_batch_size = batch_size, shuffle, eval_batch_size
@@ -91,6 +101,7 @@ class Trainer:
         if checkpoint_every is not None and checkpoint is None:
             raise ValueError("checkpoint_every needs a checkpoint path (checkpoint=...)")
         self.store = _bind_store(store)
+        self._owns_store = store is True or isinstance(store, (str, os.PathLike))  # fit closes what it opened
         self.name, self.user_config = name, dict(config or {})
         self.on_nonfinite = on_nonfinite
         self.callbacks = list(callbacks)
@@ -169,9 +180,11 @@ class Trainer:
         return clean(config)
 
     # ------------------------------------------------------------------- fit
-    def fit(self, data, *, epochs: int = 1, val=None, resume: bool = False) -> History:
+    def fit(self, data, *, epochs: int = 1, val=None, resume: bool | str = False) -> History:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got epochs={epochs!r}")
+        if not (isinstance(resume, bool) or (isinstance(resume, str) and resume == "override")):
+            raise ValueError(f"resume must be True, False or 'override', got resume={resume!r}")
         self.epochs = epochs
         train, val = _data.split_data(data, val)
         self.device = next(self.model.parameters()).device
@@ -183,17 +196,25 @@ class Trainer:
         every = self.sample_every or max(1, min(50, self.steps_per_epoch // 25))
         self.monitor = Monitor(self.model, self.optimizer, sample_every=every, enabled=self.monitoring)
         start_epoch, start_batch, state = 0, 0, None
+        if self.checkpoint is not None:
+            ckpt.clean_leftovers(self.checkpoint)  # temporary files of writers killed mid-save
         if resume and self.checkpoint is not None and self.checkpoint.exists():
-            state = ckpt.load(self.checkpoint, map_location=self.device)
-            start_epoch, start_batch = self._restore(state)
+            try:
+                state = ckpt.load(self.checkpoint, map_location=self.device)
+                start_epoch, start_batch = self._restore(state, override=resume == "override")
+            except CheckpointError:
+                _state.put_back(self.optimizer, self._initial_groups)  # undo the schedule's first write
+                raise
         else:
             self.history = History(config=self._config(train, val), layers=list(self.monitor.layers))
             self.history.run_id = _new_run_id()
             torch.manual_seed(self.seed)
             random.seed(self.seed)
             np.random.seed(self.seed % 2**32)
-        if self.store is not None:
-            self.store.start_run(self.history.run_id, self.history.config, name=self.name)
+        if state is not None:  # a resumed run records all it has again: no holes where a store write failed
+            self._record("write_history", self.history, name=self.name)
+        else:
+            self._record("start_run", self.history.run_id, self.history.config, name=self.name)
         self.display = _progress.make(self.progress_arg, self.quiet)
         self.display.start(epochs, self.steps_per_epoch, start_epoch)
         try:
@@ -204,6 +225,13 @@ class Trainer:
                 raise
             self.display.message(str(err))
             return self.history
+        except BaseException as err:  # the run ends here: its row should not go on claiming 'running'
+            from optimlab.store import INTERRUPTED
+
+            self._record("finish_run", self.history.run_id, status=INTERRUPTED, summary=clean(self.history.last),
+                         stop={"reason": "exception", "error": f"{type(err).__name__}: {err}"})
+            self._close_store()
+            raise
         finally:
             self.display.close()
         return self._finish(status)
@@ -308,8 +336,7 @@ class Trainer:
             self.history.best_epoch = es.best_epoch
         self.history.epochs.append(row)
         self.history.steps.extend(step_rows)
-        if self.store is not None:
-            self.store.log_epoch(self.history.run_id, row, step_rows)
+        self._record("log_epoch", self.history.run_id, row, step_rows)
         if self.checkpoint is not None:
             self._save(epoch + 1, 0, 0.0)
         self.display.epoch_end(epoch + 1, row)
@@ -333,8 +360,7 @@ class Trainer:
             row = {"epoch": epoch + 1, "step": self.step, **row, "time_s": seconds, "partial": True}
             self.history.epochs.append(row)
             self.history.steps.extend(step_rows)
-            if self.store is not None:
-                self.store.log_epoch(self.history.run_id, row, step_rows)
+            self._record("log_epoch", self.history.run_id, row, step_rows)
         self.history.stop = {"reason": "callback", "epoch": epoch + 1, "step": self.step}
 
     def _nonfinite(self, epoch: int, batch: int, loss: torch.Tensor) -> None:
@@ -360,8 +386,7 @@ class Trainer:
         if row:
             self.history.epochs.append({"epoch": epoch + 1, "step": self.step, **row, "partial": True})
             self.history.steps.extend(step_rows)
-            if self.store is not None:
-                self.store.log_epoch(self.history.run_id, self.history.epochs[-1], step_rows)
+            self._record("log_epoch", self.history.run_id, self.history.epochs[-1], step_rows)
         self.history.stop = {"reason": "nonfinite", "step": step, "epoch": epoch + 1, "batch": batch + 1,
                              "loss": repr(loss_value), "layer": layer, "parameter": parameter, "parameters": bad,
                              "checkpoint": str(self.checkpoint) if kept else None, "message": message}
@@ -379,12 +404,41 @@ class Trainer:
             h.stop = {"reason": "callback", "epoch": len(h.epochs), "step": self.step}
         h.status = status
         h.diagnoses = diagnose(h)
-        if self.store is not None:
-            self.store.finish_run(h.run_id, status=status, summary=clean(h.last), stop=clean(h.stop),
-                                  diagnoses=[d.to_dict() for d in h.diagnoses])
+        self._record("finish_run", h.run_id, status=status, summary=clean(h.last), stop=clean(h.stop),
+                     diagnoses=[d.to_dict() for d in h.diagnoses])
+        self._close_store()
         for d in h.diagnoses:
             self.display.message(str(d))
         return h
+
+    # ---------------------------------------------------------------- run store
+    def _record(self, method: str, *args, **kwargs) -> None:
+        """``self.store.<method>(...)``, unless there is no store or it failed earlier in this run.
+
+        The store is a record, not the work: its first failure (``sqlite3.Error`` or ``OSError``)
+        warns once, naming the file and the error, sets ``history.store_error``, marks the run
+        ``incomplete`` if the file still takes that, and training goes on."""
+        if self.store is None or self.history.store_error is not None:
+            return
+        try:
+            getattr(self.store, method)(*args, **kwargs)
+        except (sqlite3.Error, OSError) as err:
+            from optimlab.store import INCOMPLETE
+
+            self.history.store_error = f"{self.store.path}: {method} failed: {type(err).__name__}: {err}"
+            warnings.warn(f"run store {self.store.path}: {method} failed ({type(err).__name__}: {err}); training "
+                          "goes on without recording this run (history.store_error); "
+                          "RunStore.write_history(history) records it later", RuntimeWarning, stacklevel=2)
+            # best effort, never raises: the row should not claim 'running' for a run it no longer follows
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self.store.finish_run(self.history.run_id, status=INCOMPLETE,
+                                      stop={"reason": "store_error", "error": str(err)})
+
+    def _close_store(self) -> None:
+        """Close a store fit opened itself (from a path), so no connection outlives the run."""
+        if self._owns_store:
+            with contextlib.suppress(sqlite3.Error):
+                self.store.close()
 
     # -------------------------------------------------------------- checkpoints
     def _save(self, epoch: int, batch: int, elapsed: float) -> None:
@@ -393,8 +447,8 @@ class Trainer:
             if hasattr(cb, "on_checkpoint"):
                 cb.on_checkpoint(self, self.checkpoint)
 
-    def _restore(self, state: dict[str, Any]) -> tuple[int, int]:
-        return _state.restore(self, state)
+    def _restore(self, state: dict[str, Any], override: bool = False) -> tuple[int, int]:
+        return _state.restore(self, state, override)
 
 
 def _then(iterator, hook):
@@ -419,6 +473,8 @@ def _bind_store(store):
     if store is True:
         return RunStore()
     if isinstance(store, RunStore):
+        if store.readonly:
+            raise ValueError(f"store {store!r} was opened read-only: fit needs RunStore(path) to write the run")
         return store
     if isinstance(store, (str, os.PathLike)):
         return RunStore(store)

@@ -45,6 +45,9 @@ def first_nonfinite(named: list[tuple[str, nn.Parameter]]) -> tuple[str | None, 
     return (bad[0] if bad else None), bad
 
 
+_LOW_PRECISION = {torch.float16, torch.bfloat16}
+
+
 def _dense(grad: torch.Tensor) -> torch.Tensor:
     return grad.coalesce().values() if grad.is_sparse else grad
 
@@ -68,7 +71,12 @@ class Monitor:
                 self.layers.append(layer)
             index.append(self.layers.index(layer))
         device = self.params[0].device
-        self._onehot = torch.zeros(len(self.params), len(self.layers), dtype=torch.float32, device=device)
+        # Norms of 16-bit tensors are accumulated and returned in float32 (a float16 norm overflows
+        # at 65504); a model mixing 16-bit with other dtypes takes the per-tensor path.
+        dtypes = {p.dtype for p in self.params}
+        self._norm_kwargs = {"dtype": torch.float32} if dtypes <= _LOW_PRECISION else {}
+        self._mixed = len(dtypes) > 1
+        self._onehot = torch.zeros(len(self.params), len(self.layers), dtype=torch.float64, device=device)
         self._onehot[torch.arange(len(index)), torch.tensor(index)] = 1.0
         self._zero = torch.zeros((), device=device)
         self.start_epoch()
@@ -134,11 +142,17 @@ class Monitor:
             return loss
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         row = self.norms[i]
-        try:
-            row.copy_(torch.stack(torch._foreach_norm(grads)))
-        except (RuntimeError, NotImplementedError):  # e.g. sparse gradients (nn.Embedding(sparse=True))
-            row.copy_(torch.stack([torch.linalg.vector_norm(_dense(g)).to(self._zero) for g in grads]))
+        row.copy_(self._norms(grads))
         return loss + row.sum()
+
+    def _norms(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """The 2-norm of each tensor, as one float64 vector (any mix of dtypes, dense or sparse)."""
+        if not self._mixed:
+            try:
+                return torch.stack(torch._foreach_norm(tensors, 2, **self._norm_kwargs)).double()
+            except (RuntimeError, NotImplementedError):  # e.g. sparse gradients (nn.Embedding(sparse=True))
+                pass
+        return torch.stack([torch.linalg.vector_norm(_dense(t), dtype=torch.float64) for t in tensors])
 
     def running(self) -> tuple[float, float | None]:
         """Mean loss and accuracy of the epoch so far (reads back to Python: for the progress bar)."""
@@ -154,8 +168,8 @@ class Monitor:
     def after_step(self, before: list[torch.Tensor], step: int, epoch: int, batch: int) -> None:
         """Close the window ending at this (sampled) step: per-layer update ratios and the hyperparameters."""
         now = [p.detach() for p in self.params]
-        delta = torch.stack(torch._foreach_norm(torch._foreach_sub(now, before))) ** 2
-        weight = torch.stack(torch._foreach_norm(before)) ** 2
+        delta = self._norms(torch._foreach_sub(now, before)) ** 2
+        weight = self._norms(before) ** 2
         lr, momentum = hyper_in_use(self.optimizer)
         layers = (torch.stack([delta, weight]) @ self._onehot).tolist()  # [[Δ² per layer], [θ² per layer]]
         self.samples.append({"step": step, "epoch": epoch, "batch": batch, "lr": lr, "momentum": momentum,
@@ -184,7 +198,7 @@ class Monitor:
         if not self.enabled:
             return row, steps
         norms = self.norms[:n].double().cpu()                                # (steps, params)
-        per_layer = ((norms ** 2) @ self._onehot.double().cpu()).sqrt()        # (steps, layers)
+        per_layer = ((norms ** 2) @ self._onehot.cpu()).sqrt()        # (steps, layers)
         total = norms.norm(dim=1)                                            # (steps,)
         row["grad_norm"] = float(total.mean())
         row["grad_norm_max"] = float(total.max())
