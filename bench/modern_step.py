@@ -210,7 +210,10 @@ def state_table() -> None:
         for _ in range(2):
             for p in params:
                 p.grad = torch.randn_like(p)
-            opt.step()
+            if getattr(opt, "requires_closure", False):  # SAM: the closure gives the perturbed gradient
+                opt.step(lambda: [setattr(p, "grad", torch.randn_like(p)) for p in params])
+            else:
+                opt.step()
         per = state_bytes_per_param(opt, params)
         sd = opt.state_dict()
         keys = sorted({k for s in sd["state"].values() if isinstance(s, dict) for k in s})

@@ -167,8 +167,9 @@ def test_unbounded_functions_report_escape_not_divergence():
 def test_bad_start_points_are_reported_not_fatal():
     r = L.compare("bowl", ["sgd", "adam"], start=(5.0, 0.0), steps=20)
     assert not r["sgd"].start_in_domain and "outside the plotted domain" in r.table()
-    nan = L.run("bowl", "adam", start=(float("nan"), 0.0), steps=5)
-    assert nan.diverged_at == 0 and len(nan.points) == 0 and math.isnan(nan.final_loss)
+    for bad in ((float("nan"), 0.0), (1e400, 0.0)):  # not a point: refused, naming it
+        with pytest.raises(ValueError, match=r"start must be two finite numbers.*(nan|inf)"):
+            L.run("bowl", "adam", start=bad, steps=5)
     with pytest.raises(ValueError, match="start must be two numbers"):
         L.run("bowl", "sgd", start=(1.0,))
 

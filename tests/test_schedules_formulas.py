@@ -95,8 +95,8 @@ def test_onecycle_phases_follow_the_lecture():
 
 
 @pytest.mark.parametrize("call, argument", [
-    (lambda: S.step_decay(0.1, step_size=-3), "decay_steps=-3"),
-    (lambda: S.step_decay(0.1, step_size=10, gamma=0), "decay_rate=0"),
+    (lambda: S.step_decay(0.1, step_size=-3), "step_size=-3"),  # its own names, not ExponentialDecay's
+    (lambda: S.step_decay(0.1, step_size=10, gamma=0), "gamma=0"),
     (lambda: S.ExponentialDecay(-0.1, 0.5), "base_lr=-0.1"),
     (lambda: S.PowerDecay(0.1, decay_steps=0), "decay_steps=0"),
     (lambda: S.PowerDecay(0.1, decay_steps=10, power=-1), "power=-1"),

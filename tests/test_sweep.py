@@ -151,7 +151,7 @@ def test_settings_of_an_existing_study_are_checked(tmp_path):
     open_study(cfg)
     with pytest.raises(ValueError, match="epochs"):
         open_study(SweepConfig(out=str(tmp_path), dataset="synthetic", epochs=2))
-    with pytest.raises(ValueError, match="LOW:HIGH"):
+    with pytest.raises(ValueError, match=r"lr: .*range as \(low, high\)"):
         SweepConfig(lr=(0.1, 0.2, 0.3))
     with pytest.raises(ValueError):
         SweepConfig(schedules=("nonsense(1)",))

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
+
+from optimlab.cliutil import CommandError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,7 +28,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="optimlab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="optimlab", description=__doc__.splitlines()[0],
+        epilog="Bad input is reported as 'optimlab COMMAND: error: ...' with exit status 2, "
+               "before anything runs or is written.")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an input error, show the Python traceback too (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, add_help=False)
@@ -34,15 +42,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_index(argv: list[str]) -> int:
+    """Position of the command: the first argument that is not a top-level option
+    (the top level has no option that takes a value)."""
+    return next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (argparse exits with 2 on a malformed option)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, _ = parser.parse_known_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    module = importlib.import_module(args._module)
-    full = argparse.ArgumentParser(prog=f"optimlab {args.command}", description=COMMANDS[args.command][1])
+    at = _command_index(argv)
+    # Strict parse of what precedes the command: an unknown option there is an error, not ignored.
+    top = parser.parse_args(argv[:at + 1])
+    if top.command is None:
+        # Like git: no command is a usage error; the help lists the commands.
+        parser.print_help(sys.stderr)
+        print("\noptimlab: error: a COMMAND is required", file=sys.stderr)
+        return 2
+    module = importlib.import_module(top._module)
+    full = argparse.ArgumentParser(prog=f"optimlab {top.command}", description=COMMANDS[top.command][1])
     module.add_arguments(full)
-    argv = list(argv) if argv is not None else __import__("sys").argv[1:]
-    rest = argv[argv.index(args.command) + 1:]
-    return int(module.run(full.parse_args(rest)) or 0)
+    args = full.parse_args(argv[at + 1:])
+    try:
+        return int(module.run(args) or 0)
+    except (CommandError, ValueError) as err:
+        # The commands' own checks of their input; any other exception is a bug and keeps its traceback.
+        if top.debug:
+            raise
+        print(f"optimlab {top.command}: error: {err}", file=sys.stderr)
+        return 2

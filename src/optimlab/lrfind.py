@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from optimlab.train.modes import has_modes, mode_attributes, set_mode_attributes
+
 __all__ = ["lr_find", "LRFinderResult"]
 
 
@@ -125,6 +127,7 @@ def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, A
         "modes": [m.training for m in model.modules()],
         "optimizer": copy.deepcopy(optimizer.state_dict()),
         "rng": ckpt.rng_state(),
+        "optimizer_mode": mode_attributes(optimizer),  # a mode kept outside the state_dict (train/eval)
     }
 
 
@@ -141,6 +144,7 @@ def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, snap: dict[str,
         m.training = mode
     # load_state_dict keeps the tensors it is given: hand it a private copy
     optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+    set_mode_attributes(optimizer, snap["optimizer_mode"])  # group modes came back with the state_dict
     ckpt.set_rng_state(snap["rng"])
 
 
@@ -168,7 +172,7 @@ def _suggest(lrs: list[float], smoothed: list[float], skip_start: int, skip_end:
 def lr_find(model: nn.Module, optimizer, data, *, start_lr: float = 1e-7, end_lr: float = 10.0,
             num_steps: int = 200, batch_size: int = 64, loss=None, smooth: float = 0.98,
             diverge: float = 4.0, seed: int = 0, skip_start: int = 10, skip_end: int = 5,
-            plot: str | Path | None = None, quiet: bool = True) -> LRFinderResult:
+            plot: str | Path | None = None, quiet: bool = True, device=None) -> LRFinderResult:
     """Run the learning-rate range test; return an :class:`LRFinderResult`.
 
     ``model``, ``optimizer``, ``data``, ``batch_size`` and ``loss`` are as in
@@ -180,10 +184,13 @@ def lr_find(model: nn.Module, optimizer, data, *, start_lr: float = 1e-7, end_lr
     stop when the smoothed loss exceeds ``diverge`` × its minimum. ``seed``: the
     batch order (the RNGs are restored afterwards anyway). ``skip_start`` /
     ``skip_end``: points ignored by the suggestion at either end. ``plot``: a PNG
-    path to write the curve to.
+    path to write the curve to. ``device``: where to run the test (``"cpu"``, ``"cuda"``,
+    ``"cuda:N"``, ``"auto"``; None: where the model is), as in :func:`optimlab.fit`; the
+    model and the optimizer's state go back to their device afterwards. A device this
+    machine lacks raises ``ValueError`` before anything runs.
     Model, optimizer and RNG state are restored exactly when it returns (or raises).
     """
-    from optimlab.train import _data
+    from optimlab.train import _data, _device
     from optimlab.train.loop import _loss, model_and_optimizer
 
     optimizer = model_and_optimizer(model, optimizer)
@@ -200,16 +207,23 @@ def lr_find(model: nn.Module, optimizer, data, *, start_lr: float = 1e-7, end_lr
         raise ValueError(f"diverge must be > 1, got diverge={diverge!r}")
     loss_fn, loss_name = _loss(loss)
     train, _ = _data.split_data(data, None)
-    device = next(model.parameters()).device
+    home = next(model.parameters()).device
+    device = home if device is None else _device.resolve_device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     source = _data.batches(train, batch_size, shuffle=True, device=device)
 
     result = LRFinderResult(config={"start_lr": start_lr, "end_lr": end_lr, "num_steps": num_steps,
                                     "batch_size": batch_size, "smooth": smooth, "diverge": diverge, "seed": seed,
                                     "loss": loss_name, "optimizer": type(optimizer).__name__,
-                                    "model": type(model).__name__})
+                                    "model": type(model).__name__, "device": str(device)})
     snap = _snapshot(model, optimizer)
     try:
+        if device != home:
+            _device.move(model, optimizer, None, device)
         model.train()
+        if has_modes(optimizer):  # Schedule-Free: the ramp trains at y; the mode found is restored after
+            optimizer.train()
         ratio = (end_lr / start_lr) ** (1.0 / (num_steps - 1))
         avg, best = 0.0, math.inf
         step, epoch = 0, 0
@@ -246,6 +260,8 @@ def lr_find(model: nn.Module, optimizer, data, *, start_lr: float = 1e-7, end_lr
                 break
             epoch += 1
     finally:
+        if device != home:
+            model.to(home)  # then the snapshot's optimizer state is loaded next to the parameters again
         _restore(model, optimizer, snap)
 
     i_steep, i_min = _suggest(result.lrs, result.smoothed, skip_start, skip_end)
@@ -273,6 +289,8 @@ def _summary(r: LRFinderResult) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from optimlab.cliutil import int_at_least, non_negative_int, output_file, positive_float, positive_int
+
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "synthetic"],
                         help="training data (synthetic: a small generated digit-like set, no download)")
     parser.add_argument("--optimizer", default="adam", help="any name of `optimlab optimizers` (default: adam)")
@@ -280,13 +298,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="whose default hyperparameters the optimizer starts from")
     parser.add_argument("--hyper", action="append", default=[], metavar="KEY=VALUE",
                         help="an optimizer hyperparameter other than lr, e.g. --hyper momentum=0.9 (repeatable)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=200, help="batches in the ramp (default: %(default)s)")
-    parser.add_argument("--start-lr", type=float, default=1e-7)
-    parser.add_argument("--end-lr", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0, help="model initialisation and batch order")
-    parser.add_argument("-o", "--out", default="lr_find.png", help="PNG of loss against rate (default: %(default)s)")
-    parser.add_argument("--json", default=None, help="also write the curve and the suggestion as JSON here")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--steps", type=int_at_least(3), default=200, help="batches in the ramp (default: %(default)s)")
+    parser.add_argument("--start-lr", type=positive_float, default=1e-7)
+    parser.add_argument("--end-lr", type=positive_float, default=10.0)
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="model initialisation and batch order")
+    # default None: the default file name is checked in run(), only when it is used
+    parser.add_argument("-o", "--out", default=None, type=output_file,
+                        help=f"PNG of loss against rate (default: {DEFAULT_OUT})")
+    parser.add_argument("--json", default=None, type=output_file,
+                        help="also write the curve and the suggestion as JSON here")
+
+
+DEFAULT_OUT = "lr_find.png"
 
 
 def parse_hyper(items: list[str]) -> dict[str, Any]:
@@ -297,7 +321,7 @@ def parse_hyper(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"a hyperparameter is KEY=VALUE, got {item!r}")
+            raise ValueError(f"a hyperparameter is KEY=VALUE, got --hyper {item!r}")
         text = text.strip()
         lowered = {"true": "True", "false": "False", "none": "None"}.get(text.lower(), text)
         try:
@@ -307,27 +331,54 @@ def parse_hyper(items: list[str]) -> dict[str, Any]:
     return hyper
 
 
+def _check_hyper(cls, hyper: dict[str, Any]) -> None:
+    """Unknown keys fail here, by name, rather than as a TypeError from the constructor."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [k for k in params if k not in ("self", "params")]
+    for key in hyper:
+        if key not in known:
+            raise ValueError(f"--hyper {key}=...: {cls.__name__} has no hyperparameter {key!r}; "
+                             f"known: {', '.join(known)}")
+    if "lr" in hyper:
+        raise ValueError(f"--hyper lr={hyper['lr']!r}: the range test sets the rate; use --start-lr / --end-lr")
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from optimlab import models, optim
+    from optimlab import data as D, models, optim
+    from optimlab.cliutil import check, output_file
     from optimlab.sweep.data import load_dataset
 
-    try:
-        hyper = parse_hyper(args.hyper)
-        optim.get(args.optimizer, args.convention)
-    except (ValueError, KeyError) as err:
-        print(f"optimlab lr-find: {err}", file=sys.stderr)
-        return 2
-    data = load_dataset(args.dataset)
+    # Every check, including building the optimizer, comes before the data is loaded or anything written.
+    out = args.out or check("--out", output_file, DEFAULT_OUT)
+    if not args.end_lr > args.start_lr:
+        raise ValueError(f"--end-lr must be larger than --start-lr, got --start-lr {args.start_lr:g} "
+                         f"--end-lr {args.end_lr:g}")
+    hyper = parse_hyper(args.hyper)
+    cls = optim.get(args.optimizer, args.convention)
+    _check_hyper(cls, hyper)
     torch.manual_seed(args.seed)
     model = models.lecture_cnn()
-    opt = optim.create(args.optimizer, model.parameters(), args.convention, **hyper)
+    try:
+        opt = optim.create(args.optimizer, model.parameters(), args.convention, **hyper)
+    except TypeError as err:  # a value of the wrong kind, e.g. --hyper momentum=fast
+        raise ValueError(f"--hyper {' '.join(args.hyper)}: {err}") from None
+    try:
+        data = load_dataset(args.dataset)
+    except D.DataError as err:  # no source had the files: not bad input, so status 1 as in `optimlab data`
+        print(f"optimlab lr-find: error: cannot load {args.dataset}:\n{err}", file=sys.stderr)
+        return 1
     result = lr_find(model, opt, data, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
                      batch_size=args.batch_size, seed=args.seed)
-    result.plot(args.out, title=f"Range test: {args.optimizer} on {args.dataset}, batch {args.batch_size}")
+    result.plot(out, title=f"Range test: {args.optimizer} on {args.dataset}, batch {args.batch_size}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
     print(_summary(result))
-    print(f"plot: {args.out}", file=sys.stderr)
+    print(f"plot: {out}", file=sys.stderr)
     return 0

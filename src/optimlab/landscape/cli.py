@@ -14,10 +14,15 @@ import json
 import sys
 from pathlib import Path
 
+from optimlab.cliutil import (
+    check, finite_float, float_list, int_at_least, name_list, non_negative_float, non_negative_int, output_dir,
+    positive_float, positive_int,
+)
 from optimlab.landscape import functions as F
 
 DEFAULT_OPTIMIZERS = "sgd,momentum,nag,adagrad,rmsprop,adam"
 SCHEDULES = ("constant", "cosine", "step")
+DEFAULT_OUT = "landscape"
 NETWORK_LR = {"sgd": 0.05, "momentum": 0.01, "nag": 0.01, "adagrad": 0.01, "rmsprop": 1e-3,
               "adam": 1e-3, "adamw": 1e-3}
 
@@ -25,24 +30,27 @@ NETWORK_LR = {"sgd": 0.05, "momentum": 0.01, "nag": 0.01, "adagrad": 0.01, "rmsp
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--function", default="rosenbrock",
                         help=f"test function: {', '.join(F.available())} (default: %(default)s)")
-    parser.add_argument("--optimizers", default=None,
+    parser.add_argument("--optimizers", default=None, type=name_list,
                         help=f"comma-separated names, optimlab's or torch's ('torch.Adam'); "
                              f"default {DEFAULT_OPTIMIZERS} (sgd,adam with --network)")
-    parser.add_argument("--steps", type=int, default=300, help="updates per optimizer (default: %(default)s)")
-    parser.add_argument("--out", default="landscape", help="output directory (default: %(default)s)")
-    parser.add_argument("--start", default=None, metavar="X,Y",
+    parser.add_argument("--steps", type=non_negative_int, default=300,
+                        help="updates per optimizer (default: %(default)s)")
+    # default None: the default directory is checked in run(), only when something is written
+    parser.add_argument("--out", default=None, type=output_dir, help=f"output directory (default: {DEFAULT_OUT})")
+    parser.add_argument("--start", default=None, metavar="X,Y", type=start_point,
                         help="start point (write --start=-1.5,2 for a negative x); default: the function's")
-    parser.add_argument("--lr", default=None,
+    parser.add_argument("--lr", default=None, type=rates,
                         help="one learning rate for all, or per optimizer: sgd=0.001,adam=0.05")
     parser.add_argument("--tune", action="store_true",
                         help="search each optimizer's rate over its default × 0.1, 0.2, 0.5, 1, 2, 5, 10")
-    parser.add_argument("--tol", type=float, default=None, help="tolerance on f − f* for 'steps to tol'")
-    parser.add_argument("--noise", type=float, default=0.0, help="gradient noise std (mini-batch stand-in)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--condition", type=float, default=None, help="ravine: condition number (default 50)")
+    parser.add_argument("--tol", type=positive_float, default=None, help="tolerance on f − f* for 'steps to tol'")
+    parser.add_argument("--noise", type=non_negative_float, default=0.0,
+                        help="gradient noise std (mini-batch stand-in)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--condition", type=finite_float, default=None, help="ravine: condition number (default 50)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
                         help="learning-rate schedule from each optimizer's rate over the run")
-    parser.add_argument("--frames", type=int, default=60, help="GIF frames (default: %(default)s)")
+    parser.add_argument("--frames", type=positive_int, default=60, help="GIF frames (default: %(default)s)")
     parser.add_argument("--no-gif", action="store_true", help="skip the animation")
     parser.add_argument("--no-html", action="store_true", help="skip the interactive page")
     parser.add_argument("--list", action="store_true", help="list the functions and the demos")
@@ -52,14 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--network", choices=("cnn", "mlp"), default=None,
                      help="train the lectures' MNIST CNN (or the demo MLP) and slice its loss surface")
     net.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
-    net.add_argument("--epochs", type=int, default=1)
-    net.add_argument("--train-size", type=int, default=10000, help="training images (default: %(default)s)")
-    net.add_argument("--eval-size", type=int, default=2000,
+    net.add_argument("--epochs", type=positive_int, default=1)
+    net.add_argument("--train-size", type=positive_int, default=10000, help="training images (default: %(default)s)")
+    net.add_argument("--eval-size", type=positive_int, default=2000,
                      help="fixed subset the surfaces are evaluated on (default: %(default)s)")
-    net.add_argument("--resolution", type=int, default=15,
+    net.add_argument("--resolution", type=int_at_least(2), default=15,
                      help="random-slice grid side (default: %(default)s; 31 for the paper's picture)")
-    net.add_argument("--pca-resolution", type=int, default=9, help="PCA-slice grid side (default: %(default)s)")
-    net.add_argument("--span", type=float, default=1.0, help="random-slice half-width (default: %(default)s)")
+    net.add_argument("--pca-resolution", type=int_at_least(2), default=9,
+                     help="PCA-slice grid side (default: %(default)s)")
+    net.add_argument("--span", type=positive_float, default=1.0, help="random-slice half-width (default: %(default)s)")
 
 
 def _error(message: str) -> int:
@@ -67,30 +76,46 @@ def _error(message: str) -> int:
     return 2
 
 
-def _parse_start(text: str | None):
-    if text is None:
-        return None
+def start_point(text: str) -> tuple[float, float]:
+    """``--start X,Y``: two finite numbers."""
     try:
-        x, y = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--start must be X,Y (two numbers), got {text!r}") from None
-    return x, y
+        point = float_list(text, positive=False)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"must be X,Y (two finite numbers): {err}") from None
+    if len(point) != 2:
+        raise argparse.ArgumentTypeError(f"must be X,Y (two finite numbers), got {text!r}")
+    return point
 
 
-def _parse_lr(text: str | None, names: list[str]) -> dict[str, float]:
-    if text is None:
+def rates(text: str) -> float | dict[str, float]:
+    """``--lr``: one rate (a finite number >= 0) or ``name=rate,...``."""
+    def rate(value: str) -> float:
+        try:
+            return non_negative_float(value)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"must be a rate >= 0 or name=rate,...; got {value!r} in {text!r}") from None
+
+    if "=" not in text:
+        return rate(text)
+    out = {}
+    for item in name_list(text):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"must be a rate >= 0 or name=rate,...; got {item!r} in {text!r}")
+        out[name.strip()] = rate(value.strip())
+    return out
+
+
+def _parse_lr(given: float | dict[str, float] | None, names: list[str]) -> dict[str, float]:
+    if given is None:
         return {}
-    try:
-        if "=" not in text:
-            return dict.fromkeys(names, float(text))
-        pairs = dict(item.split("=", 1) for item in text.split(",") if item.strip())
-        rates = {k.strip(): float(v) for k, v in pairs.items()}
-    except ValueError:
-        raise ValueError(f"--lr must be a number or name=rate,...; got {text!r}") from None
-    unknown = sorted(set(rates) - set(names))
+    if not isinstance(given, dict):
+        return dict.fromkeys(names, given)
+    unknown = sorted(set(given) - set(names))
     if unknown:
         raise ValueError(f"--lr names {unknown} are not among --optimizers {names}")
-    return rates
+    return given
 
 
 def _schedule(kind: str, steps: int):
@@ -103,8 +128,8 @@ def _schedule(kind: str, steps: int):
     return None
 
 
-def _names(text: str | None, default: str) -> list[str]:
-    return [n.strip() for n in (text or default).split(",") if n.strip()]
+def _names(given: tuple[str, ...] | None, default: str) -> list[str]:
+    return list(given) if given is not None else default.split(",")
 
 
 def write_outputs(comparison, out: Path, stem: str, *, frames: int, gif: bool, html: bool) -> list[Path]:
@@ -124,16 +149,18 @@ def write_outputs(comparison, out: Path, stem: str, *, frames: int, gif: bool, h
 
 
 def _run_function(args) -> int:
-    from optimlab.landscape.specs import Spec
+    from optimlab.landscape.specs import Spec, resolve
     from optimlab.landscape.trajectory import compare
 
     settings = {} if args.condition is None else {"condition": args.condition}
     function = F.get(args.function, **settings)
     names = _names(args.optimizers, DEFAULT_OPTIMIZERS)
+    for n in names:
+        resolve(n, function)  # an unknown name fails before any optimizer runs
     rates = _parse_lr(args.lr, names)
     schedule = _schedule(args.schedule, args.steps)
     specs = [Spec(n, lr=rates.get(n), schedule=schedule) for n in names]
-    result = compare(function, specs, steps=args.steps, start=_parse_start(args.start),
+    result = compare(function, specs, steps=args.steps, start=args.start,
                      tol=args.tol, tune=args.tune, noise=args.noise, seed=args.seed)
     print(result.table())
     print()
@@ -170,10 +197,12 @@ def _run_demos(args) -> int:
 
 
 def _run_network(args) -> int:
-    from optimlab import data
+    from optimlab import data, optim
     from optimlab.landscape import network_study as NS
 
     names = _names(args.optimizers, "sgd,adam")
+    for n in names:
+        optim.get(n)  # before the data is loaded; networks take optimlab's names only
     rates = _parse_lr(args.lr, names)
     try:
         ds = data.load(args.dataset)
@@ -207,12 +236,13 @@ def run(args: argparse.Namespace) -> int:
         for name, demo in demos.DEMOS.items():
             print(f"--demo {name:<9} {demo.claim}")
         return 0
-    if args.steps < 0:
-        return _error(f"--steps must be >= 0, got {args.steps}")
-    if args.frames < 1:
-        return _error(f"--frames must be >= 1, got {args.frames}")
+    if args.demo and args.network:
+        return _error(f"--demo {args.demo} and --network {args.network} are different modes: give one")
+    args.out = args.out or check("--out", output_dir, DEFAULT_OUT)
     try:
         if args.demo:
+            if args.demo != "all":
+                demos.get(args.demo)  # an unknown name fails before any demo runs
             return _run_demos(args)
         if args.network:
             return _run_network(args)

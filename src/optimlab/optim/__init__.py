@@ -12,6 +12,8 @@ from optimlab.optim.sgd import NAG, SGD, Momentum
 from optimlab.optim.adafactor import Adafactor
 from optimlab.optim.lion import Lion
 from optimlab.optim.lookahead import Lookahead
+from optimlab.optim.sam import SAM
+from optimlab.optim.groups import param_groups
 from optimlab.optim.muon import Muon, MuonWithAuxAdamW, muon_param_groups
 from optimlab.optim.radam import RAdam
 from optimlab.optim.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
@@ -21,5 +23,5 @@ __all__ = [
     "Optimizer", "UnknownArgumentError", "available", "create", "get", "register",
     "SGD", "Momentum", "NAG", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "Nadam",
     "RAdam", "Lion", "LAMB", "LARS", "Lookahead", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Muon",
-    "MuonWithAuxAdamW", "muon_param_groups", "Adafactor",
+    "MuonWithAuxAdamW", "muon_param_groups", "Adafactor", "SAM", "param_groups",
 ]

@@ -31,6 +31,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "schedulefree_adamw": "optimlab.optim.schedule_free:ScheduleFreeAdamW",
         "schedulefree_sgd": "optimlab.optim.schedule_free:ScheduleFreeSGD",
         "lookahead": "optimlab.optim.lookahead:LookaheadByName",
+        "sam": "optimlab.optim.sam:SAMByName",
     },
     "keras": {},
 }

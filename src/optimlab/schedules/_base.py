@@ -9,6 +9,8 @@ any step. ``step`` counts from 0 and is whatever unit the caller steps in
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Mapping
 from numbers import Integral, Real
 
 
@@ -88,6 +90,65 @@ def check_increasing(name: str, values, *, low: int = 1) -> tuple[int, ...]:
         if b <= a:
             raise ValueError(f"{name} must be strictly increasing, got {name}={list(values)!r}")
     return tuple(int(v) for v in values)
+
+
+def check_order(low_name: str, low: float, high_name: str, high: float) -> None:
+    """Refuse ``low > high`` for two bounds, naming both (e.g. a floor above the rate it floors)."""
+    if low > high:
+        raise ValueError(f"{low_name} must be <= {high_name}, got {low_name}={low!r}, {high_name}={high!r}")
+
+
+def check_state(owner: str, state, keys: tuple[str, ...]) -> Mapping:
+    """``state`` must be a mapping with exactly ``keys`` (a state_dict of the same class)."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{owner}.load_state_dict needs a dict from {owner}.state_dict(), "
+                         f"got {type(state).__name__}")
+    missing = [k for k in keys if k not in state]
+    unexpected = sorted(str(k) for k in state if k not in keys)
+    if missing or unexpected:
+        raise ValueError(f"{owner}.load_state_dict needs the keys {list(keys)}: "
+                         f"missing {missing}, unexpected {unexpected}; nothing was loaded")
+    return state
+
+
+# --- arithmetic that neither overflows nor underflows on the way -------------------------
+
+
+def scaled_power(base: float, rate: float, exponent: float) -> float:
+    """``base · rate**exponent`` for ``base >= 0``, ``rate > 0``.
+
+    ``rate**exponent`` alone can leave the float range (``OverflowError``, or 0
+    from underflow) where the product is an ordinary number, e.g. ``1e-300 · 10**600``.
+    Then the product is formed from its base-2 logarithm (:func:`scaled_exp2`). The
+    result is ``inf`` or 0 only where the true value is beyond the float range; in
+    range the direct product is kept, so ordinary values are bit-identical to
+    ``base * rate**exponent``.
+    """
+    if base == 0.0:
+        return 0.0
+    try:
+        factor = rate ** exponent
+    except OverflowError:
+        factor = math.inf
+    if sys.float_info.min <= factor < math.inf:  # a normal float: the product is correctly rounded
+        return base * factor
+    return scaled_exp2(base, exponent * math.log2(rate))
+
+
+def scaled_exp2(base: float, log2_factor: float) -> float:
+    """``base · 2**log2_factor`` for ``base >= 0`` with no intermediate overflow or underflow:
+    the integer part of ``log2_factor`` goes into the float's exponent (``ldexp``), so
+    only the true result can be ``inf`` or 0."""
+    if base == 0.0:
+        return 0.0
+    if not math.isfinite(log2_factor):
+        return math.inf if log2_factor > 0 else 0.0
+    whole = math.floor(log2_factor)
+    mantissa, exponent = math.frexp(base)  # base = mantissa · 2**exponent, mantissa in [0.5, 1)
+    try:
+        return math.ldexp(mantissa * 2.0 ** (log2_factor - whole), exponent + whole)
+    except OverflowError:
+        return math.inf
 
 
 def set_field(obj, name: str, value) -> None:

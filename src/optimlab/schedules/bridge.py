@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from optimlab.schedules._base import Schedule, check_int
+from optimlab.schedules._base import Schedule, check_int, check_state
 
 
 def write_lr(group: dict, value: float) -> None:
@@ -48,7 +48,9 @@ class Scheduler:
 
     def __init__(self, optimizer, schedule: Schedule | Sequence[Schedule]):
         groups = optimizer.param_groups
-        schedules = list(schedule) if isinstance(schedule, Sequence) else [schedule] * len(groups)
+        # a str is a Sequence too: let it fail below as "not a Schedule", not as a list of letters
+        per_group = isinstance(schedule, Sequence) and not isinstance(schedule, str)
+        schedules = list(schedule) if per_group else [schedule] * len(groups)
         if len(schedules) != len(groups):
             raise ValueError(
                 f"schedule must be one schedule or one per param group ({len(groups)}), "
@@ -91,7 +93,8 @@ class Scheduler:
         return {"position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        position = check_int("position", state["position"])
+        """Checks everything first: on a ValueError nothing has changed."""
+        position = check_int("position", check_state("Scheduler", state, ("position",))["position"])
         if self.length is not None and position > self.length:
             raise ValueError(f"position must be <= {self.length} for this schedule, got position={position}")
         self.position = position

@@ -17,6 +17,7 @@ import inspect
 import sys
 
 from optimlab import schedules as S
+from optimlab.cliutil import check, output_file, positive_int
 
 # name -> factory; nesting composes (warmup(...), sequential([...], [...]))
 FACTORIES = {
@@ -72,11 +73,15 @@ def parse_schedule(text: str) -> S.Schedule:
     return schedule
 
 
+DEFAULT_OUT = "schedules.png"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("schedules", nargs="*", metavar="SCHEDULE",
                         help='a schedule written as a call, e.g. "cosine(base_lr=0.1, period=100)"')
-    parser.add_argument("-o", "--out", default="schedules.png", help="PNG to write (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=None,
+    # default None, not the file name: argparse would check the default even for --list
+    parser.add_argument("-o", "--out", default=None, type=output_file, help=f"PNG to write (default: {DEFAULT_OUT})")
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="steps to plot (default: the longest finite schedule's length)")
     parser.add_argument("--title", default=None, help="figure title")
     parser.add_argument("--log", action="store_true", help="logarithmic learning-rate axis")
@@ -88,11 +93,12 @@ def run(args: argparse.Namespace) -> int:
         for name in FACTORIES:
             print(_signature(name))
         return 0
+    out = args.out or check("--out", output_file, DEFAULT_OUT)
     try:
         named = {text: parse_schedule(text) for text in args.schedules}
-        S.plot(named, args.out, steps=args.steps, title=args.title, log_lr=args.log)
+        S.plot(named, out, steps=args.steps, title=args.title, log_lr=args.log)
     except ValueError as error:
         print(f"optimlab schedule: error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0

@@ -7,7 +7,7 @@ import bisect
 from dataclasses import dataclass
 
 from optimlab.schedules._base import (
-    Schedule, check_increasing, check_int, check_number, set_field,
+    Schedule, check_increasing, check_int, check_number, check_order, set_field,
 )
 from optimlab.schedules.cosine import CosineAnnealing
 from optimlab.schedules.decay import Constant, Linear
@@ -92,7 +92,8 @@ def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int = 0,
     total_steps = check_int("total_steps", total_steps, low=1)
     warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
     base_lr = check_number("base_lr", base_lr, low=0.0)
-    check_number("min_lr", min_lr, low=0.0, high=base_lr)
+    check_order("min_lr", check_number("min_lr", min_lr, low=0.0), "base_lr", base_lr)
+    start_lr = check_number("start_lr", start_lr, low=0.0)  # even when unused (no warm-up): a typo is a typo
     if warmup_steps >= total_steps:
         raise ValueError(
             f"warmup_steps must be < total_steps={total_steps}, got warmup_steps={warmup_steps}"

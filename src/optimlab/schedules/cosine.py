@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from optimlab.schedules._base import Schedule, check_int, check_number, set_field
+from optimlab.schedules._base import Schedule, check_int, check_number, check_order, set_field
 
 
 def cosine_between(start: float, end: float, fraction: float) -> float:
@@ -21,6 +21,8 @@ class CosineAnnealing(Schedule):
     Past ``T`` the cosine keeps going (back up to ``η0`` at ``2T``), exactly as
     torch's ``CosineAnnealingLR``; to hold the floor instead, follow it with a
     ``Constant`` in a ``Sequential`` (``warmup_cosine`` does this).
+    ``min_lr > base_lr`` is refused: torch does not check ``eta_min``, but documents
+    it as the minimum; to rise, use a warm-up (``Linear``, ``warmup``).
     """
 
     base_lr: float
@@ -31,6 +33,7 @@ class CosineAnnealing(Schedule):
         set_field(self, "base_lr", check_number("base_lr", self.base_lr, low=0.0))
         set_field(self, "period", check_int("period", self.period, low=1))
         set_field(self, "min_lr", check_number("min_lr", self.min_lr, low=0.0))
+        check_order("min_lr", self.min_lr, "base_lr", self.base_lr)  # a floor above the peak is no floor
 
     def _value(self, step: int) -> float:
         return cosine_between(self.base_lr, self.min_lr, step / self.period)
@@ -58,6 +61,7 @@ class CosineWarmRestarts(Schedule):
         set_field(self, "period", check_int("period", self.period, low=1))
         set_field(self, "period_mult", check_int("period_mult", self.period_mult, low=1))
         set_field(self, "min_lr", check_number("min_lr", self.min_lr, low=0.0))
+        check_order("min_lr", self.min_lr, "base_lr", self.base_lr)  # a floor above the peak is no floor
 
     def position(self, step: int) -> tuple[int, int]:
         """``(t_cur, T_i)``: steps into the current period, and its length."""

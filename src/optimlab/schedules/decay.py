@@ -8,10 +8,11 @@ is the step (or epoch) counted from 0.
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 
 from optimlab.schedules._base import (
-    Schedule, check_increasing, check_int, check_number, set_field,
+    Schedule, check_increasing, check_int, check_number, scaled_exp2, scaled_power, set_field,
 )
 
 
@@ -58,9 +59,11 @@ class PiecewiseConstant(Schedule):
 class ExponentialDecay(Schedule):
     """``η(t) = η0 · r^(t/s)``, or ``η0 · r^⌊t/s⌋`` with ``staircase=True``.
 
-    ``r`` = ``decay_rate`` (e.g. 0.1: divide by 10 every ``s`` steps),
-    ``s`` = ``decay_steps``. With ``s = 1`` this is torch's ``ExponentialLR``;
-    staircase is step decay (torch's ``StepLR``).
+    ``r`` = ``decay_rate`` (e.g. 0.1: divide by 10 every ``s`` steps; ``r > 1``
+    grows, as torch's and Keras's allow), ``s`` = ``decay_steps``. With ``s = 1``
+    this is torch's ``ExponentialLR``; staircase is step decay (torch's ``StepLR``).
+    Evaluated without intermediate overflow: ``inf`` only where the true rate
+    exceeds the float range.
     """
 
     base_lr: float
@@ -75,19 +78,27 @@ class ExponentialDecay(Schedule):
 
     def _value(self, step: int) -> float:
         exponent = step // self.decay_steps if self.staircase else step / self.decay_steps
-        return self.base_lr * self.decay_rate ** exponent
+        return scaled_power(self.base_lr, self.decay_rate, exponent)
 
 
 def step_decay(base_lr: float, step_size: int, gamma: float = 0.1) -> ExponentialDecay:
     """Step decay: ``η(t) = η0 · γ^⌊t/step_size⌋`` (multiply by ``γ`` every ``step_size`` steps)."""
+    # checked under this function's own names, not ExponentialDecay's
+    step_size = check_int("step_size", step_size, low=1)
+    gamma = check_number("gamma", gamma, low=0.0, low_open=True)
     return ExponentialDecay(base_lr, decay_rate=gamma, decay_steps=step_size, staircase=True)
 
 
 def multistep_decay(base_lr: float, milestones, gamma: float = 0.1) -> PiecewiseConstant:
     """``η(t) = η0 · γ^(number of milestones <= t)``: torch's ``MultiStepLR``."""
+    base_lr = check_number("base_lr", base_lr, low=0.0)
     gamma = check_number("gamma", gamma, low=0.0, low_open=True)
     milestones = check_increasing("milestones", milestones)
-    return PiecewiseConstant(milestones, tuple(base_lr * gamma ** i for i in range(len(milestones) + 1)))
+    values = tuple(scaled_power(base_lr, gamma, i) for i in range(len(milestones) + 1))
+    if not math.isfinite(values[-1]):
+        raise ValueError(f"base_lr={base_lr!r} · gamma={gamma!r}^{len(milestones)} is beyond the float range "
+                         f"after milestones={list(milestones)!r}")
+    return PiecewiseConstant(milestones, values)
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,17 @@ class PowerDecay(Schedule):
         set_field(self, "power", check_number("power", self.power, low=0.0))
 
     def _value(self, step: int) -> float:
-        return self.base_lr / (1.0 + step / self.decay_steps) ** self.power
+        ratio = step / self.decay_steps
+        try:
+            denominator = (1.0 + ratio) ** self.power
+        except OverflowError:
+            denominator = math.inf
+        if denominator < math.inf:
+            return self.base_lr / denominator
+        # (1 + t/s)^c left the float range: the quotient, from its logarithm, is still a number (or 0).
+        log2_denominator = (math.log1p(ratio) / math.log(2) if ratio < math.inf
+                            else math.log2(step) - math.log2(self.decay_steps))  # 1 + t/s ≈ t/s there
+        return scaled_exp2(self.base_lr, -self.power * log2_denominator)
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@ falls, momentum moves the other way."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from optimlab.schedules._base import (
-    Schedule, check_choice, check_int, check_number, set_field,
+    Schedule, check_choice, check_int, check_number, check_order, set_field,
 )
 from optimlab.schedules.cosine import cosine_between
 
@@ -66,10 +67,15 @@ class OneCycle(Schedule):
         check_number("div_factor", self.div_factor, low=0.0, low_open=True)
         check_number("final_div_factor", self.final_div_factor, low=0.0, low_open=True)
         check_number("base_momentum", self.base_momentum, low=0.0, high=1.0, high_open=True)
-        check_number("max_momentum", self.max_momentum, low=self.base_momentum, high=1.0, high_open=True)
+        check_number("max_momentum", self.max_momentum, low=0.0, high=1.0, high_open=True)
+        check_order("base_momentum", self.base_momentum, "max_momentum", self.max_momentum)
 
         initial_lr = self.max_lr / self.div_factor
         min_lr = initial_lr / self.final_div_factor
+        for name, value in (("max_lr / div_factor", initial_lr), ("max_lr / div_factor / final_div_factor", min_lr)):
+            if not math.isfinite(value):  # a tiny divisor: the cycle would start or end at infinity
+                raise ValueError(f"{name} is beyond the float range, got max_lr={self.max_lr!r}, "
+                                 f"div_factor={self.div_factor!r}, final_div_factor={self.final_div_factor!r}")
         lo, hi = self.base_momentum, self.max_momentum
         # Phase ends as torch computes them (floats), so every step agrees bit for bit.
         rise_end = float(self.pct_start * self.total_steps) - 1

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Real
 
-from optimlab.schedules._base import check_choice, check_int, check_number
+from optimlab.schedules._base import check_choice, check_int, check_number, check_state
 from optimlab.schedules.bridge import write_lr
 
 
@@ -101,10 +102,16 @@ class ReduceOnPlateau:
                 "cooldown_counter": self.cooldown_counter, "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best = float(state["best"])
-        self.num_bad_steps = check_int("num_bad_steps", state["num_bad_steps"])
-        self.cooldown_counter = check_int("cooldown_counter", state["cooldown_counter"])
-        self.steps = check_int("steps", state["steps"])
+        """Checks every value before it changes any: on a ValueError nothing has changed."""
+        state = check_state("ReduceOnPlateau", state, ("best", "num_bad_steps", "cooldown_counter", "steps"))
+        best = state["best"]
+        # ±inf is a legitimate best (the start, or an infinite metric); NaN never improves, so never is one
+        if isinstance(best, bool) or not isinstance(best, Real) or math.isnan(best):
+            raise ValueError(f"best must be a number (or ±inf), got best={best!r}")
+        counters = {k: check_int(k, state[k]) for k in ("num_bad_steps", "cooldown_counter", "steps")}
+        self.best = float(best)
+        self.num_bad_steps, self.cooldown_counter, self.steps = (
+            counters["num_bad_steps"], counters["cooldown_counter"], counters["steps"])
 
     def __repr__(self) -> str:
         return (f"ReduceOnPlateau(mode={self.mode!r}, factor={self.factor}, patience={self.patience}, "

@@ -66,6 +66,11 @@ def plot(schedules, path: str | Path, *, steps: int | None = None, title: str | 
             raise ValueError("steps is required when no schedule is finite, got steps=None")
         steps = max(lengths)
     tables = {label: schedule_table(s, steps) for label, s in named.items()}
+    for label, table in tables.items():
+        bad = np.flatnonzero(~np.isfinite(table["lr"]))
+        if bad.size:  # a growing schedule past the float range: matplotlib cannot scale an axis to inf
+            raise ValueError(f"schedule {label!r} exceeds the float range from step {int(bad[0])} "
+                             f"(lr={table['lr'][bad[0]]}): plot fewer steps, got steps={steps}")
     with_momentum = any(t["momentum"] is not None for t in tables.values())
 
     rows, cols = (2 if with_momentum else 1), len(tables)

@@ -7,29 +7,31 @@ import json
 import sys
 from pathlib import Path
 
+from optimlab.cliutil import name_list, output_dir, positive_int
 from optimlab.showdown.recipes import LECTURE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    parser.add_argument("--optimizers", default=",".join(LECTURE),
+    parser.add_argument("--optimizers", default=",".join(LECTURE), type=name_list,
                         help="comma-separated rows: the lecture's (adam, rmsprop, momentum, sgd, adagrad, "
                              "adadelta) or any name of `optimlab optimizers` (default: the lecture's six)")
     parser.add_argument("--convention", default="keras", choices=["keras", "torch"],
                         help="whose default hyperparameters (the lecture used Keras's)")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per row (mean ± std when > 1)")
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per row (mean ± std when > 1)")
     parser.add_argument("--schedule", default=None,
                         help='a schedule for every lecture row, e.g. "onecycle(max_lr=0.01, total_steps=TOTAL)" '
                              "(TOTAL = the run's steps; see `optimlab schedule --list`)")
     parser.add_argument("--beyond", action="store_true",
                         help="also run the best known recipe per optimizer (a second table)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: one epoch of a few hundred batches")
-    parser.add_argument("--jobs", type=int, default=None,
+    parser.add_argument("--jobs", type=positive_int, default=None,
                         help="runs trained side by side in separate processes (default: one per CPU core; "
                              "1 = one after another in this process)")
-    parser.add_argument("--out", default="showdown", help="output directory (report, runs, checkpoints)")
+    parser.add_argument("--out", default="showdown", type=output_dir,
+                        help="output directory (report, runs, checkpoints)")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -44,25 +46,25 @@ def _description(cfg, source: str, split: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from optimlab.optim import get
+    from optimlab.schedules.cli import parse_schedule
     from optimlab.showdown.runner import ShowdownConfig, run_showdown
     from optimlab.showdown.summary import build_report
 
-    names = tuple(n.strip().lower() for n in args.optimizers.split(",") if n.strip())
+    # Everything is checked here, before run_showdown creates the output directory.
+    names = tuple(n.lower() for n in args.optimizers)
     for n in names:
         if n not in LECTURE:
             get(n)  # an unknown name fails before any training, listing the known ones
-    try:
-        cfg = ShowdownConfig(dataset=args.dataset, optimizers=names, convention=args.convention, epochs=args.epochs,
-                             batch_size=args.batch_size, seeds=args.seeds, schedule=args.schedule, quick=args.quick,
-                             beyond=args.beyond, out=args.out, jobs=args.jobs)
-    except ValueError as err:
-        print(f"optimlab showdown: {err}", file=sys.stderr)
-        return 2
+    if args.schedule is not None:
+        try:
+            parse_schedule(args.schedule.replace("TOTAL", "100"))
+        except ValueError as err:
+            raise ValueError(f"--schedule {args.schedule!r}: {err}") from None
+    cfg = ShowdownConfig(dataset=args.dataset, optimizers=names, convention=args.convention, epochs=args.epochs,
+                         batch_size=args.batch_size, seeds=args.seeds, schedule=args.schedule, quick=args.quick,
+                         beyond=args.beyond, out=args.out, jobs=args.jobs)
     try:
         results = run_showdown(cfg, quiet=args.quiet)
-    except ValueError as err:
-        print(f"optimlab showdown: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted: run the same command again to resume (finished runs are kept in {cfg.out}/runs)",
               file=sys.stderr)

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
+
+from optimlab.cliutil import CommandError, check, existing_file, output_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("showdown_id", help="the showdown id printed in its report (sd-xxxxxxxx)")
-    parser.add_argument("--store", required=True, help="the run store file (e.g. showdown/runs.sqlite)")
-    parser.add_argument("--out", default=None, help="where to write the report (default: report-<id>)")
+    parser.add_argument("--store", required=True, type=existing_file,
+                        help="the run store file (e.g. showdown/runs.sqlite)")
+    parser.add_argument("--out", default=None, type=output_dir, help="where to write the report (default: report-<id>)")
+
 
 def run(args: argparse.Namespace) -> int:
     from optimlab.showdown.summary import build_report
     from optimlab.store import RunStore
 
-    store = RunStore(args.store)
+    store = RunStore(args.store, readonly=True)  # a reader: creates and changes nothing
+    try:
+        runs = store.runs()
+    except sqlite3.DatabaseError as err:  # a file that is not a run store
+        raise CommandError(f"--store {args.store!r}: {err}") from None
     results: dict = {}
-    for r in sorted(store.runs(), key=lambda r: r["created"]):
+    for r in sorted(runs, key=lambda r: r["created"]):
         cfg = r["config"]
         if cfg.get("showdown") != args.showdown_id:
             continue
@@ -29,10 +38,9 @@ def run(args: argparse.Namespace) -> int:
             "eval_train_acc": r["summary"].get("eval_train_acc", float("nan")),
             "history": json.loads(history.to_json())})
     if not results:
-        print(f"optimlab report: no showdown {args.showdown_id!r} in {args.store}", file=sys.stderr)
-        return 2
+        raise CommandError(f"no showdown {args.showdown_id!r} in {args.store}")
     dataset = next(iter(next(iter(results.values())).values()))[0]["history"]["config"].get("dataset", "mnist")
-    out = args.out or f"report-{args.showdown_id}"
+    out = args.out or check("--out", output_dir, f"report-{args.showdown_id}")
     _, printed = build_report(results, {"dataset": dataset, "description":
                                         f"Rebuilt from the run store {args.store} (showdown `{args.showdown_id}`)."}, out)
     print(printed)

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sqlite3
 import sys
 
+from optimlab.cliutil import CommandError, not_a_directory, output_file, positive_int
 from optimlab.store import ENV_VAR, RunStore, default_path
+
+# the run statuses of optimlab.train.history (RUNNING, COMPLETED, ...); a test keeps the two in step
+STATUSES = ("running", "completed", "early_stopped", "nonfinite", "stopped",
+            "interrupted", "incomplete", "dead", "stale")  # the last four: see optimlab.store
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=None,
+    parser.add_argument("--db", default=None, type=not_a_directory,
                         help=f"the store file (default: ${ENV_VAR}, else {default_path()})")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     ls = sub.add_parser("list", help="one line per run, newest first")
-    ls.add_argument("--status", help="only runs with this status (running, completed, early_stopped, nonfinite)")
-    ls.add_argument("--limit", type=int, default=None, help="at most this many runs")
+    ls.add_argument("--status", choices=STATUSES, help="only runs with this status")
+    ls.add_argument("--limit", type=positive_int, default=None, help="at most this many runs")
     show = sub.add_parser("show", help="a run's configuration, epochs and diagnoses")
     show.add_argument("run", help="run id (or a unique prefix of it)")
     show.add_argument("--steps", action="store_true", help="also print the sampled per-step rows")
@@ -25,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="default: from the output file's suffix, else json")
     ex.add_argument("--what", choices=["epochs", "steps", "runs"], default="epochs",
                     help="for CSV: which table to flatten (default: epochs)")
-    ex.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
+    ex.add_argument("-o", "--output", default=None, type=output_file, help="file to write (default: standard output)")
 
 
 def _num(value, fmt=".4f") -> str:
@@ -44,8 +50,9 @@ def _when(ts: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = RunStore(args.db) if args.db else RunStore()
-    if args.action != "list" and not store.path.exists():
+    # Readers open read-only: nothing is created (not even for a missing file) or changed.
+    store = RunStore(args.db, readonly=True) if args.db else RunStore(readonly=True)
+    if not store.path.exists():
         print(f"optimlab runs: no run store at {store.path}", file=sys.stderr)
         return 2
     try:
@@ -60,14 +67,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {args.output}", file=sys.stderr)
         return 0
     except KeyError as err:
-        print(f"optimlab runs: {err.args[0]}", file=sys.stderr)
+        print(f"optimlab runs: error: {err.args[0]}", file=sys.stderr)
         return 2
+    except sqlite3.DatabaseError as err:  # e.g. --db names a file that is not a run store
+        raise CommandError(f"--db {str(store.path)!r}: {err}") from None
 
 
 def _list(store: RunStore, args) -> int:
-    if not store.path.exists():
-        print(f"no runs yet ({store.path} does not exist)", file=sys.stderr)
-        return 0
     runs = store.runs(status=args.status, limit=args.limit)
     rows = []
     for r in runs:
