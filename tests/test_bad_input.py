@@ -1,14 +1,19 @@
-"""The bad-input catalogue: invalid values for every public constructor and command, from one table.
+"""The bad-input catalogue: invalid values for every public constructor and every command, one table.
 
-Each row names a call, the invalid value given to one of its parameters, the error expected
-and what its message must name. Every row runs in an empty working directory with the run
-store, the kernel cache and every path argument pointed inside it, and checks that the
-directory is still empty afterwards: a refused call writes nothing.
+Each row names a call (a Python call, or an ``optimlab`` command line), the invalid value given
+to one of its parameters, the error expected and what its message must name. Every row runs in
+a sandbox directory (the run store, the data cache and the kernel cache point inside it; it
+holds only ``afile``, a plain file, ``notastore``, a text file, and ``adir``, a directory) and
+checks that nothing in it changed: a refused call writes nothing.
 
-Rows come from two sources: the hand-written table ``ROWS`` (the interesting values of each
-parameter: out of range, wrong choice, nonsense combinations) and ``generated_rows()``, which
-gives NaN and a string to every numeric parameter of every registered optimizer and schedule,
-found by reading their signatures (so a new optimizer is covered the day it is registered).
+Python rows raise ``error`` (a ``ValueError`` unless said otherwise) naming the parameter and
+the value. Command rows exit with status 2, name the value on stderr and print no traceback.
+
+The table is ``ALL_ROWS``: the hand-written ``ROWS`` (the interesting values of each parameter:
+out of range, wrong choice, nonsense combinations), the command lines ``CLI_CASES``, and
+``generated_rows()``, which gives NaN and a string to every numeric parameter of every registered
+optimizer and schedule, found by reading their signatures (a new optimizer is covered the day it
+is registered).
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ from optimlab import schedules as sc
 
 @dataclass(frozen=True)
 class Bad:
-    """One invalid call: ``call(tmp_path)`` must raise ``error`` whose message contains ``names``."""
+    """One invalid call: ``call(sandbox)`` must raise ``error`` whose message contains ``names``;
+    a command row (``argv`` set) must exit 2 with ``names`` on stderr."""
     id: str
-    call: Callable[[Path], Any]
+    call: Callable[[Path], Any] | None
     names: tuple[str, ...]
     error: type[BaseException] = ValueError
     tags: tuple[str, ...] = field(default=())
+    argv: tuple[str, ...] | None = None
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -156,6 +163,7 @@ def _plateau(**kwargs):
 
 
 NAN, INF = math.nan, math.inf
+UNREACHABLE_PG = "postgresql://u:secret@127.0.0.1:1/db"  # nothing listens on port 1
 
 ROWS: list[Bad] = [
     # optimizers (torch conventions): ranges and kinds beyond NaN/strings (generated below)
@@ -302,6 +310,175 @@ ROWS: list[Bad] = [
 ]
 
 
+# (command line, text that must appear on stderr). In the sandbox, "afile" is a
+# plain file, "notastore" a text file that is no database, "adir" a directory.
+CLI_CASES = [
+    # the top level
+    ([], "COMMAND is required"),
+    (["--bogus-flag"], "--bogus-flag"),
+    (["--bogus-flag", "optimizers"], "--bogus-flag"),
+    (["nope"], "'nope'"),
+    # optimizers
+    (["optimizers", "--convention", "jax"], "'jax'"),
+    (["optimizers", "--bogus"], "--bogus"),
+    # showdown
+    (["showdown", "--optimizers", "nope"], "'nope'"),
+    (["showdown", "--optimizers", "adam,nope"], "'nope'"),
+    (["showdown", "--optimizers", "adam,,sgd"], "'adam,,sgd'"),
+    (["showdown", "--optimizers", ""], "--optimizers"),
+    (["showdown", "--epochs", "0"], "'0'"),
+    (["showdown", "--epochs", "-1"], "'-1'"),
+    (["showdown", "--epochs", "ten"], "'ten'"),
+    (["showdown", "--batch-size", "0"], "'0'"),
+    (["showdown", "--seeds", "0"], "'0'"),
+    (["showdown", "--jobs", "0"], "'0'"),
+    (["showdown", "--dataset", "cifar"], "'cifar'"),
+    (["showdown", "--out", "afile"], "'afile'"),
+    (["showdown", "--out", "afile/sub"], "afile"),
+    (["showdown", "--schedule", "bogus(1)"], "'bogus'"),
+    (["showdown", "--schedule", "cosine(base_lr=0.1, period=0)"], "period=0"),
+    (["showdown", "--bogus-flag"], "--bogus-flag"),
+    # report
+    (["report", "sd-1", "--store", "missing.sqlite"], "'missing.sqlite'"),
+    (["report", "sd-1", "--store", "adir"], "'adir'"),
+    (["report", "sd-1", "--store", "notastore"], "'notastore'"),
+    (["report", "sd-1", "--store", "notastore", "--out", "afile"], "'afile'"),
+    (["report", "sd-1"], "--store"),
+    # data
+    (["data"], "ACTION"),
+    (["data", "bogus"], "'bogus'"),
+    (["data", "fetch", "nope", "--no-download"], "'nope'"),
+    (["data", "info", "nope", "--no-download"], "'nope'"),
+    (["data", "fetch", "mnist", "--cache-dir", "afile"], "'afile'"),
+    (["data", "fetch", "mnist", "--cache-dir", "afile/cache"], "afile"),
+    (["data", "info", "mnist", "--cache-dir", "afile/cache"], "afile"),
+    (["data", "fetch", "mnist", "--data-dir", "missing"], "'missing'"),
+    (["data", "info", "mnist", "--data-dir", "afile"], "'afile'"),
+    # schedule
+    (["schedule", "cosine(base_lr=0.1, period=0)"], "period=0"),
+    (["schedule", "cosine(base_lr=0.1, period=10, min_lr=0.5)"], "min_lr=0.5"),
+    (["schedule", "exponential(base_lr=0.1, decay_rate=1e400)"], "decay_rate=inf"),
+    (["schedule", "nope(1)"], "'nope'"),
+    (["schedule", "exponential(base_lr=0.1, decay_rate=2.0)", "--steps", "2000"], "from step 1028"),
+    (["schedule", "__import__('os')"], "'__import__'"),
+    (["schedule", "cosine(base_lr=0.1,"], "cosine(base_lr=0.1,"),
+    (["schedule", "cosine(base_lr=0.1, period=10)", "--steps", "0"], "'0'"),
+    (["schedule", "cosine(base_lr=0.1, period=10)", "-o", "afile/x.png"], "afile"),
+    (["schedule", "cosine(base_lr=0.1, period=10)", "-o", "adir"], "'adir'"),
+    # landscape: 2-D functions
+    (["landscape", "--start", "1e400,1"], "1e400"),
+    (["landscape", "--start=nan,1"], "nan"),
+    (["landscape", "--start", "1"], "'1'"),
+    (["landscape", "--start", "1,2,3"], "'1,2,3'"),
+    (["landscape", "--steps", "-1"], "'-1'"),
+    (["landscape", "--frames", "0"], "'0'"),
+    (["landscape", "--function", "nope"], "'nope'"),
+    (["landscape", "--function", "ravine", "--condition", "0.5"], "condition=0.5"),
+    (["landscape", "--condition", "inf"], "'inf'"),
+    (["landscape", "--optimizers", "nope"], "'nope'"),
+    (["landscape", "--optimizers", "sgd,,adam"], "'sgd,,adam'"),
+    (["landscape", "--optimizers", "torch.Nope"], "'torch.Nope'"),
+    (["landscape", "--lr", "fast"], "'fast'"),
+    (["landscape", "--lr", "sgd=-1"], "'-1'"),
+    (["landscape", "--optimizers", "sgd", "--lr", "adam=0.1"], "'adam'"),
+    (["landscape", "--tol", "0"], "'0'"),
+    (["landscape", "--noise", "-1"], "'-1'"),
+    (["landscape", "--seed", "-1"], "'-1'"),
+    (["landscape", "--schedule", "linear"], "'linear'"),
+    (["landscape", "--out", "afile"], "'afile'"),
+    # landscape: demos
+    (["landscape", "--demo", "nope"], "'nope'"),
+    (["landscape", "--demo", "ravine", "--out", "afile"], "'afile'"),
+    (["landscape", "--demo", "ravine", "--network", "cnn"], "--demo"),
+    # landscape: networks (all refused before the data is loaded)
+    (["landscape", "--network", "rnn"], "'rnn'"),
+    (["landscape", "--network", "cnn", "--epochs", "-1"], "'-1'"),
+    (["landscape", "--network", "cnn", "--epochs", "0"], "'0'"),
+    (["landscape", "--network", "cnn", "--train-size", "0"], "'0'"),
+    (["landscape", "--network", "cnn", "--eval-size", "-5"], "'-5'"),
+    (["landscape", "--network", "cnn", "--resolution", "1"], "'1'"),
+    (["landscape", "--network", "cnn", "--pca-resolution", "0"], "'0'"),
+    (["landscape", "--network", "cnn", "--span", "0"], "'0'"),
+    (["landscape", "--network", "cnn", "--optimizers", "torch.Adam"], "'torch.Adam'"),
+    (["landscape", "--network", "mlp", "--optimizers", "nope"], "'nope'"),
+    (["landscape", "--network", "cnn", "--dataset", "cifar"], "'cifar'"),
+    # runs
+    (["runs"], "ACTION"),
+    (["runs", "bogus"], "'bogus'"),
+    (["runs", "--db", "adir", "list"], "'adir'"),
+    (["runs", "--db", "notastore", "list"], "notastore"),
+    (["runs", "--db", "notastore", "show", "abc"], "notastore"),
+    (["runs", "--db", "notastore", "export"], "notastore"),
+    (["runs", "list", "--limit", "0"], "'0'"),
+    (["runs", "list", "--limit", "-3"], "'-3'"),
+    (["runs", "list", "--status", "nope"], "'nope'"),
+    (["runs", "show"], "run"),
+    (["runs", "export", "-f", "xml"], "'xml'"),
+    (["runs", "export", "-o", "afile/x.csv"], "afile"),
+    (["runs", "export", "-o", "adir"], "'adir'"),
+    # lr-find: every check before the data is loaded
+    (["lr-find", "--steps", "2"], "'2'"),
+    (["lr-find", "--steps", "2.5"], "'2.5'"),
+    (["lr-find", "--start-lr", "0"], "'0'"),
+    (["lr-find", "--start-lr=-1e-5"], "'-1e-5'"),  # argparse takes "-1e-5" alone for an option
+    (["lr-find", "--end-lr", "inf"], "'inf'"),
+    (["lr-find", "--end-lr", "1e400"], "'1e400'"),
+    (["lr-find", "--start-lr", "1", "--end-lr", "0.1"], "--end-lr 0.1"),
+    (["lr-find", "--batch-size", "0"], "'0'"),
+    (["lr-find", "--seed", "-1"], "'-1'"),
+    (["lr-find", "--dataset", "cifar"], "'cifar'"),
+    (["lr-find", "--optimizer", "nope"], "'nope'"),
+    (["lr-find", "--hyper", "momentum"], "'momentum'"),
+    (["lr-find", "--hyper", "=0.9"], "'=0.9'"),
+    (["lr-find", "--hyper", "bogus=1"], "'bogus'"),
+    (["lr-find", "--hyper", "lr=0.1"], "lr=0.1"),
+    (["lr-find", "--optimizer", "sgd", "--hyper", "momentum=-1"], "-1"),
+    (["lr-find", "--optimizer", "sgd", "--hyper", "momentum=fast"], "'fast'"),
+    (["lr-find", "-o", "afile/x.png"], "afile"),
+    (["lr-find", "-o", "adir"], "'adir'"),
+    (["lr-find", "--json", "afile/x.json"], "afile"),
+    # sweep: every check before the study, the store or the output directory exists
+    (["sweep", "--storage", "notaurl"], "'notaurl'"),
+    (["sweep", "--storage", "sqlite://"], "'sqlite://'"),
+    (["sweep", "--storage", "sqlite:///:memory:"], "'sqlite:///:memory:'"),
+    (["sweep", "--storage", "sqlite:///afile/x.db"], "afile"),
+    (["sweep", "--storage", "http://example.com/db"], "'http'"),
+    (["sweep", "--storage", "postgresql://u@host:port/db"], "postgresql://u@host:port/db"),
+    (["sweep", "--storage", "postgresql://u@host"], "postgresql://u@host"),
+    (["sweep", "--storage", UNREACHABLE_PG], "127.0.0.1:1"),
+    (["sweep", "--batch-sizes", "0"], "'0'"),
+    (["sweep", "--batch-sizes", "64,0"], "'64,0'"),
+    (["sweep", "--batch-sizes", "64,,32"], "'64,,32'"),
+    (["sweep", "--batch-sizes", "big"], "'big'"),
+    (["sweep", "--seeds", "-1"], "'-1'"),
+    (["sweep", "--n-train", "-5"], "'-5'"),
+    (["sweep", "--n-train", "0"], "'0'"),
+    (["sweep", "--n-val", "0"], "'0'"),
+    (["sweep", "--workers", "0"], "'0'"),
+    (["sweep", "--threads", "0"], "'0'"),
+    (["sweep", "--trials", "0"], "'0'"),
+    (["sweep", "--epochs", "0"], "'0'"),
+    (["sweep", "--lr", "1:0.1"], "'1:0.1'"),
+    (["sweep", "--lr", "0:1"], "'0'"),
+    (["sweep", "--lr", "1e-4:inf"], "'inf'"),
+    (["sweep", "--lr", "1e-3,1e-2"], "'1e-3,1e-2'"),
+    (["sweep", "--sampler", "grid", "--lr", "0.1,-1"], "'-1'"),
+    (["sweep", "--sampler", "bayes"], "'bayes'"),
+    (["sweep", "--optimizers", "nope"], "'nope'"),
+    (["sweep", "--optimizers", "adam,", "--sampler", "grid"], "'adam,'"),
+    (["sweep", "--schedules", "bogus(1)"], "'bogus'"),
+    (["sweep", "--schedules", "cosine(base_lr=LR, period=0)"], "period=0"),
+    (["sweep", "--study", ""], "''"),
+    (["sweep", "--out", "afile"], "'afile'"),
+    (["sweep", "--report-only"], "sweep.db"),
+]
+
+
+
+CLI_ROWS = [Bad("optimlab " + (" ".join(argv)[:80] or "(no command)"), None, (needle,), SystemExit,
+                tags=("cli",), argv=tuple(argv)) for argv, needle in CLI_CASES]
+
+
 # ------------------------------------------------------------------- generated rows
 def _numeric_parameters(fn) -> list[tuple[str, Any]]:
     """(name, default) for the parameters that take a number or a tuple of numbers."""
@@ -350,34 +527,51 @@ def _dedupe(rows: list[Bad]) -> list[Bad]:
     return out
 
 
-ALL_ROWS = ROWS + generated_rows()
+ALL_ROWS = _dedupe(ROWS + CLI_ROWS + generated_rows())
 
 
-def _tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size if p.is_file() else -1 for p in root.rglob("*")}
 
 
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
-    """An empty working directory holding the run store and the kernel cache."""
+    """The working directory: the fixtures' three entries, and the run store, data cache and
+    kernel cache pointed inside it, so anything a call writes shows up here."""
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setenv("OPTIMLAB_RUNS", str(work / "default-runs.sqlite"))
-    monkeypatch.setenv("OPTIMLAB_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("OPTIMLAB_RUNS", str(work / "store" / "runs.sqlite"))
+    monkeypatch.setenv("OPTIMLAB_DATA", str(work / "cache"))
+    monkeypatch.setenv("OPTIMLAB_KERNEL_CACHE", str(work / "kernels"))
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    (work / "afile").write_text("a plain file\n")
+    (work / "notastore").write_text("not a database\n")
+    (work / "adir").mkdir()
     return work
 
 
 @pytest.mark.parametrize("row", ALL_ROWS, ids=[r.id for r in ALL_ROWS])
-def test_bad_value_is_refused_with_its_name_and_nothing_is_written(row, sandbox):
-    with pytest.raises(row.error) as err:
-        row.call(sandbox)
-    message = str(err.value)
+def test_bad_value_is_refused_with_its_name_and_nothing_is_written(row, sandbox, capsys):
+    from optimlab import cli
+
+    before = _tree(sandbox)
+    if row.argv is not None:
+        try:
+            code = cli.main(list(row.argv))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+        out, message = capsys.readouterr()
+        assert code == 2, (row.id, out, message)
+        assert "error" in message and "Traceback" not in message + out
+    else:
+        with pytest.raises(row.error) as err:
+            row.call(sandbox)
+        message = str(err.value)
+        assert "Traceback" not in message
     for name in row.names:
         assert name in message, f"{row.id}: the message does not name {name!r}: {message}"
-    assert "Traceback" not in message
-    assert _tree(sandbox) == [], f"{row.id}: files were written: {_tree(sandbox)}"
+    assert _tree(sandbox) == before, f"{row.id}: files were written: {set(_tree(sandbox)) - set(before)}"
 
 
 def test_the_catalogue_covers_every_public_constructor():
@@ -398,4 +592,8 @@ def test_the_catalogue_covers_every_public_constructor():
                   "lr_find", "landscape", "sweep", "showdown", "lookahead"):
         assert token in ids, token
     assert len(ok.__all__) > 2
-    assert len(ALL_ROWS) >= 400
+    from optimlab.cli import COMMANDS
+
+    commands = {r.argv[0] for r in ALL_ROWS if r.argv}
+    assert set(COMMANDS) <= commands, set(COMMANDS) - commands
+    assert len(ALL_ROWS) >= 600
