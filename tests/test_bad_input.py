@@ -125,6 +125,13 @@ def _init(*args, **kwargs):
     return lambda tmp: init.apply(mlp(), *args, **kwargs)
 
 
+def _sam_step_without_closure():
+    ps = params()
+    opt = oo.SAM(ps, "sgd", lr=0.1)
+    ps[0].grad = torch.ones_like(ps[0])
+    opt.step()
+
+
 def _lookahead(**kwargs):
     return lambda tmp: oo.Lookahead(oo.SGD(params(), lr=0.1), **kwargs)
 
@@ -193,6 +200,17 @@ ROWS: list[Bad] = [
     Bad("adam empty params", lambda tmp: oo.Adam([]), ("empty parameter list",)),
     Bad("adam integer param", lambda tmp: oo.Adam([torch.zeros(3, dtype=torch.long)]), ("torch.int64",)),
     Bad("adam group lr<0", lambda tmp: oo.Adam([{"params": params(), "lr": -1.0}]), ("lr", "-1.0")),
+    Bad("param_groups weight_decay<0", lambda tmp: oo.param_groups(mlp(), weight_decay=-1.0), ("weight_decay", "-1.0")),
+    Bad("param_groups weight_decay nan", lambda tmp: oo.param_groups(mlp(), weight_decay=NAN),
+        ("weight_decay", "nan")),
+    Bad("param_groups no_decay string", lambda tmp: oo.param_groups(mlp(), no_decay="bias"), ("no_decay", "'bias'")),
+    Bad("param_groups no_decay unmatched", lambda tmp: oo.param_groups(mlp(), no_decay=["lm_head"]),
+        ("no_decay", "lm_head")),
+    Bad("param_groups model", lambda tmp: oo.param_groups(params(), weight_decay=0.1), ("model",)),
+    Bad("sam rho=0", lambda tmp: oo.SAM(params(), "sgd", rho=0.0, lr=0.1), ("rho", "0.0")),
+    Bad("sam base name", lambda tmp: oo.SAM(params(), "adamm", lr=0.1), ("adamm", "adam")),
+    Bad("sam no base", lambda tmp: oo.SAM(params(), None), ("base_optimizer",)),
+    Bad("sam step without closure", lambda tmp: _sam_step_without_closure(), ("closure",)),
     Bad("lookahead k=0", _lookahead(k=0), ("k", "0")),
     Bad("lookahead alpha=0", _lookahead(alpha=0.0), ("alpha", "0.0")),
     # optimizers (Keras conventions)
@@ -589,7 +607,7 @@ def test_the_catalogue_covers_every_public_constructor():
                                                     "PiecewiseConstant": "piecewise",
                                                     "CosineAnnealing": "cosine"}.get(name, "?") in ids, name
     for token in ("ema", "early stopping", "clip_grad_norm", "clip_grad_value", "init", "lecture_cnn", "fit",
-                  "lr_find", "landscape", "sweep", "showdown", "lookahead"):
+                  "lr_find", "landscape", "sweep", "showdown", "lookahead", "param_groups", "sam"):
         assert token in ids, token
     assert len(ok.__all__) > 2
     from optimlab.cli import COMMANDS
