@@ -4,7 +4,7 @@ Every class is a ``torch.optim.Optimizer``. Look them up by name with :func:`cre
 :func:`available`.
 """
 
-from optimlab.optim._base import Optimizer, UnknownArgumentError
+from optimlab.optim._base import GradientMismatchError, Optimizer, UnknownArgumentError
 from optimlab.optim._registry import available, create, get, register
 from optimlab.optim.adam import Adam, Adamax, AdamW, NAdam, Nadam
 from optimlab.optim.adaptive import Adadelta, Adagrad, RMSprop
@@ -20,7 +20,7 @@ from optimlab.optim.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from optimlab.optim.trust import LAMB, LARS
 
 __all__ = [
-    "Optimizer", "UnknownArgumentError", "available", "create", "get", "register",
+    "Optimizer", "UnknownArgumentError", "GradientMismatchError", "available", "create", "get", "register",
     "SGD", "Momentum", "NAG", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "Nadam",
     "RAdam", "Lion", "LAMB", "LARS", "Lookahead", "ScheduleFreeAdamW", "ScheduleFreeSGD", "Muon",
     "MuonWithAuxAdamW", "muon_param_groups", "Adafactor", "SAM", "param_groups",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import numbers
 import operator
 from typing import Any, Callable, ClassVar, Iterable
 
@@ -25,6 +26,7 @@ _is_sparse = operator.attrgetter("is_sparse")
 _shape_of = operator.attrgetter("shape")
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
+_is_cpu = operator.attrgetter("is_cpu")  # cheaper than building each device
 _is_complex = Tensor.is_complex
 _numel = Tensor.numel
 #: Elements per _update call for rules with big temporaries (4 MB of float32).
@@ -34,6 +36,12 @@ _NO_STATE: dict = {}  # read-only stand-in for a stateless update
 
 class UnknownArgumentError(TypeError, ValueError):
     """A keyword the optimizer does not take (a ``TypeError`` and a ``ValueError``)."""
+
+
+class GradientMismatchError(ValueError, RuntimeError):
+    """A gradient that does not fit its parameter: another shape, or a dtype the update
+    cannot take. A ``ValueError``, as every optimlab input error, and a ``RuntimeError``,
+    what torch.optim raises for such a gradient."""
 
 
 def _reject_unknown_keywords(init: Callable, cls_name: str, aliases: dict[str, str]) -> Callable:
@@ -98,6 +106,8 @@ class Optimizer(torch.optim.Optimizer):
         check.boolean("skip_nonfinite", skip_nonfinite)
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
+        # a group's keys (torch's __setstate__ adds "differentiable" to every optimizer's defaults)
+        self._group_keys = tuple(defaults)
         super().__init__(_checked_param_list(params, type(self).__name__), defaults)
 
     # ----------------------------------------------------------------- parameter groups
@@ -149,10 +159,25 @@ class Optimizer(torch.optim.Optimizer):
     def _check_combination(self, group: dict[str, Any]) -> None:
         """Constraints between hyperparameters (e.g. Nesterov needs momentum)."""
 
+    #: Group keys a loaded state may lack, and the value torch.optim's ``__setstate__`` then
+    #: gives them (flags added since torch 1.12, so older state dicts load). A missing
+    #: "foreach" or "fused" (which choose an implementation only) keeps this optimizer's setting.
+    load_defaults: ClassVar[dict[str, Any]] = {"maximize": False, "differentiable": False, "capturable": False}
+    #: Group keys a load sets whatever the state says (AdamW: decoupled decay, as torch's).
+    load_overrides: ClassVar[dict[str, Any]] = {}
+    #: Per-parameter counters: 0-dim tensors, which older state dicts hold as numbers.
+    scalar_state_keys: ClassVar[tuple[str, ...]] = ("step",)
+    #: State entries the update creates when missing, so a loaded state may lack them.
+    optional_state_keys: ClassVar[frozenset[str]] = frozenset()
+
     # ----------------------------------------------------------------------------- step
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform one update; ``closure`` (optional) re-evaluates the loss with grad enabled."""
+        """Perform one update; ``closure`` (optional) re-evaluates the loss with grad enabled.
+
+        Raises, before anything changes: GradientMismatchError (a ValueError) for a gradient
+        of another shape than its parameter, or of another dtype where this update cannot
+        take it (see ``other_dtype_grads``); ValueError for sparse gradients it cannot use."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -162,23 +187,93 @@ class Optimizer(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if params:
                 groups.append((group, params, list(map(_grad_of, params))))
-        self._check_gradients(groups)
+        other_dtype = self._check_gradients(groups)
         if self.skip_nonfinite and not _all_finite([g for _, _, grads in groups for g in grads]):
             self.skipped_steps += 1
             return loss
-        for group, params, grads in groups:
-            self._step_group(group, params, grads)
+        for (group, params, grads), odd in zip(groups, other_dtype):
+            if odd:
+                params, grads = self._step_other_dtype(group, params, grads, odd)
+            if params:
+                self._step_group(group, params, grads)
         return loss
 
-    def _check_gradients(self, groups) -> None:
-        # Shapes matter beyond a clear message: the C kernels trust them for memory bounds.
+    #: A gradient in another dtype than its parameter's (which ``p.grad.data = ...`` allows):
+    #: "refuse" it (GradientMismatchError before anything changes); "torch": give it torch.optim's
+    #: own single-tensor update (:meth:`_update_other_dtype`), which promotes where its ops do,
+    #: and refuse it where that update fails (tried first on scratch tensors, so the decision
+    #: follows torch for every setting: a float16 gradient passes Adam's lerp only once L2
+    #: weight decay has promoted it); "rules": the foreach rules take it as it is.
+    other_dtype_grads: ClassVar[str] = "refuse"
+
+    def _check_gradients(self, groups) -> list[list[int]]:
+        """Refuse, before anything changes, a gradient that does not fit its parameter.
+
+        Returns, per group, the indices of the gradients in another dtype that
+        :meth:`_step_other_dtype` takes (empty lists in the usual case).
+        Raises GradientMismatchError (shape, or a dtype this optimizer refuses) or ValueError
+        (sparse gradients where they cannot be used)."""
+        other_dtype = []
         for group, params, grads in groups:
             if any(map(_is_sparse, grads)):
                 self._check_sparse(group)
+            # Shapes and dtypes matter beyond a clear message: kernels trust them for memory bounds.
             if list(map(_shape_of, grads)) != list(map(_shape_of, params)):
                 p, g = next((p, g) for p, g in zip(params, grads) if g.shape != p.shape)
-                raise ValueError(f"a gradient of shape {tuple(g.shape)} was set on a parameter "
-                                 f"of shape {tuple(p.shape)}")
+                raise GradientMismatchError(f"a gradient of shape {tuple(g.shape)} was set on a parameter "
+                                            f"of shape {tuple(p.shape)} ({self._where(group, p)})")
+            odd = []
+            if list(map(_dtype_of, grads)) != list(map(_dtype_of, params)):
+                odd = [i for i, (p, g) in enumerate(zip(params, grads)) if g.dtype != p.dtype]
+                policy, fails = self.other_dtype_grads, {}
+                for i in odd:
+                    p, g = params[i], grads[i]
+                    if policy == "torch" and (p.dtype, g.dtype) not in fails:
+                        fails[p.dtype, g.dtype] = self._torch_update_fails(group, p, g)
+                    if policy == "refuse" or (policy == "torch" and fails[p.dtype, g.dtype]):
+                        why = ("torch.optim's update fails on it too, with these settings" if policy == "torch"
+                               else "this update takes gradients in their parameter's dtype only")
+                        raise GradientMismatchError(
+                            f"{type(self).__name__}: a gradient of dtype {g.dtype} was set on a parameter of "
+                            f"dtype {p.dtype} ({self._where(group, p)}, shape {tuple(p.shape)}; through "
+                            f".grad.data?): {why}; convert it: p.grad = p.grad.to(p.dtype)")
+                if policy != "torch":
+                    odd = []
+            other_dtype.append(odd)
+        return other_dtype
+
+    def _torch_update_fails(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> bool:
+        """Whether :meth:`_update_other_dtype` raises for these dtypes and ``group``'s settings,
+        tried on one-element scratch tensors (nothing real is touched)."""
+        p = torch.zeros(1, dtype=param.dtype, device=param.device)
+        g = torch.ones(1, dtype=grad.dtype, device=grad.device)
+        state = {} if self.lazy_state else self._init_state(p, group)
+        try:
+            self._update_other_dtype(group, [p], [g], [state])
+        except RuntimeError:
+            return True
+        return False
+
+    def _where(self, group: dict[str, Any], param: Tensor) -> str:
+        """"params[i] of param group k", for messages."""
+        k = next(k for k, g in enumerate(self.param_groups) if g is group)
+        i = next(i for i, p in enumerate(group["params"]) if p is param)
+        return f"params[{i}] of param group {k}"
+
+    def _step_other_dtype(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                          odd: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+        """Update the tensors ``odd`` with :meth:`_update_other_dtype`; return the others."""
+        ps, gs = [params[i] for i in odd], [grads[i] for i in odd]
+        self._update_other_dtype(group, ps, gs, self._states(group, ps))
+        taken = set(odd)
+        keep = [i for i in range(len(params)) if i not in taken]
+        return [params[i] for i in keep], [grads[i] for i in keep]
+
+    def _update_other_dtype(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                            states: list[dict[str, Any]]) -> None:
+        """torch.optim's single-tensor update (its functional form) for gradients whose dtype
+        is not their parameter's; what torch computes there is the reference, op for op."""
+        raise NotImplementedError
 
     def _check_sparse(self, group: dict[str, Any]) -> None:
         if not self.supports_sparse:
@@ -188,21 +283,26 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"weight_decay={group['weight_decay']!r} cannot be combined "
                              "with sparse gradients")
 
-    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+    def _states(self, group: dict[str, Any], params: list[Tensor]) -> list[dict[str, Any]]:
+        """Each parameter's state, started (``_init_state``) where it is empty."""
         all_state = self.state
         if self._stateless(group):
-            states = [_NO_STATE] * len(params)
-        elif self.lazy_state:  # _update creates what it needs (e.g. SGD's buffer from the first gradient)
-            states = [all_state[p] for p in params]
-        else:
-            states = []
-            for p in params:
-                state = all_state[p]
-                if not state:
-                    state.update(self._init_state(p, group))
-                states.append(state)
+            return [_NO_STATE] * len(params)
+        if self.lazy_state:  # _update creates what it needs (e.g. SGD's buffer from the first gradient)
+            return [all_state[p] for p in params]
+        states = []
+        for p in params:
+            state = all_state[p]
+            if not state:
+                state.update(self._init_state(p, group))
+            states.append(state)
+        return states
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        states = self._states(group, params)
         if (group["foreach"] is not False and not any(map(_is_sparse, grads))
-                and len(set(map(_dtype_of, params))) == 1 and len(set(map(_device_of, params))) == 1):
+                and len(set(map(_dtype_of, params))) == 1
+                and (all(map(_is_cpu, params)) or len(set(map(_device_of, params))) == 1)):
             self._update_in_chunks(group, params, grads, states)  # the usual case: one device, one dtype
             return
         for indices in self._buckets(params, grads):
@@ -284,13 +384,44 @@ class Optimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         # torch pickles defaults, state and groups only; keep the non-finite policy and count too
         return {**super().__getstate__(), "skip_nonfinite": self.skip_nonfinite,
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps, "_group_keys": self._group_keys}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)  # torch's load_state_dict passes only state and groups: keep ours then
         self.skip_nonfinite = state.pop("skip_nonfinite", getattr(self, "skip_nonfinite", False))
         self.skipped_steps = state.pop("skipped_steps", getattr(self, "skipped_steps", 0))
+        self._group_keys = state.pop("_group_keys", None) or getattr(self, "_group_keys", None) \
+            or tuple(state["defaults"])  # (a pickle from before _group_keys)
         super().__setstate__(state)
+        self._upgrade_state()
+
+    def _upgrade_state(self) -> None:
+        """What torch.optim's ``__setstate__`` does to an older state (from load_state_dict or
+        a pickle): missing group keys take their defaults (:meth:`_completed_group`) and
+        counters stored as numbers become 0-dim tensors (float32 in a fused group, as torch)."""
+        default = self._new_step().dtype
+        for group in self.param_groups:
+            group.update(self._completed_group(group))
+            step_dtype = torch.float32 if group.get("fused") else default
+            for p in group["params"]:
+                state = self.state.get(p)
+                for key in self.scalar_state_keys if state else ():
+                    value = state.get(key)
+                    if value is not None and not isinstance(value, Tensor):
+                        state[key] = torch.tensor(float(value), dtype=step_dtype if key == "step" else default)
+
+    def _completed_group(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """``saved`` with the keys it may lack filled in (see ``load_defaults``) and
+        ``load_overrides`` applied."""
+        group = dict(saved)
+        for key in ("foreach", "fused"):
+            if key in self._group_keys and key not in group:
+                group[key] = self.defaults[key]
+        for key, value in self.load_defaults.items():
+            if key in self._group_keys:
+                group.setdefault(key, value)
+        group.update((k, v) for k, v in self.load_overrides.items() if k in self._group_keys)
+        return group
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -298,8 +429,16 @@ class Optimizer(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state; it is fully checked before anything here is modified."""
-        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+        """Load a state: this optimizer's, or what torch.optim's optimizer of the same name
+        loads (torch >= 1.12: group keys added since default as torch's ``__setstate__``
+        does, per-parameter steps stored as numbers become tensors).
+
+        Raises ValueError, with nothing here modified, if the state is not one this optimizer
+        can step: another number of groups or parameters, a group lacking a hyperparameter
+        that has no default or holding an invalid one, a parameter's state lacking an entry
+        or holding one of another shape (or kind) than the update needs."""
+        if (not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict)
+                or "param_groups" not in state_dict):
             raise ValueError("load_state_dict expects a dict with 'state' and 'param_groups' "
                              "(as returned by optimizer.state_dict())")
         extra = state_dict.get("optimlab", {})
@@ -311,35 +450,73 @@ class Optimizer(torch.optim.Optimizer):
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
         name = type(self).__name__
         source = state_dict.get("optimlab", {}).get("optimizer")
+        origin = f"it was saved by a {source}, not by {name}" if source else f"incomplete, or not saved by {name}"
         groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups):
-            raise ValueError(f"the state has {len(groups)} param groups, this {name} has "
-                             f"{len(self.param_groups)}")
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            count = len(groups) if isinstance(groups, (list, tuple)) else repr(type(groups).__name__)
+            raise ValueError(f"the state has {count} param groups, this {name} has {len(self.param_groups)}")
         index_to_param = {}
         for i, (saved, mine) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"param group {i} of the state must be a dict with a 'params' list, "
+                                 f"got {saved!r:.80}")
             if len(saved["params"]) != len(mine["params"]):
                 raise ValueError(f"param group {i}: the state has {len(saved['params'])} parameters, "
                                  f"this optimizer has {len(mine['params'])}")
-            missing = [k for k in self.hyper_checks if k not in saved]
+            group = self._completed_group(saved)
+            missing = [k for k in self._group_keys if k not in group]
             if missing:
-                raise ValueError(f"param group {i} of the state lacks {missing}: it was saved by "
-                                 f"{'a ' + source if source else 'another optimizer'}, not by {name}")
-            checked = {k: v for k, v in saved.items() if k != "params"}
+                raise ValueError(f"param group {i} of the state lacks {missing}, which have no default: "
+                                 f"{origin}")
+            checked = {k: v for k, v in group.items() if k != "params"}
             self._check_hyperparameters(checked, f"param group {i} of the loaded state")
-            index_to_param.update(zip(saved["params"], mine["params"]))
+            index_to_param.update((index, (param, group)) for index, param in zip(saved["params"], mine["params"]))
         for index, st in state_dict["state"].items():
             if index not in index_to_param:
                 raise ValueError(f"the state has an entry for parameter {index!r}, which is in no group")
-            param = index_to_param[index]
+            if not isinstance(st, dict):
+                raise ValueError(f"the state of parameter {index} must be a dict, got {type(st).__name__}")
             foreign = set(st) - self.state_keys
             if foreign:
                 raise ValueError(f"the state of parameter {index} has key(s) {sorted(foreign)} that "
                                  f"{name} does not use: the state_dict comes from another optimizer"
                                  + (f" ({source})" if source else ""))
-            for key, value in st.items():
-                if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
-                    raise ValueError(f"state[{index}][{key!r}] has shape {tuple(value.shape)} but the "
-                                     f"parameter has shape {tuple(param.shape)}")
+            self._check_param_state(index, st, *index_to_param[index], origin)
+
+    def _check_param_state(self, index: Any, state: dict[str, Any], param: Tensor, group: dict[str, Any],
+                           origin: str) -> None:
+        """One parameter's loaded state against what ``_init_state`` makes for it (built on
+        the meta device: no memory): every entry present (but ``optional_state_keys``), each
+        tensor of that shape, counters one number. torch's load casts the tensors to a real
+        parameter's dtype and device; a complex parameter's keep theirs, so they must match."""
+        if not state:
+            return  # started at the first step
+        template = {} if self.lazy_state else self._init_state(torch.empty_like(param, device="meta"), group)
+        missing = sorted(set(template) - self.optional_state_keys - set(state))
+        if missing:
+            raise ValueError(f"the state of parameter {index} lacks {missing}: {origin}")
+        for key, value in state.items():
+            where = f"state[{index}][{key!r}]"
+            if key in self.scalar_state_keys:
+                number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+                if not number and not (isinstance(value, Tensor) and value.layout == torch.strided
+                                       and value.numel() == 1 and not value.is_complex()):
+                    raise ValueError(f"{where} must be a number or a one-element real tensor, got "
+                                     + (f"a tensor of shape {tuple(value.shape)} ({value.dtype}, {value.layout})"
+                                        if isinstance(value, Tensor) else repr(value)))
+                continue
+            if value is None and self.lazy_state:
+                continue  # e.g. an SGD buffer not yet started (older torch saved it as None)
+            if not isinstance(value, Tensor) or value.layout != torch.strided:
+                raise ValueError(f"{where} must be a dense tensor, got "
+                                 + (f"layout {value.layout}" if isinstance(value, Tensor) else repr(value)))
+            expected = template[key].shape if key in template else param.shape
+            if value.shape != expected:
+                raise ValueError(f"{where} has shape {tuple(value.shape)} but the parameter has shape "
+                                 f"{tuple(param.shape)}" + (f" (it needs {tuple(expected)})"
+                                                            if expected != param.shape else ""))
+            if (param.is_complex() or value.is_complex()) and value.dtype != param.dtype:
+                raise ValueError(f"{where} has dtype {value.dtype} but the parameter has dtype {param.dtype}")
 
 
 def _all_finite(grads: list[Tensor]) -> bool:

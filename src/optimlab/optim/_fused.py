@@ -19,8 +19,10 @@ turns the kernels off. :func:`available` builds ahead of time.
 
 Each public function performs the complete update, maximize and weight decay included, and
 returns True; it returns False, having changed nothing, when no kernel applies (a dtype
-other than float32/float64, a non-contiguous or non-CPU tensor, no C compiler, ...): the
-caller then runs the foreach rule. The first failure to build is reported with one warning.
+other than float32/float64, any tensor that differs from its parameter in dtype, device,
+layout, number of elements or memory order, no C compiler, ...): the caller then runs the
+foreach rule. The first failure to build is reported with one warning. :func:`fits` makes
+the same checks for torch's fused kernels, which trust their inputs as these do.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from torch.autograd.graph import increment_version as _increment_version
 
 from optimlab.optim._rules import nadam_momentum
 
-__all__ = ["rmsprop", "adadelta", "adamax", "nadam", "advance_steps", "increment", "available"]
+__all__ = ["rmsprop", "adadelta", "adamax", "nadam", "advance_steps", "increment", "available", "fits"]
 
 # Kernel ids and flags: keep in sync with _kernels.c.
 _K_RMSPROP, _K_ADADELTA, _K_ADAMAX, _K_NADAM = 0, 1, 2, 3
@@ -217,41 +219,94 @@ def _address(buf: array.array) -> int:
 _contiguous = Tensor.is_contiguous
 _numel = Tensor.numel
 _data_ptr = Tensor.data_ptr
+_stride = Tensor.stride
 _dtype_of = operator.attrgetter("dtype")
+_device_of = operator.attrgetter("device")
+_shape_of = operator.attrgetter("shape")
 _is_cpu = operator.attrgetter("is_cpu")
+#: The dtypes torch's fused CPU kernels (SGD, Adam, AdamW, Adagrad) take.
+TORCH_FUSED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+
+
+def _dense(t: Tensor) -> bool:
+    """No gaps and no overlaps: some order of the dimensions is contiguous (e.g. channels_last)."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> list[int] | None:
+    """The parameters' numbers of elements if every tensor in ``lists`` ([params, grads,
+    *state lists]) can go to an elementwise kernel beside its parameter; else None.
+
+    Each tensor must be of the first parameter's dtype (one of ``dtypes``) and device, have
+    its own parameter's number of elements, and be laid out as it: all contiguous (the usual
+    case), or each with its parameter's shape and strides over dense memory (channels_last).
+    A kernel then touches exactly numel elements from each data pointer and pairs them
+    correctly. Sparse layouts fail here (``is_contiguous()`` is False or raises; so does
+    ``stride()``); mkldnn's opaque tensors have no data pointer (see :func:`_gather`). A
+    gradient set through ``p.grad.data = ...`` can have any dtype and a state tensor any
+    form, so nothing is taken on trust; each property is one C-level pass over a list, as
+    these run every step.
+    """
+    params = lists[0]
+    if not params:
+        return []
+    p0 = params[0]
+    dtype, on_cpu = p0.dtype, p0.is_cpu
+    if dtype not in dtypes:
+        return None
+    try:
+        numels = list(map(_numel, params))
+        contiguous = True
+        for lst in lists:
+            if (len(lst) != len(params) or set(map(_dtype_of, lst)) != {dtype}
+                    or list(map(_numel, lst)) != numels
+                    or not (all(map(_is_cpu, lst)) if on_cpu else set(map(_device_of, lst)) == {p0.device})):
+                return None
+            contiguous = contiguous and all(map(_contiguous, lst))
+        if not contiguous:  # the same strides as the parameter, over memory without gaps
+            shapes, strides = list(map(_shape_of, params)), list(map(_stride, params))
+            if not all(map(_dense, params)) or any(
+                    list(map(_shape_of, lst)) != shapes or list(map(_stride, lst)) != strides for lst in lists):
+                return None
+    except (RuntimeError, NotImplementedError, TypeError, AttributeError):  # not a plain tensor
+        return None
+    return numels
+
+
+def fits(lists: Sequence[Sequence[Tensor]]) -> bool:
+    """True if ``lists`` ([params, grads, *state lists]) can go to torch's fused kernels.
+
+    Their CPU kernels trust the caller as ours do (a short state tensor is read and written
+    out of bounds; a transposed gradient is read in memory order), so the same checks as
+    :func:`_gather`, with torch's dtypes (an mkldnn tensor, which only a hand-edited state
+    could hold, makes torch's kernel raise). False: use the foreach rule.
+    """
+    return _matching_numels(lists, TORCH_FUSED_DTYPES) is not None
 
 
 def _gather(lists: Sequence[Sequence[Tensor]]):
     """Pointers and sizes for the kernel, or None if some tensor does not fit it.
 
-    ``lists`` is [params, grads, *state lists]. Every tensor must be a contiguous CPU
-    tensor of the parameters' dtype (float32 or float64) with its parameter's number of
-    elements. What the caller guarantees is not re-checked: the parameters of a bucket share
-    one device and dtype, and torch's ``.grad`` setter and the step's gradient check give
-    each gradient its parameter's dtype, device and shape.
+    ``lists`` is [params, grads, *state lists]; every tensor is checked as
+    :func:`_matching_numels` says, with float32 or float64 as the dtype, on the CPU.
     """
-    params, grads, *states = lists
-    p0 = params[0]
-    dtype = p0.dtype
-    is_double = _DTYPES.get(dtype)
-    if is_double is None or not p0.is_cpu:
+    if not lists[0] or not lists[0][0].is_cpu:  # (torch's kernels take other devices' tensors)
+        return None
+    numels = _matching_numels(lists, _DTYPES)
+    if numels is None:
         return None
     try:
-        numels = list(map(_numel, params))
-        if not (all(map(_contiguous, params)) and all(map(_contiguous, grads))):
-            return None
-        for lst in states:
-            if (len(lst) != len(params) or not all(map(_contiguous, lst))
-                    or set(map(_dtype_of, lst)) != {dtype} or list(map(_numel, lst)) != numels):
-                return None
-        addresses = list(map(_data_ptr, params))  # (array("Q", list) is faster than from map)
-        addresses += map(_data_ptr, grads)
-        for lst in states:
+        addresses = list(map(_data_ptr, lists[0]))  # (array("Q", list) is faster than from map)
+        for lst in lists[1:]:
             addresses += map(_data_ptr, lst)
-        ptrs = array.array("Q", addresses)
-    except (RuntimeError, NotImplementedError, TypeError):  # e.g. a sparse tensor
+    except (RuntimeError, NotImplementedError):  # sparse, mkldnn, ...: no data pointer
         return None
-    return ptrs, array.array("q", numels), is_double, sum(numels)
+    return array.array("Q", addresses), array.array("q", numels), _DTYPES[lists[0][0].dtype], sum(numels)
 
 
 def _threads(total: int) -> int:
@@ -299,6 +354,19 @@ def _common_flags(maximize: bool, weight_decay: float) -> int:
     return (_F_MAXIMIZE if maximize else 0) | (_F_WD if weight_decay != 0 else 0)
 
 
+def _scalar_pointers(tensors: Sequence[Tensor]):
+    """Pointers and dtype flags of one-element float32/float64 strided CPU tensors (step
+    counters, NAdam's μ-products, each in its own dtype), or None if one is anything else
+    (``data_ptr()`` raises for the other layouts)."""
+    try:
+        kinds = list(map(_DTYPES.get, map(_dtype_of, tensors)))
+        if None in kinds or set(map(_numel, tensors)) - {1} or not all(map(_is_cpu, tensors)):
+            return None
+        return array.array("Q", list(map(_data_ptr, tensors))), array.array("i", kinds)
+    except (RuntimeError, NotImplementedError, TypeError, AttributeError):  # e.g. a plain number
+        return None
+
+
 # ----------------------------------------------------------------------------- kernels
 def advance_steps(steps: Sequence[Tensor]) -> list[float] | None:
     """``torch._foreach_add_(steps, 1)`` then each ``.item()``, in one C call.
@@ -311,12 +379,11 @@ def advance_steps(steps: Sequence[Tensor]) -> list[float] | None:
     lib = _load()
     if lib is None:
         return None
-    kinds = list(map(_DTYPES.get, map(_dtype_of, steps)))
-    if None in kinds or set(map(_numel, steps)) - {1} or not all(map(_is_cpu, steps)):
+    scalars = _scalar_pointers(steps)
+    if scalars is None:
         return None
+    ptrs, is_double = scalars
     n = len(steps)
-    ptrs = array.array("Q", list(map(_data_ptr, steps)))
-    is_double = array.array("i", kinds)
     out = array.array("d", [0.0]) * n
     lib.ol_advance(n, _address(ptrs), _address(is_double), _address(out))
     _increment_version(steps)
@@ -384,16 +451,14 @@ def nadam(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
     gathered = _gather([params, grads, exp_avgs, exp_avg_sqs])
     if gathered is None or len(mu_products) != len(params):
         return False
-    # 0-dim float32/float64 CPU tensors, in their own dtype (not necessarily the params').
-    mu_kinds = list(map(_DTYPES.get, map(_dtype_of, mu_products)))
-    if None in mu_kinds or set(map(_numel, mu_products)) != {1} or not all(map(_is_cpu, mu_products)):
+    mu = _scalar_pointers(mu_products)  # in their own dtype, not necessarily the params'
+    if mu is None:
         return False
+    mu_ptrs, mu_is_double = mu
     n = len(params)
     mus = _per_tensor(steps, lambda t: nadam_momentum(beta1, t, momentum_decay))
     mu_nexts = _per_tensor(steps, lambda t: nadam_momentum(beta1, t + 1, momentum_decay))
     bc2 = _per_tensor(steps, lambda t: 1 - beta2**t)
-    mu_ptrs = array.array("Q", list(map(_data_ptr, mu_products)))
-    mu_is_double = array.array("i", mu_kinds)
     scalars = array.array("d", [0.0]) * (3 * n)
     lib.ol_nadam_scalars(n, _address(mu_ptrs), _address(mu_is_double), _address(mus),
                          _address(mu_nexts), _address(bc2), lr, _address(scalars))

@@ -90,19 +90,17 @@ class Adafactor(RealOnly, Optimizer):
                                 d=group["d"], weight_decay=group["weight_decay"])
 
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
-        """As the base, but the factored moments have their own shapes (checked here)."""
+        """As the base, with a message naming the factored moments' own shapes."""
         params = {i: p for g_saved, g in zip(state_dict["param_groups"], self.param_groups)
-                  for i, p in zip(g_saved["params"], g["params"])}
-        plain = {}
+                  if isinstance(g_saved, dict) for i, p in zip(g_saved.get("params", ()), g["params"])}
         for index, st in state_dict["state"].items():
             param = params.get(index)
-            plain[index] = {k: v for k, v in st.items() if k not in ("row_var", "col_var")}
-            if param is None:
-                continue
+            if param is None or not isinstance(st, dict):
+                continue  # the base explains
             for key, expected in (("row_var", (*param.shape[:-1], 1)),
                                   ("col_var", (*param.shape[:-2], 1, param.shape[-1] if param.dim() else 1))):
                 value = st.get(key)
                 if isinstance(value, Tensor) and (param.dim() < 2 or tuple(value.shape) != expected):
                     raise ValueError(f"state[{index}][{key!r}] has shape {tuple(value.shape)} but a parameter "
                                      f"of shape {tuple(param.shape)} needs {expected if param.dim() > 1 else 'none'}")
-        super()._check_loadable({**state_dict, "state": plain})
+        super()._check_loadable(state_dict)

@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.adam import adam as _torch_adam  # torch's functional form (fused kernels)
+from torch.optim.adam import adam as _torch_adam  # torch's functional forms: fused kernels, and
+from torch.optim.adamax import adamax as _torch_adamax  # the reference for gradients in another dtype
+from torch.optim.nadam import nadam as _torch_nadam
 
 from optimlab.optim import _fused, _rules
 from optimlab.optim import _validation as check
@@ -34,6 +36,9 @@ class Adam(Optimizer):
     hyper_checks = {"betas": check.betas, "eps": check.positive, "amsgrad": check.boolean,
                     "decoupled_weight_decay": check.boolean}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+    optional_state_keys = frozenset({"max_exp_avg_sq"})  # made by _update if missing
+    other_dtype_grads = "torch"  # as torch's Adam (whose lerp fails unless L2 decay promoted first)
+    load_defaults = {**Optimizer.load_defaults, "amsgrad": False, "decoupled_weight_decay": False}
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
@@ -62,7 +67,8 @@ class Adam(Optimizer):
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         maxes = [s["max_exp_avg_sq"] for s in states] if amsgrad else []
-        if group["fused"] and params[0].is_cpu:  # torch's fused CPU kernel, called directly
+        fused = group["fused"] and _fused.fits([params, grads, exp_avgs, exp_avg_sqs, *([maxes] if amsgrad else [])])
+        if fused and params[0].is_cpu:  # torch's fused CPU kernel, called directly
             steps = [s["step"] for s in states]
             _fused.increment(steps)
             kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
@@ -70,7 +76,7 @@ class Adam(Optimizer):
                    beta1=float(beta1), beta2=float(beta2), weight_decay=wd, eps=group["eps"],
                    maximize=group["maximize"], grad_scale=None, found_inf=None)
             return
-        if group["fused"]:
+        if fused:
             _torch_adam(params, grads, exp_avgs, exp_avg_sqs, maxes, [s["step"] for s in states],
                                   fused=True, decoupled_weight_decay=group["decoupled_weight_decay"],
                                   amsgrad=amsgrad, beta1=float(beta1), beta2=float(beta2), lr=lr,
@@ -86,11 +92,25 @@ class Adam(Optimizer):
         _rules.adam(params, grads, self._real(exp_avgs), self._real(exp_avg_sqs), self._real(maxes), steps,
                     lr=lr, beta1=float(beta1), beta2=float(beta2), eps=group["eps"], amsgrad=amsgrad)
 
+    def _update_other_dtype(self, group, params, grads, states) -> None:
+        beta1, beta2 = group["betas"]
+        if group["amsgrad"]:
+            for p, s in zip(params, states):
+                s.setdefault("max_exp_avg_sq", _zeros(p))
+        _torch_adam(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                    [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [], [s["step"] for s in states],
+                    foreach=False, fused=False, has_complex=any(map(torch.is_complex, params)),
+                    decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
+                    beta1=float(beta1), beta2=float(beta2), lr=float(group["lr"]), weight_decay=group["weight_decay"],
+                    eps=group["eps"], maximize=group["maximize"])
+
 
 class AdamW(Adam):
     r"""AdamW (Loshchilov & Hutter 2019), a twin of ``torch.optim.AdamW``: Adam whose weight
     decay is decoupled from the gradient, ``θ ← θ·(1 − γλ)`` before the Adam step, with the
     current learning rate γ (so the decay follows a schedule). Default λ = 1e-2."""
+
+    load_overrides = {"decoupled_weight_decay": True}  # as torch.optim.AdamW.__setstate__ (an Adam state too)
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
@@ -113,6 +133,7 @@ class Adamax(Optimizer):
 
     hyper_checks = {"betas": check.betas, "eps": check.positive}
     state_keys = frozenset({"step", "exp_avg", "exp_inf"})
+    other_dtype_grads = "torch"  # as torch's Adamax (whose lerp fails unless L2 decay promoted first)
 
     def __init__(self, params: Any, lr: float | Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, foreach: bool | None = None, *,
@@ -139,6 +160,13 @@ class Adamax(Optimizer):
                                                 weight_decay=group["weight_decay"])
         _rules.adamax(**lists, steps=steps, **hyper)
 
+    def _update_other_dtype(self, group, params, grads, states) -> None:
+        beta1, beta2 = group["betas"]
+        _torch_adamax(params, grads, [s["exp_avg"] for s in states], [s["exp_inf"] for s in states],
+                      [s["step"] for s in states], foreach=False, maximize=group["maximize"],
+                      has_complex=any(map(torch.is_complex, params)), eps=group["eps"], beta1=float(beta1),
+                      beta2=float(beta2), lr=float(group["lr"]), weight_decay=group["weight_decay"])
+
 
 class NAdam(Optimizer):
     r"""NAdam (Dozat 2016), a twin of ``torch.optim.NAdam``: Adam with Nesterov momentum.
@@ -157,6 +185,9 @@ class NAdam(Optimizer):
     hyper_checks = {"betas": check.betas, "eps": check.positive, "momentum_decay": check.non_negative,
                     "decoupled_weight_decay": check.boolean}
     state_keys = frozenset({"step", "mu_product", "exp_avg", "exp_avg_sq"})
+    scalar_state_keys = ("step", "mu_product")
+    other_dtype_grads = "torch"  # as torch's NAdam (whose lerp fails unless L2 decay promoted first)
+    load_defaults = {**Optimizer.load_defaults, "decoupled_weight_decay": False}  # as torch's __setstate__
 
     def __init__(self, params: Any, lr: float | Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
@@ -193,6 +224,15 @@ class NAdam(Optimizer):
         else:
             lists["grads"] = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=wd)
         _rules.nadam(**lists, steps=steps, **hyper)
+
+    def _update_other_dtype(self, group, params, grads, states) -> None:
+        beta1, beta2 = group["betas"]
+        _torch_nadam(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                     [s["mu_product"] for s in states], [s["step"] for s in states],
+                     decoupled_weight_decay=group["decoupled_weight_decay"], foreach=False,
+                     has_complex=any(map(torch.is_complex, params)), maximize=group["maximize"],
+                     beta1=float(beta1), beta2=float(beta2), lr=float(group["lr"]),
+                     weight_decay=group["weight_decay"], momentum_decay=group["momentum_decay"], eps=group["eps"])
 
 
 Nadam = NAdam

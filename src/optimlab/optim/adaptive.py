@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.adagrad import adagrad as _torch_adagrad  # torch's functional form (fused kernels)
+from torch.optim.adadelta import adadelta as _torch_adadelta  # torch's functional forms: fused kernels,
+from torch.optim.adagrad import adagrad as _torch_adagrad  # and the reference for gradients in another dtype
+from torch.optim.rmsprop import rmsprop as _torch_rmsprop
 
 from optimlab.optim import _fused, _rules
 from optimlab.optim import _validation as check
@@ -31,6 +33,7 @@ class Adagrad(Optimizer):
                     "eps": check.positive}
     state_keys = frozenset({"step", "sum"})
     supports_sparse = True
+    other_dtype_grads = "torch"  # torch's Adagrad promotes
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,
@@ -61,13 +64,14 @@ class Adagrad(Optimizer):
             _rules.adagrad_sparse(params[0], grad, states[0]["sum"], step, lr=lr, lr_decay=lr_decay, eps=eps)
             return
         sums, steps = [s["sum"] for s in states], [s["step"] for s in states]
-        if group["fused"] and params[0].is_cpu:  # torch's fused CPU kernel, called directly
+        fused = group["fused"] and _fused.fits([params, grads, sums])
+        if fused and params[0].is_cpu:  # torch's fused CPU kernel, called directly
             _fused.increment(steps)
             torch._fused_adagrad_(params, grads, sums, steps, lr=lr, lr_decay=lr_decay,
                                   weight_decay=group["weight_decay"], eps=eps, maximize=group["maximize"],
                                   grad_scale=None, found_inf=None)
             return
-        if group["fused"]:
+        if fused:
             _torch_adagrad(params, grads, sums, steps, fused=True, lr=lr,
                                         weight_decay=group["weight_decay"], lr_decay=lr_decay, eps=eps,
                                         maximize=group["maximize"])
@@ -77,6 +81,12 @@ class Adagrad(Optimizer):
         grads = _rules.effective_grads(params, grads, maximize=group["maximize"],
                                        weight_decay=group["weight_decay"])
         _rules.adagrad(params, grads, sums, step_values, lr=lr, lr_decay=lr_decay, eps=eps)
+
+    def _update_other_dtype(self, group, params, grads, states) -> None:
+        _torch_adagrad(params, grads, [s["sum"] for s in states], [s["step"] for s in states], fused=False,
+                       foreach=False, has_complex=any(map(torch.is_complex, params)), lr=float(group["lr"]),
+                       weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], eps=group["eps"],
+                       maximize=group["maximize"])
 
 
 class RMSprop(Optimizer):
@@ -97,6 +107,9 @@ class RMSprop(Optimizer):
                     "centered": check.boolean}
     state_keys = frozenset({"step", "square_avg", "momentum_buffer", "grad_avg"})
     keyword_aliases = {**Optimizer.keyword_aliases, "rho": "alpha"}
+    other_dtype_grads = "torch"  # as torch's RMSprop (whose centred lerp fails unless L2 decay promoted)
+    load_defaults = {**Optimizer.load_defaults, "momentum": 0, "centered": False}  # as torch's __setstate__
+    optional_state_keys = frozenset({"momentum_buffer", "grad_avg"})  # made by _update if missing
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False,
@@ -115,14 +128,27 @@ class RMSprop(Optimizer):
             state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
 
-    def _update(self, group, params, grads, states) -> None:
-        self._advance(states, group["fused"])
+    def _add_optional_state(self, group, params, states) -> None:
         if group["momentum"] > 0 or group["centered"]:  # a group may switch them on mid-run
             for p, s in zip(params, states):
                 if group["momentum"] > 0 and "momentum_buffer" not in s:
                     s["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if group["centered"] and "grad_avg" not in s:
                     s["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _update_other_dtype(self, group, params, grads, states) -> None:
+        self._add_optional_state(group, params, states)
+        _torch_rmsprop(params, grads, [s["square_avg"] for s in states],
+                       [s["grad_avg"] for s in states] if group["centered"] else [],
+                       [s["momentum_buffer"] for s in states] if group["momentum"] > 0 else [],
+                       [s["step"] for s in states], foreach=False, maximize=group["maximize"],
+                       has_complex=any(map(torch.is_complex, params)), lr=float(group["lr"]),
+                       alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+                       momentum=group["momentum"], centered=group["centered"])
+
+    def _update(self, group, params, grads, states) -> None:
+        self._advance(states, group["fused"])
+        self._add_optional_state(group, params, states)
         lists = dict(
             params=self._real(params), grads=self._real(grads),
             square_avgs=self._real([s["square_avg"] for s in states]),
@@ -153,6 +179,7 @@ class Adadelta(Optimizer):
 
     hyper_checks = {"rho": check.closed_unit_interval, "eps": check.positive}
     state_keys = frozenset({"step", "square_avg", "acc_delta"})
+    other_dtype_grads = "torch"  # torch's Adadelta promotes
 
     def __init__(self, params: Any, lr: float | Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0, foreach: bool | None = None, *, capturable: bool = False,
@@ -179,3 +206,9 @@ class Adadelta(Optimizer):
         lists["grads"] = _rules.effective_grads(lists["params"], lists["grads"], maximize=group["maximize"],
                                                 weight_decay=group["weight_decay"])
         _rules.adadelta(**lists, **hyper)
+
+    def _update_other_dtype(self, group, params, grads, states) -> None:
+        _torch_adadelta(params, grads, [s["square_avg"] for s in states], [s["acc_delta"] for s in states],
+                        [s["step"] for s in states], foreach=False, has_complex=any(map(torch.is_complex, params)),
+                        lr=float(group["lr"]), rho=group["rho"], eps=group["eps"],
+                        weight_decay=group["weight_decay"], maximize=group["maximize"])

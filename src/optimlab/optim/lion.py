@@ -35,6 +35,7 @@ class Lion(RealOnly, Optimizer):
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas}
     state_keys = frozenset({"exp_avg"})
+    other_dtype_grads = "rules"  # its foreach ops take a gradient in another dtype
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.radam import radam as _torch_radam  # the reference for gradients in another dtype
 
 from optimlab.optim import _rules, _rules_modern
 from optimlab.optim import _validation as check
@@ -36,6 +37,8 @@ class RAdam(Optimizer):
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas, "eps": check.positive, "decoupled_weight_decay": check.boolean}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
+    load_defaults = {**Optimizer.load_defaults, "decoupled_weight_decay": False}  # as torch's __setstate__
+    other_dtype_grads = "torch"  # as torch's RAdam (whose lerp fails unless L2 decay promoted first)
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
@@ -64,3 +67,11 @@ class RAdam(Optimizer):
         _rules_modern.radam(params, grads, self._real([s["exp_avg"] for s in states]),
                             self._real([s["exp_avg_sq"] for s in states]), steps,
                             lr=lr, beta1=float(beta1), beta2=float(beta2), eps=group["eps"])
+
+    def _update_other_dtype(self, group, params, grads, states) -> None:
+        beta1, beta2 = group["betas"]
+        _torch_radam(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                     [s["step"] for s in states], decoupled_weight_decay=group["decoupled_weight_decay"],
+                     foreach=False, has_complex=any(map(torch.is_complex, params)), maximize=group["maximize"],
+                     beta1=float(beta1), beta2=float(beta2), lr=float(group["lr"]),
+                     weight_decay=group["weight_decay"], eps=group["eps"])

@@ -40,6 +40,8 @@ _COMMON = {"warmup_steps": _non_negative_int, "r": check.non_negative, "weight_l
 class _ScheduleFree(RealOnly, Optimizer):
     """The train/eval switch and the per-group averaging weights shared by both optimizers."""
 
+    other_dtype_grads = "rules"  # their foreach ops take a gradient in another dtype
+
     def _counters(self) -> dict[str, Any]:
         return dict(k=0, train_mode=True, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
 
@@ -111,7 +113,8 @@ class ScheduleFreeAdamW(_ScheduleFree):
 
     **Call** ``optimizer.eval()`` before evaluating or saving the model and
     ``optimizer.train()`` before the next training step (a step in eval mode raises).
-    Networks with BatchNorm need their running statistics recomputed at x. Unlike the
+    Networks with BatchNorm need their running statistics recomputed at x.
+    ``optimlab.train.fit`` does all this itself (:mod:`optimlab.train.modes`). Unlike the
     package, a new optimizer starts in train mode. The step counter and averaging weights
     live in each param group (the package's keys ``k``, ``weight_sum``, ``lr_max``).
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.optim.sgd import sgd as _torch_sgd  # torch's functional form (fused kernels)
 
-from optimlab.optim import _rules
+from optimlab.optim import _fused, _rules
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
 
@@ -49,6 +49,8 @@ class SGD(Optimizer):
                              f"momentum={group['momentum']!r}, dampening={group['dampening']!r}")
 
     lazy_state = True  # the momentum buffer is created from the first gradient
+    other_dtype_grads = "torch"  # torch's SGD promotes (a float16 gradient's buffer stays float16)
+    load_defaults = {**Optimizer.load_defaults, "nesterov": False}  # torch.optim.SGD.__setstate__
 
     def _stateless(self, group: dict[str, Any]) -> bool:
         return group["momentum"] == 0
@@ -57,9 +59,10 @@ class SGD(Optimizer):
         momentum = group["momentum"]
         bufs = [s.get("momentum_buffer") for s in states] if momentum != 0 else []
         lr = float(group["lr"])
-        if group["fused"] and not grads[0].is_sparse and params[0].is_cpu:
+        fused = group["fused"] and not grads[0].is_sparse and _fused_kernel_fits(params, grads, bufs)
+        if fused and params[0].is_cpu:
             _fused_sgd_cpu(group, params, grads, bufs, lr)
-        elif group["fused"] and not grads[0].is_sparse:
+        elif fused:
             _torch_sgd(params, grads, bufs or [None] * len(params), fused=True, weight_decay=group["weight_decay"],
                                 momentum=momentum, lr=lr, dampening=group["dampening"],
                                 nesterov=group["nesterov"], maximize=group["maximize"])
@@ -71,6 +74,26 @@ class SGD(Optimizer):
         if momentum != 0:
             for state, buf in zip(states, bufs):
                 state["momentum_buffer"] = buf
+
+    def _update_other_dtype(self, group, params, grads, states) -> None:
+        momentum = group["momentum"]
+        bufs = [s.get("momentum_buffer") for s in states] if momentum != 0 else [None] * len(params)
+        _torch_sgd(params, grads, bufs, foreach=False, fused=False, weight_decay=group["weight_decay"],
+                   momentum=momentum, lr=float(group["lr"]), dampening=group["dampening"],
+                   nesterov=group["nesterov"], maximize=group["maximize"])
+        if momentum != 0:
+            for state, buf in zip(states, bufs):
+                state["momentum_buffer"] = buf
+
+
+def _fused_kernel_fits(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor | None]) -> bool:
+    """Whether torch's fused kernel can take these tensors (see :func:`_fused.fits`); a
+    buffer still None is made by the kernel's first step, like its gradient."""
+    old = [i for i, b in enumerate(bufs) if b is not None]  # (not "None in bufs": that is tensor == None)
+    if len(old) == len(bufs):
+        return _fused.fits([params, grads, bufs] if bufs else [params, grads])
+    return _fused.fits([params, grads]) and (not old or _fused.fits([[params[i] for i in old],
+                                                                    [bufs[i] for i in old]]))
 
 
 def _fused_sgd_cpu(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],

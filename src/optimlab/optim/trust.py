@@ -84,6 +84,7 @@ class LARS(RealOnly, Optimizer):
     hyper_checks = {"momentum": check.unit_interval, "trust_coefficient": check.positive,
                     "exclude_1d": check.boolean}
     state_keys = frozenset({"momentum_buffer"})
+    other_dtype_grads = "rules"  # its foreach ops take a gradient in another dtype
 
     def __init__(self, params: Any, lr: float | Tensor, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 1e-3, *, exclude_1d: bool = False, maximize: bool = False,

@@ -38,6 +38,7 @@ class Adam(KerasOptimizer):
 
     hyper_checks = {**_ADAM_CHECKS, "amsgrad": check.boolean}
     state_keys = frozenset({"momentum", "velocity", "velocity_hat"})
+    optional_state_keys = frozenset({"velocity_hat"})  # made by _update if missing
 
     def __init__(self, params: Any, learning_rate: float = 0.001, *, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7, amsgrad: bool = False, weight_decay: float | None = None,

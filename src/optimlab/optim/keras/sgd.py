@@ -36,6 +36,7 @@ class SGD(KerasOptimizer):
     hyper_checks = {"lr": check_learning_rate, "momentum": check_keras_momentum, "nesterov": check.boolean,
                     "weight_decay": optional_non_negative}
     state_keys = frozenset({"momentum"})
+    optional_state_keys = frozenset({"momentum"})  # made by _update if missing
 
     def __init__(self, params: Any, learning_rate: float = 0.01, *, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float | None = None, clipnorm: float | None = None,
