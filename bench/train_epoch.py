@@ -1,6 +1,7 @@
 """One epoch of the lectures' CNN on MNIST, timed in one run, several ways.
 
     python bench/train_epoch.py [--dataset mnist] [--threads N] [--repeats 1]
+                                [--precision 32|bf16|fp16] [--accumulate K]
 
 The model: Conv2D(32, 3x3, ReLU) -> MaxPool 2x2 -> Dropout 0.25 -> Flatten ->
 Dense(10); batch 64; Adam (lr 1e-3); one epoch over the 50,000 training
@@ -17,6 +18,11 @@ images; accuracy on the 10,000 validation images afterwards. Contenders:
   typical user loop, and a bare loop over the same textbook model.
 * Keras 3 on TensorFlow (``pip install -e '.[bench]'``; skipped when missing),
   the framework the lectures used, ``model.fit(..., batch_size=64, epochs=1)``.
+
+``--precision`` and ``--accumulate`` apply to the optimlab contenders only:
+``fit(..., precision=P)``, and ``fit(batch_size=64 // K, accumulate=K)`` (the same
+64-sample steps, in K micro-batches). Compare precisions with e.g.
+``--skip bare,loader_fast,loader,bare_textbook,keras`` run once per precision.
 
 Each contender runs in a fresh process (``--same-process`` to share one), and
 its time includes its own first-call costs (oneDNN primitive creation,
@@ -41,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 BATCH, LR, SEED = 64, 1e-3, 0
+FIT = {"precision": "32", "accumulate": 1}  # --precision / --accumulate, for the optimlab contenders
 CPU: dict[str, float] = {}  # CPU seconds (all threads) of the last timed region
 
 
@@ -78,8 +85,9 @@ def run_optimlab(train, val, monitor=True):
     opt = optim.create("adam", model.parameters(), lr=LR, fused=True)
     with tempfile.TemporaryDirectory() as tmp:
         with timed() as t:
-            history = fit(model, opt, train, epochs=1, batch_size=BATCH, seed=SEED, quiet=True, monitor=monitor,
-                          store=os.path.join(tmp, "runs.sqlite"))
+            history = fit(model, opt, train, epochs=1, batch_size=BATCH // FIT["accumulate"], seed=SEED, quiet=True,
+                          monitor=monitor, store=os.path.join(tmp, "runs.sqlite"), precision=FIT["precision"],
+                          accumulate=FIT["accumulate"])
     return t.seconds, accuracy(model, *val), history
 
 
@@ -188,6 +196,8 @@ def run_one(key: str, train, val) -> dict:
         return {"key": key, "label": f"Keras 3 on TensorFlow ({versions})", "seconds": seconds, "acc": acc,
                 "cpu": CPU["seconds"]}
     label, _, fn = next(c for c in CONTENDERS if c[1] == key)
+    if key.startswith("optimlab") and (FIT["precision"] != "32" or FIT["accumulate"] != 1):
+        label += f" [precision {FIT['precision']}, accumulate {FIT['accumulate']}]"
     seconds, acc, history = fn(train, val)
     out = {"key": key, "label": label, "seconds": seconds, "acc": acc, "cpu": CPU["seconds"]}
     if history is not None:
@@ -203,6 +213,7 @@ def _isolated(key: str, args) -> dict:
         cmd += ["--train-size", str(args.train_size)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    cmd += ["--precision", args.precision, "--accumulate", str(args.accumulate)]
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     if args.passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -226,8 +237,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every contender in this process (default: each in a fresh process)")
     parser.add_argument("--train-size", type=int, default=None,
                         help="use only the first N training images (a quick check; default: all 50,000)")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"],
+                        help="fit(precision=...) for the optimlab contenders (default: 32)")
+    parser.add_argument("--accumulate", type=int, default=1, choices=[1, 2, 4, 8, 16, 32, 64],
+                        help="fit(batch_size=64 // K, accumulate=K) for the optimlab contenders (default: 1)")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one contender, JSON out
     args = parser.parse_args(argv)
+    FIT.update(precision=args.precision, accumulate=args.accumulate)
     if args.threads:
         torch.set_num_threads(args.threads)
     from optimlab import data
@@ -252,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.dataset}: {args.train_size or 50_000:,} training images, batch {BATCH}, Adam lr {LR}; torch {torch.__version__}, "
           f"{args.threads or torch.get_num_threads()} threads; "
           f"{'one process' if args.same_process else 'a fresh process per contender'}"
-          f"{', OMP_WAIT_POLICY=PASSIVE' if args.passive else ''}; load average {os.getloadavg()[0]:.1f}",
+          f"{', OMP_WAIT_POLICY=PASSIVE' if args.passive else ''}; optimlab precision {args.precision}, "
+          f"accumulate {args.accumulate}; load average {os.getloadavg()[0]:.1f}",
           file=sys.stderr)
     best: dict[str, dict] = {}
     for round_ in range(args.repeats):  # rounds interleave the contenders, so load spikes hit all alike

@@ -64,10 +64,15 @@ def fit_with(tmp: Path, **kwargs):
     """``fit`` with a checkpoint and a run store in ``tmp``: a refused call must create neither."""
     from optimlab.train import fit
 
-    model = mlp()
+    model = kwargs.pop("model", None) or mlp()
     opt = kwargs.pop("optimizer", None) or oo.SGD(model.parameters(), lr=0.1)
     base = dict(epochs=1, batch_size=8, checkpoint=tmp / "run.pt", store=tmp / "runs.sqlite", quiet=True)
     return fit(model, opt, data(), **{**base, **kwargs})
+
+
+def _fit_sam_fp16(tmp: Path):
+    model = mlp()
+    return fit_with(tmp, model=model, optimizer=oo.SAM(model.parameters(), "sgd", lr=0.1), precision="fp16")
 
 
 def lr_find_with(tmp: Path, **kwargs):
@@ -279,7 +284,18 @@ ROWS: list[Bad] = [
     Bad("fit data shape", lambda tmp: fit_with(tmp, data=None) if False else __import__("optimlab.train").train.fit(
         mlp(), "sgd", (torch.zeros(8, 4), torch.zeros(7, dtype=torch.long)), store=tmp / "runs.sqlite",
         checkpoint=tmp / "run.pt", quiet=True), ("8", "7")),
+    Bad("fit accumulate=0", lambda tmp: fit_with(tmp, accumulate=0), ("accumulate", "0")),
+    Bad("fit accumulate float", lambda tmp: fit_with(tmp, accumulate=1.5), ("accumulate", "1.5")),
+    Bad("fit accumulate bool", lambda tmp: fit_with(tmp, accumulate=True), ("accumulate", "True")),
+    Bad("fit precision name", lambda tmp: fit_with(tmp, precision="16"), ("precision", "'16'")),
+    Bad("fit precision int", lambda tmp: fit_with(tmp, precision=32), ("precision", "32")),
+    Bad("fit device", lambda tmp: fit_with(tmp, device="tpu"), ("device", "'tpu'")),
+    Bad("fit sharpness_every=0", lambda tmp: fit_with(tmp, sharpness_every=0), ("sharpness_every", "0")),
+    Bad("fit logger spec", lambda tmp: fit_with(tmp, logger="wandb:run"), ("logger", "wandb:run")),
+    Bad("fit logger dir under a file", lambda tmp: fit_with(tmp, logger="csv:afile/log.csv"), ("afile",)),
+    Bad("fit sam with fp16", lambda tmp: _fit_sam_fp16(tmp), ("fp16",)),
     # the learning-rate finder
+    Bad("lr_find device", lambda tmp: lr_find_with(tmp, device="tpu"), ("device", "'tpu'")),
     Bad("lr_find start_lr<=0", lambda tmp: lr_find_with(tmp, start_lr=0.0), ("start_lr", "0.0")),
     Bad("lr_find end<start", lambda tmp: lr_find_with(tmp, start_lr=1.0, end_lr=0.1), ("end_lr", "0.1")),
     Bad("lr_find num_steps=2", lambda tmp: lr_find_with(tmp, num_steps=2), ("num_steps", "2")),
@@ -325,6 +341,8 @@ ROWS: list[Bad] = [
     Bad("showdown seeds=0", _showdown(seeds=0), ("seeds", "0")),
     Bad("showdown batch_size bool", _showdown(batch_size=True), ("batch_size", "True")),
     Bad("showdown checkpoint_every=0", _showdown(checkpoint_every=0), ("checkpoint_every", "0")),
+    Bad("showdown device", _showdown(device="tpu"), ("device", "'tpu'")),
+    Bad("sweep device", _sweep(device="tpu"), ("device", "'tpu'")),
 ]
 
 
@@ -488,6 +506,9 @@ CLI_CASES = [
     (["sweep", "--schedules", "cosine(base_lr=LR, period=0)"], "period=0"),
     (["sweep", "--study", ""], "''"),
     (["sweep", "--out", "afile"], "'afile'"),
+    (["sweep", "--device", "tpu"], "'tpu'"),
+    (["showdown", "--device", "tpu"], "'tpu'"),
+    (["lr-find", "--device", "quantum"], "'quantum'"),
     (["sweep", "--report-only"], "sweep.db"),
 ]
 

@@ -133,3 +133,149 @@ def test_bad_input_raises_value_error_naming_argument_and_value(kwargs, argument
         EMA(nn.Linear(2, 2), **kwargs)
     with pytest.raises(ValueError, match="no floating-point parameters"):
         EMA(nn.ReLU())
+
+
+# ------------------------------------------------------------------ buffers (BatchNorm)
+def _bn_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _train_steps(model, steps, hook, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        x = 2 + 3 * torch.randn(32, 4, generator=gen)  # far from BatchNorm's initial statistics
+        y = torch.randint(0, 3, (32,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        hook()
+
+
+def test_buffers_average_matches_torch_averaged_model_with_use_buffers():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    model = _bn_model()
+    ema = EMA(model, decay=0.9, buffers="average")
+    oracle = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    oracle.update_parameters(model)  # its first update copies the model: EMA starts from a copy too
+
+    def both():
+        ema.update()
+        oracle.update_parameters(model)
+
+    _train_steps(model, 30, both)
+    for name, p in oracle.module.named_parameters():
+        torch.testing.assert_close(ema.shadow[name], p.detach(), rtol=1e-6, atol=1e-7)
+    for name in ("1.running_mean", "1.running_var"):
+        expected = dict(oracle.module.named_buffers())[name]
+        torch.testing.assert_close(ema.buffer_shadow[name], expected, rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(ema.buffer_shadow[name], dict(model.named_buffers())[name]), "averaged, not live"
+    assert set(ema.buffer_shadow) == {"1.running_mean", "1.running_var"}  # num_batches_tracked is an integer
+
+
+def test_average_parameters_swaps_buffers_in_and_restores_them():
+    model = _bn_model()
+    ema = EMA(model, decay=0.8)  # default: buffers="average"
+    _train_steps(model, 5, ema.update)
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    with ema.average_parameters():
+        state = model.state_dict()
+        for name in ("1.running_mean", "1.running_var"):
+            assert torch.equal(state[name], ema.buffer_shadow[name])
+        assert torch.equal(state["1.num_batches_tracked"], live["1.num_batches_tracked"])
+        model.train()
+        model(torch.randn(16, 4))  # a train-mode forward inside moves the running statistics...
+    assert all(torch.equal(v, live[k]) for k, v in model.state_dict().items())  # ...and is undone
+    with pytest.raises(RuntimeError, match="boom"), ema.average_parameters():
+        raise RuntimeError("boom")
+    assert all(torch.equal(v, live[k]) for k, v in model.state_dict().items())
+
+
+def test_buffers_copy_uses_the_live_statistics_and_restores_them():
+    model = _bn_model()
+    ema = EMA(model, decay=0.8, buffers="copy")
+    _train_steps(model, 5, ema.update)
+    assert ema.buffer_shadow == {}
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    with ema.average_parameters():
+        state = model.state_dict()
+        for name, value in state.items():
+            if "running" in name or "num_batches" in name:
+                assert torch.equal(value, live[name])   # the model's current statistics
+            else:
+                assert torch.equal(value, ema.shadow[name])
+        assert not torch.equal(state["3.weight"], live["3.weight"])  # the averaged weights are in
+        torch.optim.swa_utils.update_bn([torch.randn(16, 4)], model)  # recompute at the averaged weights
+        assert not torch.equal(model.state_dict()["1.running_mean"], live["1.running_mean"])
+    assert all(torch.equal(v, live[k]) for k, v in model.state_dict().items())
+
+
+def test_state_dict_keeps_buffer_averages_and_validates_them():
+    model = _bn_model()
+    ema = EMA(model, decay=0.8)
+    _train_steps(model, 4, ema.update)
+    state = ema.state_dict()
+    assert state["buffers"] == "average" and set(state["buffer_shadow"]) == {"1.running_mean", "1.running_var"}
+    fresh = EMA(_bn_model(), decay=0.8)
+    fresh.load_state_dict(state)
+    for name in state["buffer_shadow"]:
+        assert torch.equal(fresh.buffer_shadow[name], ema.buffer_shadow[name])
+
+    wrong = {**state, "buffer_shadow": {"1.running_mean": state["buffer_shadow"]["1.running_mean"]}}
+    before = {k: v.clone() for k, v in fresh.shadow.items()}
+    with pytest.raises(ValueError, match=r"buffer_shadow does not match the model: missing=\['1.running_var'\]"):
+        EMA(_bn_model(), decay=0.8).load_state_dict(wrong)
+    bad_shape = {**state, "buffer_shadow": {**state["buffer_shadow"], "1.running_var": torch.ones(5)}}
+    with pytest.raises(ValueError, match=r"buffer_shadow\['1.running_var'\] has shape \(5,\), the model's is \(8,\)"):
+        fresh.load_state_dict(bad_shape)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.shadow.items()), "nothing changed on refusal"
+
+
+def test_a_state_without_buffer_averages_still_loads_and_starts_them_from_the_model():
+    model = _bn_model()
+    ema = EMA(model, decay=0.8)
+    _train_steps(model, 4, ema.update)
+    old = {k: v for k, v in ema.state_dict().items() if k not in ("buffers", "buffer_shadow")}  # older optimlab
+    other = _bn_model()
+    _train_steps(other, 3, lambda: None, seed=5)
+    loaded = EMA(other, decay=0.8)
+    loaded.load_state_dict(old)
+    assert loaded.num_updates == 4
+    for name, p in loaded.shadow.items():
+        assert torch.equal(p, ema.shadow[name])
+    with loaded.average_parameters():  # the buffers' average starts from the model's at the next use
+        assert torch.equal(other.state_dict()["1.running_mean"], dict(other.named_buffers())["1.running_mean"])
+        assert torch.equal(loaded.buffer_shadow["1.running_mean"], dict(other.named_buffers())["1.running_mean"])
+
+
+def test_bad_buffers_mode_raises_naming_it():
+    with pytest.raises(ValueError, match="buffers='sometimes'"):
+        EMA(nn.Linear(2, 2), buffers="sometimes")
+    with pytest.raises(ValueError, match="buffers=None"):
+        EMA(nn.Linear(2, 2), buffers=None)
+
+
+def test_fit_validates_a_batchnorm_model_at_the_averaged_weights_and_buffers():
+    import copy
+
+    from optimlab.train import _data, fit
+
+    gen = torch.Generator().manual_seed(0)
+    x = 2 + 3 * torch.randn(256, 4, generator=gen)
+    y = (x[:, 0] > 2).long() + (x[:, 1] > 2).long()
+    xv = 2 + 3 * torch.randn(128, 4, generator=gen)
+    yv = (xv[:, 0] > 2).long() + (xv[:, 1] > 2).long()
+    model = _bn_model()
+    ema = EMA(model, decay=0.9, buffers="average")
+    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), (x, y), val=(xv, yv), epochs=2,
+                  batch_size=32, ema=ema, seed=0, store=False, quiet=True)
+
+    averaged = copy.deepcopy(model)
+    averaged.load_state_dict({**model.state_dict(), **ema.shadow, **ema.buffer_shadow})
+    loss, acc = _data.evaluate(averaged, (xv, yv), nn.functional.cross_entropy)
+    assert history.last["val_loss"] == loss and history.last["val_acc"] == acc
+    live_loss, _ = _data.evaluate(model, (xv, yv), nn.functional.cross_entropy)
+    assert live_loss != loss  # the check can fail: raw weights and statistics give another loss

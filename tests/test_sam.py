@@ -427,18 +427,3 @@ def test_deepcopy_and_pickle_keep_settings_and_still_step():
     assert any(not torch.equal(a, b) for a, b in zip(params_before, clone["m"].parameters()))
     assert pickle.loads(pickle.dumps(opt)).rho == 0.2
     assert "rho=0.2" in repr(opt) and "SGD" in repr(opt)
-
-
-# ------------------------------------------------------------------- docs/training.md
-DOC = Path(__file__).resolve().parents[1] / "docs" / "training.md"
-SECTION = "## Sharpness-aware minimisation and weight-decay groups"
-
-
-def test_the_docs_section_examples_run():
-    text = DOC.read_text()
-    assert SECTION in text
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) >= 2
-    for block in blocks:
-        exec(compile(block, str(DOC), "exec"), {"__name__": "__doc_example__"})

@@ -158,6 +158,17 @@ def name_list(text: str) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------- paths
+def device(text: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``, and present on this machine."""
+    from optimlab.train._device import resolve_device
+
+    try:
+        resolve_device(text, "--device")
+    except ValueError as err:
+        _fail(str(err))
+    return text
+
+
 def _nearest_existing(path: Path) -> Path:
     """``path`` itself if it exists, else its closest existing ancestor."""
     path = Path(os.path.abspath(path))

@@ -16,7 +16,8 @@ it in a few hundred batches instead of a grid of full runs:
 Afterwards the model (parameters, buffers, gradients, train/eval mode), the
 optimizer (state and hyperparameters) and the RNGs (torch, ``random``, numpy,
 CUDA) are exactly as before, bit for bit: the test is an experiment on the
-side, not a training run.
+side, not a training run. An optimizer with ``train()``/``eval()`` modes
+(Schedule-Free) is put in train mode for the ramp and left in the mode it was found in.
 
 >>> from optimlab import lr_find, models, optim
 >>> model = models.lecture_cnn()                                      # doctest: +SKIP
@@ -289,7 +290,7 @@ def _summary(r: LRFinderResult) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from optimlab.cliutil import int_at_least, non_negative_int, output_file, positive_float, positive_int
+    from optimlab.cliutil import device, int_at_least, non_negative_int, output_file, positive_float, positive_int
 
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "synthetic"],
                         help="training data (synthetic: a small generated digit-like set, no download)")
@@ -303,6 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-lr", type=positive_float, default=1e-7)
     parser.add_argument("--end-lr", type=positive_float, default=10.0)
     parser.add_argument("--seed", type=non_negative_int, default=0, help="model initialisation and batch order")
+    parser.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:N or auto (default: cpu)")
     # default None: the default file name is checked in run(), only when it is used
     parser.add_argument("-o", "--out", default=None, type=output_file,
                         help=f"PNG of loss against rate (default: {DEFAULT_OUT})")
@@ -374,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"optimlab lr-find: error: cannot load {args.dataset}:\n{err}", file=sys.stderr)
         return 1
     result = lr_find(model, opt, data, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps,
-                     batch_size=args.batch_size, seed=args.seed)
+                     batch_size=args.batch_size, seed=args.seed, device=args.device)
     result.plot(out, title=f"Range test: {args.optimizer} on {args.dataset}, batch {args.batch_size}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

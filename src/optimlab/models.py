@@ -32,6 +32,14 @@ so every user of the model gets the speed with no change to their loop:
 
 ``lecture_cnn(fast=False)`` builds the textbook PyTorch version of the same
 network (NCHW, ``nn.Dropout``, ``nn.Flatten``) for comparison.
+
+On a GPU. The layers decide by the device they run on, so one model (one
+``state_dict``, one checkpoint) trains on either and moves between them:
+``FastDropout`` is ``F.dropout`` on any device but the CPU (its byte trick only
+helps the CPU's serial generator); the convolution keeps its channels_last weight
+on CUDA too, where cuDNN runs NHWC convolutions natively and NVIDIA advises that
+layout for mixed precision (not measured here: this machine has no GPU); flatten
+and pooling are layout-agnostic. ``tune_allocator`` concerns the CPU heap only.
 """
 
 from __future__ import annotations
@@ -90,7 +98,8 @@ class FastDropout(nn.Module):
     else 16-bit lanes when ``p·65536`` is, and then the probability ``1 − p`` is exact;
     otherwise 32-bit lanes with ``k = ⌈p·2^32⌉``, within 2^-32 of ``1 − p`` (finer than
     a float32 uniform's 2^-24). Evaluation: ``y = x``. The mask keeps ``x``'s memory
-    layout (channels_last stays channels_last).
+    layout (channels_last stays channels_last). On any other device than the CPU (CUDA,
+    whose generator is parallel) it is ``F.dropout(x, p)``: the same law, torch's kernel.
     """
 
     def __init__(self, p: float = 0.5):
@@ -103,6 +112,8 @@ class FastDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
+        if x.device.type != "cpu":  # the byte trick speeds up the CPU's serial generator only
+            return F.dropout(x, self.p, training=True)
         if self.p == 1.0:
             return x * 0.0
         return x * self.mask(x)

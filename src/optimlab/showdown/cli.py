@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from optimlab.cliutil import name_list, output_dir, positive_int
+from optimlab.cliutil import device, name_list, output_dir, positive_int
 from optimlab.showdown.recipes import LECTURE
 
 
@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=positive_int, default=None,
                         help="runs trained side by side in separate processes (default: one per CPU core; "
                              "1 = one after another in this process)")
+    parser.add_argument("--device", default="cpu", type=device,
+                        help="cpu, cuda, cuda:N or auto (default: cpu); on CUDA runs go one at a time unless --jobs")
     parser.add_argument("--out", default="showdown", type=output_dir,
                         help="output directory (report, runs, checkpoints)")
     parser.add_argument("--quiet", action="store_true")
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--schedule {args.schedule!r}: {err}") from None
     cfg = ShowdownConfig(dataset=args.dataset, optimizers=names, convention=args.convention, epochs=args.epochs,
                          batch_size=args.batch_size, seeds=args.seeds, schedule=args.schedule, quick=args.quick,
-                         beyond=args.beyond, out=args.out, jobs=args.jobs)
+                         beyond=args.beyond, out=args.out, jobs=args.jobs, device=args.device)
     try:
         results = run_showdown(cfg, quiet=args.quiet)
     except KeyboardInterrupt:

@@ -37,6 +37,7 @@ class ShowdownConfig:
     store: str | None = None  # run store file; default: <out>/runs.sqlite
     checkpoint_every: int = 200  # steps between mid-epoch checkpoints
     jobs: int | None = None  # runs in parallel processes; None: one per core (see plan_jobs)
+    device: str | None = None  # cpu, cuda, cuda:N, auto; None: the CPU (fit's device=); not in showdown_id
 
     def __post_init__(self):
         for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1), ("seeds", self.seeds, 1)):
@@ -56,6 +57,10 @@ class ShowdownConfig:
         for key in self.optimizers:
             recipe = lecture_recipe(key, self.convention)
             optim.get(recipe.optimizer, recipe.convention)  # unknown: the registry's error, with a suggestion
+        if self.device is not None:
+            from optimlab.train._device import resolve_device
+
+            resolve_device(self.device)  # "CUDA is not available" here, before any data or training
         if self.checkpoint_every is not None and (isinstance(self.checkpoint_every, bool)
                                                   or not isinstance(self.checkpoint_every, int)
                                                   or self.checkpoint_every < 1):
@@ -110,11 +115,13 @@ def _subsets(cfg: ShowdownConfig):
 @torch.no_grad()
 def _accuracy(model, x, y, batch: int = 256) -> tuple[float, float]:
     model.eval()
+    device = next(model.parameters()).device
     loss, correct = 0.0, 0
     for i in range(0, len(x), batch):
-        out = model(x[i:i + batch])
-        loss += torch.nn.functional.cross_entropy(out, y[i:i + batch], reduction="sum").item()
-        correct += int((out.argmax(1) == y[i:i + batch]).sum())
+        xb, yb = x[i:i + batch].to(device), y[i:i + batch].to(device)
+        out = model(xb)
+        loss += torch.nn.functional.cross_entropy(out, yb, reduction="sum").item()
+        correct += int((out.argmax(1) == yb).sum())
     return loss / len(x), correct / len(x)
 
 
@@ -159,7 +166,7 @@ def run_one(cfg: ShowdownConfig, table: str, recipe: Recipe, seed: int, train, v
     history = fit(model, optimizer, {"train": train, "val": val}, epochs=epochs,
                   batch_size=cfg.batch_size, schedule=schedule, seed=seed,
                   checkpoint=out / "checkpoints" / f"{key}.pt", checkpoint_every=cfg.checkpoint_every, resume=True,
-                  callbacks=callbacks,
+                  callbacks=callbacks, device=cfg.device,
                   store=store, name=f"{cfg.showdown_id}/{key}", on_nonfinite="stop", quiet=quiet,
                   config={"showdown": cfg.showdown_id, "table": table, "row": recipe.key,
                           "label": recipe.label, "recipe": recipe.describe, "seed": seed,
@@ -203,14 +210,23 @@ def plan_jobs(cfg: ShowdownConfig, pending: int, callbacks=()) -> tuple[int, int
 
     A small CNN uses one core better than two: on 2 cores two single-threaded runs side by
     side do about 1.4x the work of one run on both threads. Callbacks live in this
-    process, so a showdown with callbacks runs here, one run at a time.
+    process, so a showdown with callbacks runs here, one run at a time. On a GPU
+    (``device`` resolving to CUDA) and ``jobs`` unset: one run at a time, here.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cfg.jobs is None and _on_gpu(cfg):  # one GPU: the runs take turns on it, in this process
+        return 1, torch.get_num_threads()
     jobs = cfg.jobs if cfg.jobs is not None else min(cores, pending)
     if callbacks or jobs <= 1 or pending <= 1:
         return 1, torch.get_num_threads()
     jobs = min(jobs, pending)
     return jobs, max(1, cores // jobs)
+
+
+def _on_gpu(cfg: ShowdownConfig) -> bool:
+    from optimlab.train._device import resolve_device
+
+    return cfg.device is not None and resolve_device(cfg.device).type == "cuda"
 
 
 def run_showdown(cfg: ShowdownConfig, *, quiet: bool = False, callbacks=()) -> dict:

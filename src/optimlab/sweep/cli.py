@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from optimlab.cliutil import device as cliutil_device
 from optimlab.cliutil import (
     CommandError, check_storage_reachable, float_list, int_list, name_list, output_dir, positive_int, storage_url,
 )
@@ -81,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads per worker (default: cores / workers)")
     parser.add_argument("--out", default="sweep", type=output_dir,
                         help="output directory: report, run store, checkpoints")
+    parser.add_argument("--device", default="cpu", type=cliutil_device,
+                        help="cpu, cuda, cuda:N or auto: where every trial trains (default: cpu)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the study, run nothing")
     parser.add_argument("--quiet", action="store_true")
 
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                       lr=lr, schedules=args.schedules, batch_sizes=args.batch_sizes, seeds=args.seeds,
                       sampler=args.sampler, trials=args.trials, epochs=args.epochs, dataset=args.dataset,
                       n_train=args.n_train, n_val=args.n_val, pruner=args.pruner, convention=args.convention,
-                      threads=threads)
+                      threads=threads, device=args.device)
     for name in cfg.optimizers:
         optim.get(name, cfg.convention)
     if args.report_only and cfg.storage_url.startswith("sqlite:") and not _sqlite_file(cfg.storage_url).exists():

@@ -83,6 +83,7 @@ class SweepConfig:
     sampler_seed: int | None = 0
     store: str | None = None  # the run store; default: <out>/runs.sqlite
     threads: int = 1  # torch threads per worker
+    device: str | None = None  # cpu, cuda, cuda:N, auto; None: the CPU (fit's device=); not part of the study
 
     def __post_init__(self):
         self.optimizers = tuple(self.optimizers)
@@ -124,6 +125,10 @@ class SweepConfig:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got dataset={self.dataset!r}")
         if self.storage is not None:
             check_storage_url(self.storage)
+        if self.device is not None:
+            from optimlab.train._device import resolve_device
+
+            resolve_device(self.device)  # "CUDA is not available" here, before the study is opened
         for s in self.schedules:
             schedule_text(s, 0.1, 100, 10)  # a bad schedule fails before any training
 
@@ -226,7 +231,8 @@ def _pruner(cfg: SweepConfig):
 
 
 def _spec(cfg: SweepConfig) -> dict:
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("storage", "out", "store", "threads", "trials")}
+    keep = {k: v for k, v in asdict(cfg).items()
+            if k not in ("storage", "out", "store", "threads", "trials", "device")}  # per machine, not the study
     return json.loads(json.dumps(keep))
 
 
@@ -364,7 +370,7 @@ def run_trial(cfg: SweepConfig, trial, data) -> tuple[str, float | None]:
                            seed=params["seed"], store=str(cfg.store_path), name=f"{cfg.study}#{origin}",
                            config={"sweep": cfg.study, "trial": trial.number, "origin": origin, **params},
                            callbacks=[reporter], quiet=True, on_nonfinite="stop", checkpoint=checkpoint,
-                           resume=True)
+                           resume=True, device=cfg.device)
     rows = [r for r in history.epochs if r.get("val_loss") is not None and not r.get("partial")]
     for r in rows:  # a resumed run reports the epochs done before the interruption too (idempotent)
         if int(r["epoch"]) not in reporter.reported:
@@ -454,7 +460,8 @@ def run_sweep(cfg: SweepConfig, *, workers: int = 1, quiet: bool = True) -> None
     import torch
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # torch's first optimizer imports dynamo: once, here
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    on_gpu = cfg.device is not None and cfg.device != "cpu"  # CUDA cannot be used in a forked child
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") and not on_gpu else "spawn")
     procs = [ctx.Process(target=_worker_entry, args=(asdict(cfg), i, quiet), name=f"sweep-worker-{i}")
              for i in range(workers)]
     for p in procs:

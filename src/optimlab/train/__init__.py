@@ -40,7 +40,8 @@ def fit(model, optimizer, data, *, epochs: int = 1, batch_size: int | str = 32, 
         seed: int | None = None, monitor: bool = True, sample_every: int | None = None,
         progress: bool | None = None, quiet: bool = False, checkpoint=None, checkpoint_every: int | None = None,
         resume: bool | str = False, store=True, name: str | None = None, config: dict | None = None,
-        on_nonfinite: str = "raise", callbacks=(), eval_batch_size: int = 256, shuffle: bool = True) -> History:
+        on_nonfinite: str = "raise", callbacks=(), eval_batch_size: int = 256, shuffle: bool = True,
+        accumulate: int = 1, precision: str = "32", device=None, sharpness_every=None, logger=None) -> History:
     """Train ``model`` with ``optimizer`` on ``data``; return the run's :class:`History`.
 
     ``model``: an ``nn.Module`` (seed torch before building it for a reproducible start).
@@ -61,7 +62,7 @@ def fit(model, optimizer, data, *, epochs: int = 1, batch_size: int | str = 32, 
     ``clip``: a max global gradient norm (``optimlab.clip.clip_grad_norm``),
     ``{"value": v}`` (``clip_grad_value``), or a callable run after ``backward()``.
     ``ema``: a decay (``optimlab.ema.EMA`` with warm-up) or an ``EMA``; validation
-    uses the averaged weights.
+    uses the averaged weights. Refused (``ValueError``) with a Schedule-Free optimizer.
     ``early_stopping``: a patience (epochs without improvement of the validation
     loss), a dict of :class:`EarlyStopping` arguments, or an ``EarlyStopping``.
     The best weights are restored at the end unless ``restore_best=False``.
@@ -108,8 +109,75 @@ def fit(model, optimizer, data, *, epochs: int = 1, batch_size: int | str = 32, 
     is applied; ``"raise"`` (default) raises :class:`NonFiniteError` (with
     ``.history``), ``"stop"`` returns the history with ``status="nonfinite"``.
     ``callbacks``: objects with any of ``on_step_end(trainer)``,
-    ``on_epoch_end(trainer, row)``, ``on_checkpoint(trainer, path)``; setting
+    ``on_epoch_end(trainer, row)``, ``on_checkpoint(trainer, path)``,
+    ``on_fit_end(trainer)`` (once, however the run ends); setting
     ``trainer.stop_training = True`` ends the run.
+    ``sharpness_every``: every that many optimizer steps, record the top
+    eigenvalue λ_max of the training loss's Hessian on a fixed batch (Lanczos
+    iteration on Hessian-vector products) as ``sharpness``, with
+    ``edge_of_stability`` = 2/η, in that step's row; each epoch row gets the
+    epoch's last measurement (Cohen et al. 2021, "Gradient Descent on Neural
+    Networks Typically Occurs at the Edge of Stability"; for Adam-family
+    optimizers the bound is on the preconditioned Hessian, Cohen et al. 2022,
+    so 2/η is a reference line there). The weights end bit-identical to a run
+    without it. A ``SharpnessTracker`` (:mod:`optimlab.train.sharpness`) sets the
+    batch, iterations, tolerance and mode. ``ValueError`` before training for a
+    value that is not a positive integer or for a model with no trainable
+    parameters.
+    ``logger``: ``"tensorboard:DIR"``, ``"csv:PATH"``, a logger object
+    (:mod:`optimlab.train.loggers`: ``TensorBoardLogger``, ``CSVLogger``) or a list
+    of these: every numeric key of the epoch rows and sampled step rows, written at
+    each epoch's end against the optimizer step; a resumed run writes again from
+    the checkpoint's history (no duplicate rows). ``ValueError`` before training
+    for an unknown spec or a path that cannot be written; ``ImportError`` saying
+    ``pip install 'optimlab[tensorboard]'`` when TensorBoard is missing.
+
+    ``accumulate``: micro-batches per optimizer step (gradient accumulation; default
+    1). Each micro-batch's loss is weighted by its share of the step's samples
+    before ``backward()``, so that for a mean-reduced loss ``accumulate=k`` with
+    ``batch_size=b`` computes the gradient of one batch of ``k·b`` samples (the
+    same samples, the same result to rounding), in the memory of a batch of
+    ``b``. When an epoch's batches do not divide by ``k``, its last, shorter
+    group still makes a step. Everything counted in steps counts optimizer
+    steps: ``history`` rows (one monitor row per step: the group's mean loss,
+    the norms of the accumulated gradient), schedules, ``sample_every``,
+    ``checkpoint_every`` and the step callbacks; clipping applies to the
+    accumulated gradient. Checkpoints are written between groups only, so a
+    run killed inside a group redoes that group on resume.
+    ``precision``: ``"32"`` (default), ``"bf16"`` or ``"fp16"``: the forward
+    pass and loss (training and validation) run under ``torch.autocast`` in
+    bfloat16 or float16 (weights, gradients and optimizer state keep their
+    dtype). ``"fp16"`` scales the loss with ``torch.amp.GradScaler``; the
+    gradients are unscaled before monitoring, clipping and the non-finite
+    check; a step the scaler skips because its gradients overflowed (a finite
+    loss, loss scale above 1) is no error: it still counts as a step (the
+    schedule moves on), and is counted in the epoch rows' ``skipped_steps`` and
+    ``history.config["skipped_steps"]`` (the gradient-norm statistics leave it
+    out). The scaler's state is in the checkpoint. A precision the device
+    cannot run raises ``ValueError``; so does ``"fp16"`` with an optimizer
+    whose step takes a closure.
+    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` (CUDA if
+    available) or a ``torch.device``; ``None`` (default) trains where the model
+    is. The model, the optimizer's state, the batches and a weight EMA given as
+    a decay move there (an ``EMA`` object must be built on that device); a
+    checkpoint resumes on any device. A device this machine lacks raises
+    ``ValueError`` ("CUDA is not available") before anything moves.
+    Optimizers with ``requires_closure = True`` (SAM) are stepped as
+    ``optimizer.step(closure)`` after the first forward-backward pass (its
+    gradient, unclipped, in ``.grad``: what the monitor records); the closure
+    zeroes the gradients, runs the step's micro-batches again (all ``k`` with
+    accumulation) at the weights the optimizer set, clips, and returns the
+    loss. A non-finite loss or gradient in it stops the run with the weights
+    put back.
+
+    An optimizer with ``train()``/``eval()`` methods (Schedule-Free: optimlab's or the
+    ``schedulefree`` package's) is switched by the loop (:mod:`optimlab.train.modes`):
+    ``train()`` at every epoch's start; ``eval()`` (the average x, BatchNorm statistics
+    recomputed there) for validation, early stopping, checkpoints, the epoch callbacks
+    and the end: ``fit`` returns the model at x with the optimizer in eval mode (call
+    ``optimizer.train()`` before training it by hand). Training is bit-identical with or
+    without the evaluations and checkpoints in between (the training point is kept aside,
+    and saved in the checkpoint as ``"train_model"``).
 
     At the end :func:`diagnose` runs on the history (``history.diagnoses``) and,
     unless ``quiet``, its findings are printed.
@@ -119,5 +187,6 @@ def fit(model, optimizer, data, *, epochs: int = 1, batch_size: int | str = 32, 
                       monitor=monitor, sample_every=sample_every, progress=progress, quiet=quiet,
                       checkpoint=checkpoint, checkpoint_every=checkpoint_every, store=store, name=name,
                       config=config, on_nonfinite=on_nonfinite, callbacks=callbacks,
-                      eval_batch_size=eval_batch_size, shuffle=shuffle)
+                      eval_batch_size=eval_batch_size, shuffle=shuffle, accumulate=accumulate, precision=precision,
+                      device=device, sharpness_every=sharpness_every, logger=logger)
     return trainer.fit(data, epochs=epochs, val=val, resume=resume)

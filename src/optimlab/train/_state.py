@@ -1,7 +1,7 @@
 """A trainer's complete state, as a checkpoint dict, and back.
 
 What a run needs to continue bit-identically: the model, optimizer,
-schedule, EMA and early-stopping states; every RNG state (and, for a
+schedule, EMA and early-stopping states (and fp16's loss-scaler state); every RNG state (and, for a
 DataLoader, the state at the start of the epoch); the position in the data
 order (epoch, next batch, global step); the epoch's partial statistics; the
 history so far. All of it loads with ``torch.load(weights_only=True)``.
@@ -10,7 +10,8 @@ What the run was set up with is recorded too, so that a resume notices what
 changed: the model's structure (every module's name, class and settings),
 the optimizer's class and every param group's hyperparameters *as given to
 fit* (before a schedule rewrote them: a schedule moving the learning rate is
-not a change), and the schedule, EMA and early-stopping settings. Parameter
+not a change), and the schedule, EMA, early-stopping and precision settings
+(``accumulate`` other than 1 is part of the data position, ``check``). Parameter
 names, shapes and dtypes are compared from the stored weights themselves.
 
 Before anything is loaded, :func:`restore` checks the checkpoint is complete
@@ -51,13 +52,17 @@ MISMATCH = ("Resume with the settings the checkpoint was written with, pass resu
 UNLOADABLE = ("Its state cannot be loaded into this model and optimizer: resume with the ones it was written "
               "with, or start afresh (delete it, resume=False, or another checkpoint path).")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
 
 
 # ------------------------------------------------------------ what a run is
 def _identity(trainer) -> dict[str, Any]:
     """What must match for a checkpoint to continue this run's data order."""
-    return {"batch_size": trainer.batch_size, "n_train": trainer.batches.n,
-            "steps_per_epoch": trainer.steps_per_epoch, "shuffle": trainer.shuffle}
+    check = {"batch_size": trainer.batch_size, "n_train": trainer.batches.n,
+             "steps_per_epoch": trainer.steps_per_epoch, "shuffle": trainer.shuffle}
+    if getattr(trainer, "accumulate", 1) != 1:  # absent for 1: checkpoints from before accumulation match
+        check["accumulate"] = trainer.accumulate
+    return check
 
 
 def group_values(optimizer) -> list[dict[str, Any]]:
@@ -113,9 +118,10 @@ def _setup(trainer) -> dict[str, Any]:
         schedule = repr(s)
     if schedule is not None:
         schedule = f"{_ADDRESS.sub('', schedule)} per {t.schedule_unit if t.schedule_kind == 'step' else 'metric'}"
-    ema = None if t.ema is None else f"EMA(decay={t.ema.decay}, warmup={t.ema.warmup})"
+    ema = None if t.ema is None else f"EMA(decay={t.ema.decay}, warmup={t.ema.warmup}, buffers={t.ema.buffer_mode!r})"
     return {"schedule": schedule, "ema": ema,
-            "early_stopping": None if t.early_stopping is None else repr(t.early_stopping)}
+            "early_stopping": None if t.early_stopping is None else repr(t.early_stopping),
+            "precision": getattr(t, "precision", "32")}
 
 
 # ------------------------------------------------------------------ capture
@@ -126,7 +132,11 @@ def capture(trainer, epoch: int, batch: int, elapsed: float) -> dict[str, Any]:
         "format": FORMAT, "epoch": epoch, "batch": batch, "step": t.step, "seed": t.seed,
         "elapsed": elapsed, "check": _identity(t), "history": clean(t.history.to_dict()),
         "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+        # Schedule-Free (optimlab.train.modes): "model" holds the evaluation weights x, this the
+        # exact training point y (eval() then train() is not bit-exact); None for other optimizers
+        "train_model": getattr(getattr(t, "modes", None), "train_state", None),
         "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+        "scaler": t.scaler.state_dict() if getattr(t, "scaler", None) is not None else None,  # fp16
         "ema": t.ema.state_dict() if t.ema is not None else None,
         "early_stopping": t.early_stopping.state_dict() if t.early_stopping is not None else None,
         "rng": ckpt.rng_state(), "epoch_rng": t._epoch_rng if batch else None,
@@ -207,6 +217,19 @@ def _check_complete(state: dict[str, Any], path) -> None:
          "an optimizer state dict")
     for key in ("scheduler", "ema", "early_stopping", "epoch_rng", "monitor"):
         kind(key, lambda v: v is None or isinstance(v, dict), "a dict or None")
+    scaler = state.get("scaler")  # fp16's loss scaler (absent before precision=)
+    if scaler is not None and not (isinstance(scaler, dict) and all(
+            isinstance(scaler.get(k), (int, float)) and not isinstance(scaler.get(k), bool)
+            for k in SCALER_KEYS)):
+        raise CheckpointError(path, f"its 'scaler' is {_short(scaler)}, not a loss scaler's state "
+                                    f"({', '.join(SCALER_KEYS)})")
+    train_model = state.get("train_model")
+    if train_model is not None and not (
+            isinstance(train_model, dict) and train_model.keys() == state["model"].keys()
+            and all(isinstance(v, torch.Tensor) and v.shape == state["model"][k].shape
+                    for k, v in train_model.items())):
+        raise CheckpointError(path, "its 'train_model' (the Schedule-Free training point) does not match its "
+                                    "'model' (the same names and shapes)")
     if state["batch"] and state["monitor"] is None:
         raise CheckpointError(path, "it was written mid-epoch but lacks the epoch's statistics ('monitor')")
     if state["format"] == FORMAT:
@@ -261,6 +284,9 @@ def _differences(t, state: dict[str, Any]) -> tuple[list[str], list[str]]:
         for key in ("schedule", "ema", "early_stopping"):
             if state["setup"].get(key) != setup[key]:
                 soft.append(f"{key}: checkpoint {_none(state['setup'].get(key))}, now {_none(setup[key])}")
+        if state["setup"].get("precision", "32") != setup["precision"]:  # absent: written before precision=
+            soft.append(f"precision: checkpoint {state['setup'].get('precision', '32')!r}, "
+                        f"now {setup['precision']!r}")
     elif t.ema is not None and state["ema"] is not None:  # format 1 records the EMA's settings in its state
         for key in ("decay", "warmup"):
             if state["ema"].get(key) != getattr(t.ema, key):
@@ -352,6 +378,8 @@ def _load(t, state: dict[str, Any], override: bool, path) -> None:
             t.ema.load_state_dict(state["ema"] if state["ema"] is not None else _fresh_ema(t, state))
             if override:
                 t.ema.decay, t.ema.warmup = ema_settings
+        if getattr(t, "scaler", None) is not None and state.get("scaler") is not None:
+            t.scaler.load_state_dict(state["scaler"])  # its keys were checked: this cannot fail half-way
     except Exception as err:
         for key in ("early_stopping", "scheduler"):
             if key in saved:
@@ -360,6 +388,8 @@ def _load(t, state: dict[str, Any], override: bool, path) -> None:
         raise CheckpointError(path, f"its state could not be loaded into this run ({type(err).__name__}: {err})",
                               UNLOADABLE) from err
     t.model.load_state_dict(state["model"])
+    if getattr(t, "modes", None) is not None:
+        t.modes.resume(state.get("train_model"))  # Schedule-Free: y is put back by the next train()
 
 
 def _fresh_ema(t, state: dict[str, Any]) -> dict[str, Any]:

@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from optimlab.cpu import tune_allocator
-from optimlab.train import _data, _state, checkpoint as ckpt, progress as _progress
+from optimlab.train import _data, _device, _state, checkpoint as ckpt, progress as _progress
 from optimlab.train.checkpoint import CheckpointError
 from optimlab.train.diagnostics import diagnose
 from optimlab.train.history import COMPLETED, EARLY_STOPPED, NONFINITE, STOPPED, History, clean
 from optimlab.train.monitor import Monitor, first_nonfinite, hyper_in_use, layer_name
+from optimlab.train.modes import ModeSwitch, ema_refusal
 from optimlab.train.stopping import EarlyStopping, NonFiniteError
 
 LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss, "nll": F.nll_loss}
@@ -66,7 +67,8 @@ class Trainer:
                  quiet: bool = False, checkpoint: str | os.PathLike | None = None,
                  checkpoint_every: int | None = None, store=True, name: str | None = None,
                  config: dict | None = None, on_nonfinite: str = "raise", callbacks=(),
-                 eval_batch_size: int = 256, shuffle: bool = True):
+                 eval_batch_size: int = 256, shuffle: bool = True, accumulate: int = 1, precision: str = "32",
+                 device=None, sharpness_every=None, logger=None):
         optimizer = model_and_optimizer(model, optimizer)
         if schedule_unit not in ("step", "epoch"):
             raise ValueError(f"schedule_unit must be 'step' or 'epoch', got schedule_unit={schedule_unit!r}")
@@ -78,6 +80,10 @@ class Trainer:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got seed={seed!r}")
         _data.batch_size_for(batch_size, 1)  # validates
+        self._check_run_setup(model, optimizer, accumulate, precision, device, ema)
+        from optimlab.train import loggers as _loggers, sharpness as _sharpness
+        self.sharpness = _sharpness.tracker(sharpness_every, model, callbacks)  # None, or a callback measuring λ_max
+        self.loggers = _loggers.bind(logger)  # made now: an unwritable path is refused before anything is written
         if checkpoint is not None and Path(checkpoint).is_dir():
             raise CheckpointError(checkpoint, "it is a directory, not a checkpoint file",
                                   "Pass a file path, e.g. checkpoint='runs/model.pt'.")
@@ -92,6 +98,10 @@ class Trainer:
         self.clip = self._bind_clip(clip)
         self.clip_repr = None if self.clip is None else repr(clip)
         self.ema = self._bind_ema(ema)
+        if self.ema is not None and ema_refusal(optimizer):
+            raise ValueError(ema_refusal(optimizer))
+        # Schedule-Free: train() to train, eval() to evaluate and save (optimlab.train.modes)
+        self.modes = ModeSwitch(model, optimizer, lambda epoch: self.batches.epoch(self.seed, epoch))
         self.early_stopping = EarlyStopping.coerce(early_stopping)
         self.seed = seed if seed is not None else secrets.randbelow(2**31)
         self.monitoring, self.sample_every = bool(monitor), sample_every
@@ -104,13 +114,48 @@ class Trainer:
         self._owns_store = store is True or isinstance(store, (str, os.PathLike))  # fit closes what it opened
         self.name, self.user_config = name, dict(config or {})
         self.on_nonfinite = on_nonfinite
-        self.callbacks = list(callbacks)
+        self.callbacks = [*([self.sharpness] if self.sharpness else []), *callbacks, *self.loggers]
         self.step = 0
         self.stop_training = False
         self.history = History()
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._to_device(ema)
 
     # ------------------------------------------------------------------ set-up
+    def _check_run_setup(self, model, optimizer, accumulate, precision, device, ema) -> None:
+        """Check ``accumulate``, ``precision`` and ``device`` (before anything is moved or written)."""
+        if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+            raise ValueError(f"accumulate must be a positive integer (micro-batches per optimizer step), "
+                             f"got accumulate={accumulate!r}")
+        here = _device.model_device(model)
+        target = _device.resolve_device(device) if device is not None else (here or torch.device("cpu"))
+        if target.type == "cuda" and target.index is None:
+            target = torch.device("cuda", torch.cuda.current_device())
+        self.precision = _device.check_precision(precision, target)
+        self.closure_step = bool(getattr(optimizer, "requires_closure", False))
+        if self.closure_step and self.precision == "fp16":
+            raise ValueError(f"precision='fp16' cannot drive {type(optimizer).__name__}, whose step takes a "
+                             "closure (requires_closure): the fp16 loss scaler cannot unscale the gradient "
+                             "the closure computes inside step(); use precision='bf16' or '32'")
+        from optimlab.ema import EMA
+
+        if isinstance(ema, EMA) and here is not None and target != here:
+            raise ValueError(f"ema: this EMA was built on {here}, and fit moves the model to device={str(target)!r}; "
+                             "build the EMA after moving the model (model.to(device)), or pass ema=<decay>")
+        self.accumulate, self.device, self._move = accumulate, target, here is not None and target != here
+
+    def _to_device(self, ema) -> None:
+        """Move the run to ``device`` (the last step of the set-up: every check has passed)."""
+        if self._move:
+            _device.move(self.model, self.optimizer, None, self.device)
+            if self.ema is not None:  # built from a decay on the old device: again, on this one
+                self.ema = self._bind_ema(ema)
+        self._autocast = _device.autocast(self.precision, self.device)
+        self.scaler = _device.grad_scaler(self.precision, self.device)
+        slow = _device.slow_precision(self.precision, self.device)
+        if slow:
+            warnings.warn(slow, RuntimeWarning, stacklevel=4)  # the caller of fit
+
     def _bind_schedule(self, schedule):
         if schedule is None:
             return None, None
@@ -170,12 +215,15 @@ class Trainer:
             "parameters": sum(p.numel() for _, p in self.named), "optimizer": type(self.optimizer).__name__,
             "hyper": hyper, "batch_size": self.batch_size, "epochs": self.epochs,
             "steps_per_epoch": self.steps_per_epoch, "n_train": self.batches.n, "n_val": n_val,
+            "accumulate": self.accumulate, "precision": self.precision,
             "loss": self.loss_name, "schedule": repr(self.scheduler) if self.scheduler is not None else None,
             "schedule_unit": self.schedule_unit, "clip": self.clip_repr, "ema": repr(self.ema) if self.ema else None,
             "early_stopping": repr(self.early_stopping) if self.early_stopping else None,
             "seed": self.seed, "monitor": self.monitoring, "sample_every": self.monitor.sample_every,
+            "sharpness": repr(self.sharpness) if self.sharpness else None,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device),
         }
+        config.update(self.modes.describe(len(self.batches)))
         config.update(self.user_config)
         return clean(config)
 
@@ -192,15 +240,19 @@ class Trainer:
             tune_allocator()  # no page faults on the big per-step tensors (optimlab.cpu)
         self.batches = _data.batches(train, self.batch_size, shuffle=self.shuffle, device=self.device)
         self.val = val
-        self.steps_per_epoch = len(self.batches)
+        self.batches_per_epoch = len(self.batches)
+        self.steps_per_epoch = -(-self.batches_per_epoch // self.accumulate)  # optimizer steps; a short last group steps
         every = self.sample_every or max(1, min(50, self.steps_per_epoch // 25))
-        self.monitor = Monitor(self.model, self.optimizer, sample_every=every, enabled=self.monitoring)
+        self.monitor = Monitor(self.model, self.optimizer, sample_every=every, enabled=self.monitoring,
+                               count_skipped=self.scaler is not None)
         start_epoch, start_batch, state = 0, 0, None
         if self.checkpoint is not None:
             ckpt.clean_leftovers(self.checkpoint)  # temporary files of writers killed mid-save
         if resume and self.checkpoint is not None and self.checkpoint.exists():
             try:
-                state = ckpt.load(self.checkpoint, map_location=self.device)
+                # to the CPU: the RNG states must be CPU tensors there; load_state_dict then puts the
+                # weights, optimizer state and EMA next to this run's parameters (a device change is fine)
+                state = ckpt.load(self.checkpoint, map_location=torch.device("cpu"))
                 start_epoch, start_batch = self._restore(state, override=resume == "override")
             except CheckpointError:
                 _state.put_back(self.optimizer, self._initial_groups)  # undo the schedule's first write
@@ -234,17 +286,21 @@ class Trainer:
             raise
         finally:
             self.display.close()
+            for cb in self.callbacks:  # loggers write what is left and close, however the run ends
+                if hasattr(cb, "on_fit_end"):
+                    cb.on_fit_end(self)
         return self._finish(status)
 
     def _train(self, start_epoch: int, start_batch: int, state) -> str:
         model = self.model
         for epoch in range(start_epoch, self.epochs):
             model.train()
+            self.modes.to_train(epoch)
             resumed = state is not None and epoch == start_epoch
             self.monitor.start_epoch(self.steps_per_epoch, state["monitor"] if resumed and start_batch else None)
             elapsed = state["elapsed"] if resumed and start_batch else 0.0
             first = start_batch if resumed else 0
-            self.display.epoch_start(epoch + 1, first)
+            self.display.epoch_start(epoch + 1, first // self.accumulate)  # first: a batch, at a step's start
             loader = isinstance(self.batches, _data.LoaderBatches)
             self._epoch_rng, after_skip = None, None
             if resumed and first and loader:
@@ -271,30 +327,33 @@ class Trainer:
         return COMPLETED
 
     def _run_epoch(self, epoch: int, first: int, t0: float, after_skip) -> bool:
-        """Train from batch ``first`` on; False when a callback stopped the run before the epoch's end."""
-        model, optimizer, monitor, loss_fn = self.model, self.optimizer, self.monitor, self.loss_fn
+        """Train from batch ``first`` on (the first batch of an optimizer step: ``accumulate`` batches make
+        one step); False when a callback stopped the run before the epoch's end."""
+        optimizer, monitor = self.optimizer, self.monitor
         last = self.steps_per_epoch - 1
         per_step = self.scheduler is not None and self.schedule_kind == "step" and self.schedule_unit == "step"
         step_callbacks = [cb.on_step_end for cb in self.callbacks if hasattr(cb, "on_step_end")]
         source = self.batches.epoch(self.seed, epoch, first)
         if after_skip is not None:
             source = _then(source, after_skip)
-        for batch, (xb, yb) in enumerate(source, start=first):
-            out = model(xb)
-            loss = loss_fn(out, yb)
+        batch = first - 1  # the last batch used
+        for index, group in enumerate(_data.groups(source, self.accumulate), start=first // self.accumulate):
+            batch += len(group)  # index: the step within the epoch; group: its micro-batches
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            check = monitor.after_backward(loss, out, yb)
-            if not math.isfinite(check.item()):
+            loss, out, yb = self._forward_backward(group)
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)  # the monitor, clipping and the checks see true gradients
+            check = monitor.after_backward(loss, out, yb, micro=len(group) > 1)
+            if not math.isfinite(check.item()) and not self._scaler_overflow(loss):
                 self._nonfinite(epoch, batch, loss)
-            if self.clip is not None:
+            if self.clip is not None and not self.closure_step:
                 self.clip()
-            sample = monitor.is_sample(batch, last)
+            sample = monitor.is_sample(index, last)
             before = monitor.snapshot() if sample else None
-            optimizer.step()
+            self._optimizer_step(group, epoch, batch)
             self.step += 1
             if sample:
-                monitor.after_step(before, self.step, epoch + 1, batch)
+                monitor.after_step(before, self.step, epoch + 1, index)
             if self.ema is not None:
                 self.ema.update()
             if per_step:
@@ -305,13 +364,96 @@ class Trainer:
                 self.display.step()
             for cb in step_callbacks:
                 cb(self)
-            if self.checkpoint_every and self.step % self.checkpoint_every == 0 and batch != last:
+            if self.checkpoint_every and self.step % self.checkpoint_every == 0 and index != last:
                 self._save(epoch, batch + 1, time.perf_counter() - t0)
-            if self.stop_training and batch != last:
+            if self.stop_training and index != last:
                 return False
         return True
 
+    def _forward_backward(self, group: list) -> tuple[torch.Tensor, Any, Any]:
+        """Forward (under the precision's autocast) and backward of the micro-batches of one
+        optimizer step, into the zeroed gradients. Each micro-batch's loss is weighted by its
+        share of the step's samples, so that for a mean-reduced loss the gradient is the one of
+        all the samples as one batch. Returns (the step's loss, outputs, targets): for one
+        micro-batch its loss, output and target; for several their sample-weighted mean loss
+        (float64) and the lists of their (detached) outputs and targets."""
+        model, loss_fn, scaler = self.model, self.loss_fn, self.scaler
+        if len(group) == 1:
+            xb, yb = group[0]
+            with self._autocast():
+                out = model(xb)
+                loss = loss_fn(out, yb)
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            return loss, out, yb
+        total = sum(len(yb) for _, yb in group)
+        mean, outs, targets = None, [], []
+        for xb, yb in group:
+            with self._autocast():
+                out = model(xb)
+                loss = loss_fn(out, yb)
+            share = len(yb) / total
+            part = loss * share
+            (part if scaler is None else scaler.scale(part)).backward()
+            value = loss.detach().double() * share
+            mean = value if mean is None else mean + value
+            outs.append(out.detach())
+            targets.append(yb)
+        return mean, outs, targets
+
+    def _scaler_overflow(self, loss: torch.Tensor) -> bool:
+        """Whether a non-finite check is an fp16 gradient overflow the loss scaler skips: only
+        with a finite loss, and at a loss scale above 1 (a gradient that is non-finite even
+        unscaled is no overflow of the scaling: the run stops as for any non-finite gradient)."""
+        return (self.scaler is not None and math.isfinite(float(loss.detach()))
+                and self.scaler.get_scale() > 1.0)
+
+    def _optimizer_step(self, group: list, epoch: int, batch: int) -> None:
+        """One optimizer step: through the fp16 loss scaler (a step it skips for an overflow is
+        counted by the monitor), or with a closure re-running the step's micro-batches for an
+        optimizer that needs one (SAM: ``requires_closure``)."""
+        optimizer, scaler = self.optimizer, self.scaler
+        if self.closure_step:
+            from optimlab.optim.sam import SAM
+
+            # the closure runs at perturbed weights; optimlab's SAM restores them itself when it raises
+            params = [] if isinstance(optimizer, SAM) else [p for _, p in self.named]
+            kept = [p.detach().clone() for p in params]
+            try:
+                optimizer.step(self._closure(group))
+            except _ClosureNonFinite as err:  # the weights may be perturbed: put them back first
+                with torch.no_grad():
+                    for p, value in zip(params, kept):
+                        p.copy_(value)
+                self._nonfinite(epoch, batch, err.loss, phase="in the closure's forward-backward pass "
+                                                               f"(inside {type(optimizer).__name__}.step)")
+        elif scaler is not None:
+            scale = scaler.get_scale()
+            scaler.step(optimizer)  # skipped if the unscaled gradients hold inf/NaN
+            scaler.update()
+            if scaler.get_scale() < scale:
+                self.monitor.mark_skipped()
+        else:
+            optimizer.step()
+
+    def _closure(self, group: list):
+        """The closure for ``optimizer.step(closure)``: zero the gradients, forward and backward
+        the step's micro-batches again (at the weights the optimizer set), clip, return the loss.
+        A non-finite loss or gradient raises, and the step is not applied."""
+        def closure():
+            with torch.enable_grad():
+                self.optimizer.zero_grad(set_to_none=True)
+                loss, _, _ = self._forward_backward(group)
+                grads = [p.grad for _, p in self.named if p.grad is not None]
+                check = loss.detach().double() + (self.monitor._norms(grads).sum() if grads else 0.0)
+                if not math.isfinite(check.item()):
+                    raise _ClosureNonFinite(loss.detach())
+                if self.clip is not None:
+                    self.clip()
+            return loss
+        return closure
+
     def _end_epoch(self, epoch: int, seconds: float) -> bool:
+        self.modes.to_eval()  # evaluation, early stopping, checkpoint and callbacks see x
         row, step_rows = self.monitor.summarize()
         lr, momentum = (step_rows[-1]["lr"], step_rows[-1]["momentum"]) if step_rows else hyper_in_use(self.optimizer)
         row = {"epoch": epoch + 1, "step": self.step, **row, "lr": lr, "momentum": momentum,
@@ -334,6 +476,8 @@ class Trainer:
             key = es.monitor if es.monitor in row else "train_loss"
             stop = es.update(row[key], epoch + 1, self._weights)
             self.history.best_epoch = es.best_epoch
+        if self.sharpness is not None:  # its measurements join the rows before they are recorded
+            self.sharpness.merge(self, epoch + 1, row, step_rows)
         self.history.epochs.append(row)
         self.history.steps.extend(step_rows)
         self._record("log_epoch", self.history.run_id, row, step_rows)
@@ -352,23 +496,28 @@ class Trainer:
             return {k: v.clone() for k, v in self.model.state_dict().items()}
 
     def _evaluate(self) -> tuple[float, float | None]:
-        return _data.evaluate(self.model, self.val, self.loss_fn, batch_size=self.eval_batch_size, device=self.device)
+        return _data.evaluate(self.model, self.val, self.loss_fn, batch_size=self.eval_batch_size, device=self.device,
+                              autocast=self._autocast)
 
     def _partial_epoch(self, epoch: int, seconds: float) -> None:
         row, step_rows = self.monitor.summarize()
         if row:
             row = {"epoch": epoch + 1, "step": self.step, **row, "time_s": seconds, "partial": True}
+            if self.sharpness is not None:
+                self.sharpness.merge(self, epoch + 1, row, step_rows)
             self.history.epochs.append(row)
             self.history.steps.extend(step_rows)
             self._record("log_epoch", self.history.run_id, row, step_rows)
         self.history.stop = {"reason": "callback", "epoch": epoch + 1, "step": self.step}
 
-    def _nonfinite(self, epoch: int, batch: int, loss: torch.Tensor) -> None:
+    def _nonfinite(self, epoch: int, batch: int, loss: torch.Tensor, phase: str | None = None) -> None:
         parameter, bad = first_nonfinite(self.named)
         layer = layer_name(parameter) if parameter else None
         loss_value = float(loss.detach())
         step = self.step + 1
-        where = f"step {step} (epoch {epoch + 1}, batch {batch + 1} of {self.steps_per_epoch})"
+        where = f"step {step} (epoch {epoch + 1}, batch {batch + 1} of {self.batches_per_epoch})"
+        if phase:
+            where += f", {phase}"
         if layer is not None:
             cause = (f"the first layer whose gradient went non-finite is {layer!r} (parameter {parameter!r}"
                      + (f"; also {', '.join(bad[1:])}" if len(bad) > 1 else "") + ")")
@@ -384,6 +533,8 @@ class Trainer:
         self.monitor.drop_last()
         row, step_rows = self.monitor.summarize()
         if row:
+            if self.sharpness is not None:
+                self.sharpness.merge(self, epoch + 1, row, step_rows)
             self.history.epochs.append({"epoch": epoch + 1, "step": self.step, **row, "partial": True})
             self.history.steps.extend(step_rows)
             self._record("log_epoch", self.history.run_id, self.history.epochs[-1], step_rows)
@@ -394,7 +545,10 @@ class Trainer:
                              loss=loss_value, history=self.history, checkpoint=str(self.checkpoint) if kept else None)
 
     def _finish(self, status: str) -> History:
+        self.modes.to_eval()  # fit returns the evaluation weights (optimizer in eval mode)
         h = self.history
+        if self.scaler is not None:  # fp16: the steps the loss scaler skipped, over the whole run
+            h.config["skipped_steps"] = sum(int(r.get("skipped_steps") or 0) for r in h.epochs)
         es = self.early_stopping
         if status != NONFINITE and es is not None and es.restore_best and es.best_state is not None:
             self.model.load_state_dict(es.best_state)
@@ -442,13 +596,22 @@ class Trainer:
 
     # -------------------------------------------------------------- checkpoints
     def _save(self, epoch: int, batch: int, elapsed: float) -> None:
-        ckpt.save(_state.capture(self, epoch, batch, elapsed), self.checkpoint)
+        with self.modes.evaluation():  # the checkpoint's model is x, its train_model y
+            ckpt.save(_state.capture(self, epoch, batch, elapsed), self.checkpoint)
         for cb in self.callbacks:
             if hasattr(cb, "on_checkpoint"):
                 cb.on_checkpoint(self, self.checkpoint)
 
     def _restore(self, state: dict[str, Any], override: bool = False) -> tuple[int, int]:
         return _state.restore(self, state, override)
+
+
+class _ClosureNonFinite(Exception):
+    """Raised by the step's closure when its loss or gradient is non-finite."""
+
+    def __init__(self, loss: torch.Tensor):
+        super().__init__("non-finite loss or gradient in the closure")
+        self.loss = loss
 
 
 def _then(iterator, hook):

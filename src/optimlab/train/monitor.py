@@ -48,6 +48,10 @@ def first_nonfinite(named: list[tuple[str, nn.Parameter]]) -> tuple[str | None, 
 _LOW_PRECISION = {torch.float16, torch.bfloat16}
 
 
+def _mean(values: torch.Tensor) -> float | None:
+    return float(values.mean()) if values.numel() else None
+
+
 def _dense(grad: torch.Tensor) -> torch.Tensor:
     return grad.coalesce().values() if grad.is_sparse else grad
 
@@ -55,7 +59,8 @@ def _dense(grad: torch.Tensor) -> torch.Tensor:
 class Monitor:
     """Per-step and per-epoch statistics of one model and optimizer."""
 
-    def __init__(self, model: nn.Module, optimizer, *, sample_every: int = 10, enabled: bool = True):
+    def __init__(self, model: nn.Module, optimizer, *, sample_every: int = 10, enabled: bool = True,
+                 count_skipped: bool = False):
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not self.named:
             raise ValueError("the model has no trainable parameters")
@@ -63,6 +68,7 @@ class Monitor:
         self.optimizer = optimizer
         self.enabled = enabled
         self.sample_every = sample_every
+        self.count_skipped = count_skipped  # fp16: epoch rows say how many steps the loss scaler skipped
         self.layers: list[str] = []
         index: list[int] = []
         for name, _ in self.named:
@@ -94,6 +100,7 @@ class Monitor:
         self.sizes: list[int] = []              # batch sizes
         self.samples: list[dict[str, Any]] = []
         self.classify: bool | None = None       # accuracy is recorded when outputs are class scores
+        self.skipped = 0                        # steps the fp16 loss scaler skipped (mark_skipped)
         self._alloc(max(steps, 1))
         if saved:
             n = len(saved["sizes"])
@@ -106,6 +113,7 @@ class Monitor:
                 self.correct[:n] = saved["correct"].to(self.correct)
                 self.classify = True
             self.samples = [dict(s) for s in saved["samples"]]
+            self.skipped = int(saved.get("skipped", 0))
 
     def _alloc(self, capacity: int, keep: int = 0) -> None:
         device, p = self._zero.device, len(self.params)
@@ -124,20 +132,26 @@ class Monitor:
     def is_sample(self, batch: int, last: int) -> bool:
         return self.enabled and ((batch + 1) % self.sample_every == 0 or batch == last)
 
-    def after_backward(self, loss: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def after_backward(self, loss: torch.Tensor, out, target, *, micro: bool = False) -> torch.Tensor:
         """Record the step's loss, accuracy and gradient norms; return ``loss + Σ norms``
-        (finite iff the loss and every gradient are)."""
+        (finite iff the loss and every gradient are). ``micro=True``: the step accumulated
+        several micro-batches, ``out`` and ``target`` are their lists and ``loss`` their
+        sample-weighted mean; the step counts as one, of all their samples."""
+        outs, targets = (out, target) if micro else ((out,), (target,))
         i = self.n
         if i == len(self.losses):
             self._alloc(2 * i, keep=i)
         self.n = i + 1
-        self.sizes.append(len(target))
+        self.sizes.append(sum(len(t) for t in targets))
         loss = loss.detach()
         self.losses[i] = loss
         if self.classify is None:
-            self.classify = out.dim() == 2 and target.dim() == 1 and not target.is_floating_point()
+            self.classify = outs[0].dim() == 2 and targets[0].dim() == 1 and not targets[0].is_floating_point()
         if self.classify:
-            self.correct[i] = (out.detach().argmax(1) == target).sum()
+            if micro:
+                self.correct[i] = sum((o.detach().argmax(1) == t).sum() for o, t in zip(outs, targets))
+            else:
+                self.correct[i] = (out.detach().argmax(1) == target).sum()
         if not self.enabled:
             return loss
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
@@ -153,6 +167,14 @@ class Monitor:
             except (RuntimeError, NotImplementedError):  # e.g. sparse gradients (nn.Embedding(sparse=True))
                 pass
         return torch.stack([torch.linalg.vector_norm(_dense(t), dtype=torch.float64) for t in tensors])
+
+    def mark_skipped(self) -> None:
+        """The last recorded step was not applied (the fp16 loss scaler found inf/NaN gradients
+        at its scale): count it; its gradient norms (NaN from now on) are left out of the
+        gradient-norm statistics. Its loss and accuracy stay (the batch was seen)."""
+        self.skipped += 1
+        if self.enabled:
+            self.norms[self.n - 1] = math.nan
 
     def running(self) -> tuple[float, float | None]:
         """Mean loss and accuracy of the epoch so far (reads back to Python: for the progress bar)."""
@@ -181,7 +203,7 @@ class Monitor:
         n = self.n
         return {"losses": self.losses[:n].clone(), "norms": self.norms[:n].clone(),
                 "correct": self.correct[:n].clone() if self.classify else torch.zeros(0, dtype=torch.int64),
-                "sizes": list(self.sizes), "samples": [dict(s) for s in self.samples]}
+                "sizes": list(self.sizes), "samples": [dict(s) for s in self.samples], "skipped": self.skipped}
 
     def summarize(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """``(epoch_row, step_rows)`` for the epoch just finished (one read-back to Python)."""
@@ -194,31 +216,36 @@ class Monitor:
                                "train_loss": float((losses * sizes).sum() / sizes.sum())}
         if self.classify:
             row["train_acc"] = float(self.correct[:n].sum()) / row["samples"]
+        if self.count_skipped:
+            row["skipped_steps"] = self.skipped
         steps: list[dict[str, Any]] = []
         if not self.enabled:
             return row, steps
         norms = self.norms[:n].double().cpu()                                # (steps, params)
         per_layer = ((norms ** 2) @ self._onehot.cpu()).sqrt()        # (steps, layers)
         total = norms.norm(dim=1)                                            # (steps,)
-        row["grad_norm"] = float(total.mean())
-        row["grad_norm_max"] = float(total.max())
+        kept = ~torch.isnan(total)  # steps the fp16 loss scaler skipped (mark_skipped) are left out
+        row["grad_norm"] = _mean(total[kept])
+        row["grad_norm_max"] = float(total[kept].max()) if kept.any() else None
         for j, layer in enumerate(self.layers):
-            row[f"grad_norm/{layer}"] = float(per_layer[:, j].mean())
+            row[f"grad_norm/{layer}"] = _mean(per_layer[kept, j])
         ratios = []
         start = 0
         for s in self.samples:
             end = s["batch"] + 1
             window = slice(start, end)
             start = end
+            ok = kept[window]
             w_sq, d_sq = s["weight_sq"], s["delta_sq"]
             ratio = [math.sqrt(d) / math.sqrt(w) if w > 0 else None for d, w in zip(d_sq, w_sq)]
             ratios.append(ratio)
             out = {"step": s["step"], "epoch": s["epoch"],
                    "loss": float((losses[window] * sizes[window]).sum() / sizes[window].sum()),
-                   "grad_norm": float(total[window].mean()), "grad_norm_max": float(total[window].max()),
+                   "grad_norm": _mean(total[window][ok]),
+                   "grad_norm_max": float(total[window][ok].max()) if ok.any() else None,
                    "lr": s["lr"], "momentum": s["momentum"]}
             for j, layer in enumerate(self.layers):
-                out[f"grad_norm/{layer}"] = float(per_layer[window, j].mean())
+                out[f"grad_norm/{layer}"] = _mean(per_layer[window, j][ok])
                 out[f"update_ratio/{layer}"] = ratio[j]
                 out[f"weight_norm/{layer}"] = math.sqrt(w_sq[j])
             steps.append(out)
