@@ -2,6 +2,7 @@
 
     python bench/train_epoch.py [--dataset mnist] [--threads N] [--repeats 1]
                                 [--precision 32|bf16|fp16] [--accumulate K]
+                                [--sharpness-every N]
 
 The model: Conv2D(32, 3x3, ReLU) -> MaxPool 2x2 -> Dropout 0.25 -> Flatten ->
 Dense(10); batch 64; Adam (lr 1e-3); one epoch over the 50,000 training
@@ -19,9 +20,10 @@ images; accuracy on the 10,000 validation images afterwards. Contenders:
 * Keras 3 on TensorFlow (``pip install -e '.[bench]'``; skipped when missing),
   the framework the lectures used, ``model.fit(..., batch_size=64, epochs=1)``.
 
-``--precision`` and ``--accumulate`` apply to the optimlab contenders only:
-``fit(..., precision=P)``, and ``fit(batch_size=64 // K, accumulate=K)`` (the same
-64-sample steps, in K micro-batches). Compare precisions with e.g.
+``--precision``, ``--accumulate`` and ``--sharpness-every`` apply to the optimlab
+contenders only: ``fit(..., precision=P)``, ``fit(batch_size=64 // K, accumulate=K)`` (the
+same 64-sample steps, in K micro-batches) and ``fit(..., sharpness_every=N)`` (λ_max every N
+steps). Compare precisions with e.g.
 ``--skip bare,loader_fast,loader,bare_textbook,keras`` run once per precision.
 
 Each contender runs in a fresh process (``--same-process`` to share one), and
@@ -47,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 BATCH, LR, SEED = 64, 1e-3, 0
-FIT = {"precision": "32", "accumulate": 1}  # --precision / --accumulate, for the optimlab contenders
+FIT = {"precision": "32", "accumulate": 1, "sharpness_every": None}  # --precision / --accumulate, for the optimlab contenders
 CPU: dict[str, float] = {}  # CPU seconds (all threads) of the last timed region
 
 
@@ -87,7 +89,7 @@ def run_optimlab(train, val, monitor=True):
         with timed() as t:
             history = fit(model, opt, train, epochs=1, batch_size=BATCH // FIT["accumulate"], seed=SEED, quiet=True,
                           monitor=monitor, store=os.path.join(tmp, "runs.sqlite"), precision=FIT["precision"],
-                          accumulate=FIT["accumulate"])
+                          accumulate=FIT["accumulate"], sharpness_every=FIT["sharpness_every"])
     return t.seconds, accuracy(model, *val), history
 
 
@@ -196,8 +198,10 @@ def run_one(key: str, train, val) -> dict:
         return {"key": key, "label": f"Keras 3 on TensorFlow ({versions})", "seconds": seconds, "acc": acc,
                 "cpu": CPU["seconds"]}
     label, _, fn = next(c for c in CONTENDERS if c[1] == key)
-    if key.startswith("optimlab") and (FIT["precision"] != "32" or FIT["accumulate"] != 1):
-        label += f" [precision {FIT['precision']}, accumulate {FIT['accumulate']}]"
+    if key.startswith("optimlab") and (FIT["precision"] != "32" or FIT["accumulate"] != 1
+                                       or FIT["sharpness_every"]):
+        label += (f" [precision {FIT['precision']}, accumulate {FIT['accumulate']}"
+                  + (f", sharpness every {FIT['sharpness_every']}" if FIT["sharpness_every"] else "") + "]")
     seconds, acc, history = fn(train, val)
     out = {"key": key, "label": label, "seconds": seconds, "acc": acc, "cpu": CPU["seconds"]}
     if history is not None:
@@ -214,6 +218,8 @@ def _isolated(key: str, args) -> dict:
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     cmd += ["--precision", args.precision, "--accumulate", str(args.accumulate)]
+    if args.sharpness_every:
+        cmd += ["--sharpness-every", str(args.sharpness_every)]
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     if args.passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -241,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="fit(precision=...) for the optimlab contenders (default: 32)")
     parser.add_argument("--accumulate", type=int, default=1, choices=[1, 2, 4, 8, 16, 32, 64],
                         help="fit(batch_size=64 // K, accumulate=K) for the optimlab contenders (default: 1)")
+    parser.add_argument("--sharpness-every", type=int, default=None,
+                        help="fit(sharpness_every=N) for the optimlab contenders: what tracking lambda_max costs")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one contender, JSON out
     args = parser.parse_args(argv)
-    FIT.update(precision=args.precision, accumulate=args.accumulate)
+    FIT.update(precision=args.precision, accumulate=args.accumulate, sharpness_every=args.sharpness_every)
     if args.threads:
         torch.set_num_threads(args.threads)
     from optimlab import data
@@ -269,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads or torch.get_num_threads()} threads; "
           f"{'one process' if args.same_process else 'a fresh process per contender'}"
           f"{', OMP_WAIT_POLICY=PASSIVE' if args.passive else ''}; optimlab precision {args.precision}, "
-          f"accumulate {args.accumulate}; load average {os.getloadavg()[0]:.1f}",
+          f"accumulate {args.accumulate}, sharpness every {args.sharpness_every}; load average {os.getloadavg()[0]:.1f}",
           file=sys.stderr)
     best: dict[str, dict] = {}
     for round_ in range(args.repeats):  # rounds interleave the contenders, so load spikes hit all alike

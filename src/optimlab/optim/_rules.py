@@ -6,11 +6,12 @@ last few ulp. ``steps`` holds each tensor's step count *after* this step's incre
 (a Python float, as torch reads it with ``.item()``); bias corrections are computed from
 it in double precision, exactly as torch does on its default path.
 
-Where Keras's maths genuinely differs (see ``optimlab.optim.keras``), the difference is
-one named keyword of the rule (``eps_inside_sqrt``, ``lr_in_momentum``, ...), never a
-second copy of the rule. L2 weight decay (torch) enters the gradient here; decoupled
-weight decay (AdamW, and every Keras optimizer) is applied by the caller or by the
-``decoupled`` switch before the moment updates.
+The Keras-convention twins (``optimlab.optim.keras``) do not use these rules: they run
+``optimlab.optim.keras._rules``, transcribed from Keras's own code in Keras's operation order
+(a multiply and an add where torch has ``lerp``/``addcmul``), which changes results beyond
+the last bit (centred RMSprop). L2 weight decay (torch) enters the gradient here; decoupled
+weight decay (AdamW) is applied by the caller or by the ``decoupled`` switch before the
+moment updates.
 """
 
 from __future__ import annotations
@@ -36,20 +37,14 @@ def effective_grads(params: Tensors, grads: Tensors, *, maximize: bool, weight_d
 
 
 def decoupled_decay(params: Tensors, *, lr: float, weight_decay: float) -> None:
-    """``θ ← θ·(1 − γλ)`` (AdamW; Keras applies it in every optimizer)."""
+    """``θ ← θ·(1 − γλ)`` (AdamW)."""
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
 
 
-def one_minus_powers(beta: float, steps: Sequence[float], dtype: torch.dtype | None = None) -> list[float]:
-    """``1 − βᵗ`` for each step: in Python double (torch's default path), or, with ``dtype``,
-    as tensor ops in that dtype (Keras evaluates β-powers in the variable's dtype; in float32
-    β2 = 0.999 is 0.99900001, so ``1 − β2`` is 1.3e-5 smaller than in double)."""
-    if dtype is None:
-        return [1 - beta**t for t in steps]
-    b = torch.tensor(beta, dtype=dtype)
-    values = {t: (1 - b ** torch.tensor(t, dtype=dtype)).item() for t in set(steps)}
-    return [values[t] for t in steps]
+def one_minus_powers(beta: float, steps: Sequence[float]) -> list[float]:
+    """``1 − βᵗ`` for each step, in Python double (torch's default path)."""
+    return [1 - beta**t for t in steps]
 
 
 def sgd(params: Tensors, grads: Tensors, momentum_buffers: list[Tensor | None], *, lr: float,
@@ -77,46 +72,19 @@ def sgd(params: Tensors, grads: Tensors, momentum_buffers: list[Tensor | None], 
     torch._foreach_add_(params, grads, alpha=-lr)
 
 
-def keras_sgd(params: Tensors, grads: Tensors, velocities: Tensors, *, lr: float, momentum: float,
-              nesterov: bool) -> None:
-    """SGD in Keras's (and the lectures' first) convention: the velocity carries the lr.
-
-    ``v ← μ·v − η·g``; ``θ ← θ + v`` or, Nesterov, ``θ ← θ + μ·v − η·g``.
-    Equal to torch's convention under a constant learning rate; when the rate changes,
-    each past contribution keeps the rate it was added with.
-    """
-    if momentum == 0:
-        torch._foreach_add_(params, grads, alpha=-lr)
-        return
-    torch._foreach_mul_(velocities, momentum)
-    torch._foreach_add_(velocities, grads, alpha=-lr)
-    if nesterov:  # in the order of Keras's torch backend
-        torch._foreach_add_(params, grads, alpha=-lr)
-        torch._foreach_add_(params, velocities, alpha=momentum)
-    else:
-        torch._foreach_add_(params, velocities)
-
-
 def adagrad(params: Tensors, grads: Tensors, sums: Tensors, steps: Sequence[float], *, lr: float,
-            lr_decay: float, eps: float, eps_inside_sqrt: bool = False) -> None:
-    """AdaGrad: ``s ← s + g²``; ``θ ← θ − γ_t·g / (√s + ε)``, ``γ_t = γ / (1 + (t − 1)·decay)``.
-
-    ``eps_inside_sqrt`` gives Keras's ``g / √(s + ε)``.
-    """
+            lr_decay: float, eps: float) -> None:
+    """AdaGrad: ``s ← s + g²``; ``θ ← θ − γ_t·g / (√s + ε)``, ``γ_t = γ / (1 + (t − 1)·decay)``."""
     torch._foreach_addcmul_(sums, grads, grads, value=1)
-    if eps_inside_sqrt:
-        std = torch._foreach_add(sums, eps)
-        torch._foreach_sqrt_(std)
-    else:
-        std = torch._foreach_sqrt(sums)
-        torch._foreach_add_(std, eps)
+    std = torch._foreach_sqrt(sums)
+    torch._foreach_add_(std, eps)
     minus_clr = [-lr / (1 + (t - 1) * lr_decay) for t in steps]
     numerator = torch._foreach_mul(grads, minus_clr)
     torch._foreach_addcdiv_(params, numerator, std)
 
 
 def adagrad_sparse(param: Tensor, grad: Tensor, state_sum: Tensor, step: float, *, lr: float,
-                   lr_decay: float, eps: float, eps_inside_sqrt: bool = False) -> None:
+                   lr_decay: float, eps: float) -> None:
     """AdaGrad for one sparse gradient: only the rows present in the gradient change."""
     clr = lr / (1 + (step - 1) * lr_decay)
     grad = grad.coalesce()
@@ -128,43 +96,30 @@ def adagrad_sparse(param: Tensor, grad: Tensor, state_sum: Tensor, step: float, 
 
     state_sum.add_(sparse_like(values.pow(2)))
     std_values = state_sum.sparse_mask(grad)._values()
-    std_values = std_values.add_(eps).sqrt_() if eps_inside_sqrt else std_values.sqrt_().add_(eps)
+    std_values = std_values.sqrt_().add_(eps)
     param.add_(sparse_like(values / std_values), alpha=-clr)
 
 
 def rmsprop(params: Tensors, grads: Tensors, square_avgs: Tensors, grad_avgs: Tensors,
             momentum_buffers: Tensors, *, lr: float, alpha: float, eps: float, momentum: float,
-            centered: bool, eps_inside_sqrt: bool = False, lr_in_momentum: bool = False) -> None:
+            centered: bool) -> None:
     """RMSprop: ``v ← α·v + (1 − α)·g²``; centred: ``ḡ ← lerp(ḡ, g, 1 − α)``, ``v̂ = v − ḡ²``.
 
     ``d = g / (√v̂ + ε)``; with momentum ``b ← μ·b + d``, ``θ ← θ − γ·b``; else ``θ ← θ − γ·d``.
-    Keras: ``eps_inside_sqrt`` (``√(v̂ + ε)``) and ``lr_in_momentum`` (``b ← μ·b + γ·d``, ``θ ← θ − b``).
     """
     torch._foreach_mul_(square_avgs, alpha)
     torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
     if centered:
         torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
-        if eps_inside_sqrt:  # (v + ε) − ḡ², in the order of Keras's torch backend (v − ḡ² may cancel)
-            avg = torch._foreach_add(square_avgs, eps)
-            torch._foreach_addcmul_(avg, grad_avgs, grad_avgs, value=-1)
-        else:
-            avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
-        torch._foreach_sqrt_(avg)
-    elif eps_inside_sqrt:
-        avg = torch._foreach_add(square_avgs, eps)
+        avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
         torch._foreach_sqrt_(avg)
     else:
         avg = torch._foreach_sqrt(square_avgs)
-    if not eps_inside_sqrt:
-        torch._foreach_add_(avg, eps)
+    torch._foreach_add_(avg, eps)
     if momentum > 0:
         torch._foreach_mul_(momentum_buffers, momentum)
-        if lr_in_momentum:
-            torch._foreach_addcdiv_(momentum_buffers, grads, avg, value=lr)
-            torch._foreach_sub_(params, momentum_buffers)
-        else:
-            torch._foreach_addcdiv_(momentum_buffers, grads, avg)
-            torch._foreach_add_(params, momentum_buffers, alpha=-lr)
+        torch._foreach_addcdiv_(momentum_buffers, grads, avg)
+        torch._foreach_add_(params, momentum_buffers, alpha=-lr)
     else:
         torch._foreach_addcdiv_(params, grads, avg, value=-lr)
 
@@ -188,82 +143,63 @@ def adadelta(params: Tensors, grads: Tensors, square_avgs: Tensors, acc_deltas: 
 
 def adam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
          max_exp_avg_sqs: Tensors, steps: Sequence[float], *, lr: float, beta1: float, beta2: float,
-         eps: float, amsgrad: bool, eps_before_bias_correction: bool = False,
-         powers_dtype: torch.dtype | None = None) -> None:
+         eps: float, amsgrad: bool) -> None:
     """Adam: ``m ← lerp(m, g, 1 − β1)``; ``v ← β2·v + (1 − β2)·g²``; AMSGrad: ``v ← max(v_max, v)``.
 
     ``θ ← θ − γ/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`` (torch; Algorithm 1 of the paper).
-    ``eps_before_bias_correction`` gives Keras's ``θ ← θ − γ·√(1 − β2ᵗ)/(1 − β1ᵗ) · m / (√v + ε̂)``;
-    ``powers_dtype`` (Keras: the variable's dtype) is where ``1 − βᵗ`` is evaluated (:func:`one_minus_powers`).
     """
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-    bc1 = one_minus_powers(beta1, steps, powers_dtype)
-    bc2_sqrt = [b**0.5 for b in one_minus_powers(beta2, steps, powers_dtype)]
+    bc1 = one_minus_powers(beta1, steps)
+    bc2_sqrt = [b**0.5 for b in one_minus_powers(beta2, steps)]
     if amsgrad:
         torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
         denom = torch._foreach_sqrt(max_exp_avg_sqs)
     else:
         denom = torch._foreach_sqrt(exp_avg_sqs)
-    if eps_before_bias_correction:
-        torch._foreach_add_(denom, eps)
-        step_size = [-lr * s / b for s, b in zip(bc2_sqrt, bc1)]
-    else:
-        torch._foreach_div_(denom, bc2_sqrt)
-        torch._foreach_add_(denom, eps)
-        step_size = [-lr / b for b in bc1]
+    torch._foreach_div_(denom, bc2_sqrt)
+    torch._foreach_add_(denom, eps)
+    step_size = [-lr / b for b in bc1]
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)
 
 
 def adamax(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_infs: Tensors, steps: Sequence[float], *,
-           lr: float, beta1: float, beta2: float, eps: float, eps_after_max: bool = False,
-           powers_dtype: torch.dtype | None = None) -> None:
-    """Adamax: ``m ← lerp(m, g, 1 − β1)``; ``u ← max(β2·u, |g| + ε)``; ``θ ← θ − γ/(1 − β1ᵗ) · m / u``.
-
-    ``eps_after_max`` gives Keras's ``u ← max(β2·u, |g|)``, ``θ ← θ − γ/(1 − β1ᵗ) · m / (u + ε)``;
-    ``powers_dtype`` as in :func:`adam`.
-    """
+           lr: float, beta1: float, beta2: float, eps: float) -> None:
+    """Adamax: ``m ← lerp(m, g, 1 − β1)``; ``u ← max(β2·u, |g| + ε)``; ``θ ← θ − γ/(1 − β1ᵗ) · m / u``."""
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_infs, beta2)
     abs_grads = torch._foreach_abs(grads)
-    if eps_after_max:
-        torch._foreach_maximum_(exp_infs, abs_grads)
-        denom = torch._foreach_add(exp_infs, eps)
-    else:
-        torch._foreach_add_(abs_grads, eps)
-        torch._foreach_maximum_(exp_infs, abs_grads)
-        denom = exp_infs
-    step_size = [-lr / b for b in one_minus_powers(beta1, steps, powers_dtype)]
+    torch._foreach_add_(abs_grads, eps)
+    torch._foreach_maximum_(exp_infs, abs_grads)
+    denom = exp_infs
+    step_size = [-lr / b for b in one_minus_powers(beta1, steps)]
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)
 
 
-def nadam_momentum(beta1: float, step: float, momentum_decay: float, dtype: torch.dtype | None = None) -> float:
-    """Dozat's momentum schedule ``μ_t = β1·(1 − ½·0.96^(t·ψ))`` (in ``dtype`` if given, as Keras)."""
-    if dtype is None:
-        return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
-    beta1_, decay, exponent = (torch.tensor(x, dtype=dtype) for x in (beta1, 0.96, step * momentum_decay))
-    return (beta1_ * (1.0 - 0.5 * decay**exponent)).item()
+def nadam_momentum(beta1: float, step: float, momentum_decay: float) -> float:
+    """Dozat's momentum schedule ``μ_t = β1·(1 − ½·0.96^(t·ψ))``."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
 
 
 def nadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors, mu_products: Tensors,
           steps: Sequence[float], *, lr: float, beta1: float, beta2: float, eps: float,
-          momentum_decay: float, powers_dtype: torch.dtype | None = None) -> None:
+          momentum_decay: float) -> None:
     """NAdam (Dozat 2016), torch's form, with the schedule ``μ_t`` of :func:`nadam_momentum`.
 
     ``Π_t = Π_{t−1}·μ_t`` (stored); ``m ← lerp(m, g, 1 − β1)``; ``v ← β2·v + (1 − β2)·g²``;
     ``den = √(v/(1 − β2ᵗ)) + ε``;
     ``θ ← θ − γ(1 − μ_t)/(1 − Π_t) · g/den − γ·μ_{t+1}/(1 − Π_t·μ_{t+1}) · m/den``.
-    Keras's Nadam is this rule with ``momentum_decay = 1`` (and ``powers_dtype``, as in :func:`adam`,
-    the variable's dtype; ``mu_products`` then hold Keras's ``u_product``).
+    Keras's Nadam is this rule with ``momentum_decay = 1`` (in another operation order and with
+    its scalars in the variable's dtype: ``optimlab.optim.keras._rules.nadam``).
     """
-    mus = [nadam_momentum(beta1, t, momentum_decay, powers_dtype) for t in steps]
-    mu_nexts = [nadam_momentum(beta1, t + 1, momentum_decay, powers_dtype) for t in steps]
+    mus = [nadam_momentum(beta1, t, momentum_decay) for t in steps]
+    mu_nexts = [nadam_momentum(beta1, t + 1, momentum_decay) for t in steps]
     torch._foreach_mul_(mu_products, mus)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-    denom = torch._foreach_div(exp_avg_sqs, one_minus_powers(beta2, steps, powers_dtype))
+    denom = torch._foreach_div(exp_avg_sqs, one_minus_powers(beta2, steps))
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
     products = [p.item() for p in mu_products]

@@ -2,14 +2,16 @@
 
 ``optimlab.optim.keras.Adam(model.parameters(), learning_rate=1e-3, beta_1=0.9)`` is
 ``keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.9)``: Keras's keyword names, defaults
-and update maths (checked step by step against Keras 3.15 itself), with everything a torch
-optimizer has (param groups, ``state_dict``, torch LR schedulers, strict errors). The same
-rules as the torch-convention classes run underneath (:mod:`optimlab.optim._rules`); where
-Keras's maths differs, the difference is one named switch of the rule.
+and update maths (checked step by step against Keras 3.15 itself: bit for bit), with everything
+a torch optimizer has (param groups, ``state_dict``, torch LR schedulers, strict errors). The
+updates are Keras's own code for its torch backend, transcribed operation for operation
+(:mod:`optimlab.optim.keras._rules`), not torch's rules: the operation order changes results
+(centred RMSprop).
 
 What carries over from Keras, in every optimizer (see docs/conventions.md for the full table):
 
-* weight decay is decoupled, ``θ ← θ·(1 − λ·η)`` before the update (``weight_decay=None``: off);
+* weight decay is decoupled, ``θ ← θ·(1 − λ·η)`` before the update (``weight_decay=None``: off,
+  also in one param group); ``exclude_from_weight_decay(var_list, var_names)`` as in Keras;
 * one global step counter ``iterations`` (``t = iterations + 1`` in bias corrections), which
   advances even for parameters without a gradient (they are skipped);
 * the learning rate acts as a float32 number, as Keras's learning-rate variable;

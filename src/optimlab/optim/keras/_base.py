@@ -8,8 +8,11 @@ One ``step()`` does what Keras's ``optimizer.apply(grads, variables)`` does (Ker
    ``t = iterations + 1`` for every parameter;
 2. the gradients are clipped (copies; ``p.grad`` is left as it was): ``clipnorm`` per
    tensor, else ``global_clipnorm`` over every tensor that has a gradient, else ``clipvalue``;
-3. decoupled weight decay ``θ ← θ·(1 − λ·η)`` with the current rate η, in every optimizer;
-4. the optimizer's update (``_update``, a rule from :mod:`optimlab.optim._rules`);
+3. decoupled weight decay ``θ ← θ·(1 − λ·η)`` with the current rate η, in every optimizer,
+   except for parameters excluded by :meth:`KerasOptimizer.exclude_from_weight_decay` or in a
+   group with ``weight_decay=None``;
+4. the optimizer's update (``_update``, a rule from :mod:`optimlab.optim.keras._rules`, in
+   Keras's operation order);
 5. ``iterations += 1``.
 
 The learning rate is used as Keras holds it: a float32 variable (Keras's ``floatx``), so for
@@ -21,6 +24,7 @@ evaluated in float32, as the torch backend does. ``group["lr"]`` keeps the value
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -34,17 +38,58 @@ LEARNING_RATE_DTYPE = FLOATX  # Keras keeps its learning rate in a floatx variab
 _CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
 
 # Keras constructor arguments with no place in a torch optimizer: what to do instead.
-_KERAS_ONLY = {
-    "decay": "Keras 3 ignores the Keras 2 argument decay= (it only warns); drop it, "
-             "or use a learning-rate scheduler",
-    "use_ema": "average the weights with torch.optim.swa_utils.AveragedModel",
-    "ema_momentum": "average the weights with torch.optim.swa_utils.AveragedModel",
-    "ema_overwrite_frequency": "average the weights with torch.optim.swa_utils.AveragedModel",
-    "loss_scale_factor": "scale the loss yourself, or use torch.amp.GradScaler",
-    "gradient_accumulation_steps": "accumulate gradients in the training loop and call step() "
-                                   "every k batches (Keras averages the k gradients)",
-    "name": "a torch optimizer has no name",
+def _number(value: Any, low: float, high: float, symbol: str) -> str:
+    """``value`` for a message if it is a usable number in [low, high), else ``symbol``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value < high
+    return repr(value) if ok else symbol
+
+
+def _ema_advice(kwargs: dict[str, Any]) -> str:
+    decay = _number(kwargs.get("ema_momentum", 0.99), 0.0, 1.0, "0.99")
+    return (f"keep the weight average beside the model: ema = optimlab.ema.EMA(model, decay={decay}) and "
+            f"ema.update() after every step() (evaluate inside `with ema.average_parameters():`), "
+            f"or train with fit(..., ema={decay})")
+
+
+def _overwrite_advice(kwargs: dict[str, Any]) -> str:
+    n = _number(kwargs["ema_overwrite_frequency"], 1, float("inf"), "n")
+    return (f"{_ema_advice(kwargs)}; ema.copy_to() writes the average into the model "
+            f"(Keras does it every {n} steps, and at the end of fit)")
+
+
+def _loss_scale_advice(kwargs: dict[str, Any]) -> str:
+    f = _number(kwargs["loss_scale_factor"], 0.0, float("inf"), "the factor")
+    return (f"scale the loss outside the optimizer: fit(..., precision='fp16') scales it dynamically "
+            f"(torch.amp.GradScaler); by hand, backpropagate loss * {f} and divide the gradients by {f} "
+            f"before step()")
+
+
+def _accumulation_advice(kwargs: dict[str, Any]) -> str:
+    k = _number(kwargs["gradient_accumulation_steps"], 2, float("inf"), "k")
+    return (f"accumulate outside the optimizer: fit(..., accumulate={k}) averages the gradients of {k} "
+            f"micro-batches per step(), as Keras does; by hand, call step() after every {k} backward() "
+            f"passes of loss / {k}")
+
+
+def _decay_advice(kwargs: dict[str, Any]) -> str:
+    d = _number(kwargs["decay"], 1e-300, float("inf"), "decay")
+    return ("Keras 3 ignores Keras 2's decay= (it only warns), so drop it; Keras 2's rate η/(1 + decay·t) is "
+            f"optimlab.schedules.PowerDecay(η, decay_steps=1/{d}), e.g. in fit(..., schedule=...)")
+
+
+_KERAS_ONLY: dict[str, Callable[[dict[str, Any]], str]] = {
+    "decay": _decay_advice,
+    "use_ema": _ema_advice,
+    "ema_momentum": _ema_advice,
+    "ema_overwrite_frequency": _overwrite_advice,
+    "loss_scale_factor": _loss_scale_advice,
+    "gradient_accumulation_steps": _accumulation_advice,
+    "jit_compile": lambda kwargs: "Keras 3 does not take it either (a tf.keras 2 argument); drop it",
+    "name": lambda kwargs: "a torch optimizer has no name; drop it",
 }
+# The values that mean "off" in Keras: the message then says to drop the argument.
+_KERAS_OFF = {"use_ema": False, "ema_overwrite_frequency": None, "loss_scale_factor": None,
+              "gradient_accumulation_steps": None, "decay": None}
 
 
 def as_keras_lr(lr: Any) -> float:
@@ -82,9 +127,12 @@ def optional_positive(name: str, value: Any) -> None:
 def _reject_keras_only(init: Callable, cls_name: str) -> Callable:
     @functools.wraps(init)
     def checked_init(self, *args, **kwargs):
-        for key in kwargs:
+        for key, value in kwargs.items():
             if key in _KERAS_ONLY:
-                raise UnknownArgumentError(f"{cls_name}() does not take Keras's {key}=: {_KERAS_ONLY[key]}")
+                advice = _KERAS_ONLY[key](kwargs)
+                if key in _KERAS_OFF and value is _KERAS_OFF[key]:
+                    advice = f"that is Keras's default (off): drop it. To have the feature: {advice}"
+                raise UnknownArgumentError(f"{cls_name}() does not take Keras's {key}={value!r}: {advice}")
         init(self, *args, **kwargs)
 
     return checked_init
@@ -112,6 +160,13 @@ def clip_by_global_norm(grads: list[Tensor], clipnorm: float) -> list[Tensor]:
     scale = clipnorm * torch.minimum(1.0 / norm, torch.tensor(1.0 / clipnorm, dtype=dtype)).to(FLOATX)
     scale = scale + (norm - norm)
     return [g * scale.to(g.dtype) for g in grads]
+
+
+def _listed(name: str, value: Any) -> list:
+    try:
+        return list(value)
+    except TypeError:
+        raise ValueError(f"exclude_from_weight_decay: {name} must be a list, got {value!r}") from None
 
 
 class KerasOptimizer(Optimizer):
@@ -183,11 +238,86 @@ class KerasOptimizer(Optimizer):
                                  "give one")
             param_group = {("lr" if k == "learning_rate" else k): v for k, v in param_group.items()}
         super().add_param_group(param_group)
-        for p in self.param_groups[-1]["params"]:
+        group = self.param_groups[-1]
+        for p in group["params"]:
             if p.is_complex():
                 self.param_groups.pop()
                 raise ValueError(f"{type(self).__name__} takes real tensors only (Keras has no complex "
                                  f"variables), got dtype {p.dtype}")
+        names = group.get("param_names")
+        if names is not None and (not isinstance(names, list) or len(names) != len(group["params"])
+                                  or not all(isinstance(n, str) for n in names)):
+            self.param_groups.pop()
+            raise ValueError(f"param group {len(self.param_groups)}: param_names must be a list of "
+                             f"{len(group['params'])} strings, one per parameter, got {names!r}")
+
+    # ------------------------------------------------------------------- weight decay
+    _decay_exclusion: tuple[tuple[Tensor, ...], str | None] | None = None  # (var_list, var_names pattern)
+
+    def exclude_from_weight_decay(self, var_list: Any = None, var_names: Any = None) -> None:
+        """Keras's ``exclude_from_weight_decay``: these parameters get no decoupled weight decay.
+
+        ``var_list``: parameters of this optimizer. ``var_names``: a list of strings; a parameter
+        is excluded when one of them is found in its name (``re.search`` of the strings joined
+        with ``|``, as Keras: ``["bias"]`` excludes every name containing ``bias``). The names are
+        the ones torch keeps in each group's ``param_names``: build the optimizer from
+        ``model.named_parameters()`` (or give ``(name, tensor)`` pairs in a group's params).
+        Each call replaces the previous one, as in Keras. Call it before the first ``step()``
+        (Keras: "before the optimizer is built"); the exclusion is a setting, not state: it is
+        not in ``state_dict()`` (Keras does not save it either). Keras 3.15,
+        ``BaseOptimizer.exclude_from_weight_decay``; what differs is in docs/conventions.md.
+
+        Raises ValueError after the first step, for a ``var_list`` entry that is not a parameter
+        of this optimizer, for ``var_names`` that is not a list of strings or not a valid
+        regular expression, and for ``var_names`` when the parameters have no names.
+        """
+        if self.iterations > 0:
+            raise ValueError("exclude_from_weight_decay() can only be configured before the optimizer is built "
+                             f"(as in Keras): call it before the first step(); this optimizer has taken "
+                             f"iterations={self.iterations} steps")
+        tensors: tuple[Tensor, ...] = ()
+        if var_list is not None:
+            if isinstance(var_list, Tensor):
+                raise ValueError(f"exclude_from_weight_decay: var_list must be a list of parameters, got one tensor "
+                                 f"of shape {tuple(var_list.shape)}; pass [tensor]")
+            tensors = tuple(_listed("var_list", var_list))
+            mine = {id(p) for g in self.param_groups for p in g["params"]}
+            for i, t in enumerate(tensors):
+                if not isinstance(t, Tensor):
+                    raise ValueError(f"exclude_from_weight_decay: var_list[{i}] must be a torch.Tensor, "
+                                     f"got {type(t).__name__}")
+                if id(t) not in mine:
+                    raise ValueError(f"exclude_from_weight_decay: var_list[{i}] (a tensor of shape "
+                                     f"{tuple(t.shape)}) is not a parameter of this optimizer")
+        pattern = None
+        if var_names is not None:
+            names = [] if isinstance(var_names, str) else _listed("var_names", var_names)
+            if isinstance(var_names, str) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"exclude_from_weight_decay: var_names must be a list of strings, got "
+                                 f"{var_names!r}" + (f"; pass [{var_names!r}]" if isinstance(var_names, str) else ""))
+            if names:
+                pattern = "|".join(sorted(set(names)))
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"exclude_from_weight_decay: var_names={names!r} is not a valid regular "
+                                     f"expression (Keras joins them with '|' and searches the names): {err}") from None
+                if any("param_names" not in g for g in self.param_groups):
+                    raise ValueError(f"exclude_from_weight_decay: var_names={names!r} are matched against parameter "
+                                     "names, and this optimizer's parameters have none: build it from "
+                                     "model.named_parameters() (or (name, tensor) pairs in each group's params)")
+        self._decay_exclusion = (tensors, pattern) if tensors or pattern else None
+
+    def _decayed(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
+        """``params`` less those excluded from weight decay."""
+        if self._decay_exclusion is None:
+            return params
+        tensors, pattern = self._decay_exclusion
+        excluded = {id(t) for t in tensors}
+        if pattern is not None:
+            excluded.update(id(p) for p, name in zip(group["params"], group.get("param_names", ()))
+                            if re.search(pattern, name))
+        return [p for p in params if id(p) not in excluded]
 
     # ---------------------------------------------------------------------------- step
     @torch.no_grad()
@@ -254,9 +384,10 @@ class KerasOptimizer(Optimizer):
             buckets.setdefault((p.device, p.dtype), []).append(i)
         for indices in buckets.values():
             ps, gs = [params[i] for i in indices], [grads[i] for i in indices]
-            if group["weight_decay"]:  # Keras's torch backend: θ *= 1 − λ·η, in float32 (None/0: off)
+            decayed = self._decayed(group, ps) if group["weight_decay"] else []  # None/0: off
+            if decayed:  # Keras's torch backend: θ *= 1 − λ·η, in float32
                 factor = 1 - group["weight_decay"] * torch.tensor(lr, dtype=LEARNING_RATE_DTYPE)
-                torch._foreach_mul_(ps, factor.item())
+                torch._foreach_mul_(decayed, factor.item())
             self._update(group, ps, gs, [states[i] for i in indices], lr=lr, step=step)
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -298,7 +429,8 @@ class KerasOptimizer(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:  # torch pickles only defaults/state/param_groups
         state = super().__getstate__()
-        keep = ("iterations", "skip_nonfinite", "skipped_steps", *_CLIP_OPTIONS, *self._extra_attributes)
+        keep = ("iterations", "skip_nonfinite", "skipped_steps", "_decay_exclusion", *_CLIP_OPTIONS,
+                *self._extra_attributes)
         state.update({k: self.__dict__[k] for k in keep if k in self.__dict__})
         return state
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimlab.optim import _rules
 from optimlab.optim import _validation as check
+from optimlab.optim.keras import _rules
 from optimlab.optim.keras._base import KerasOptimizer, check_learning_rate, optional_non_negative
 
 
@@ -62,29 +62,32 @@ class Adam(KerasOptimizer):
                 if "velocity_hat" not in s:
                     s["velocity_hat"] = _zeros(p)
         _rules.adam(params, grads, [s["momentum"] for s in states], [s["velocity"] for s in states],
-                    [s["velocity_hat"] for s in states] if amsgrad else [], [step] * len(params), lr=lr,
-                    beta1=float(group["beta_1"]), beta2=float(group["beta_2"]), eps=float(group["epsilon"]),
-                    amsgrad=amsgrad, eps_before_bias_correction=True, powers_dtype=params[0].dtype)
+                    [s["velocity_hat"] for s in states] if amsgrad else [], lr=lr, beta_1=float(group["beta_1"]),
+                    beta_2=float(group["beta_2"]), epsilon=float(group["epsilon"]), amsgrad=amsgrad, step=step)
 
 
 class AdamW(Adam):
-    r"""``keras.optimizers.AdamW``: :class:`Adam` with ``weight_decay = 0.004`` by default (and
-    never ``None``). Keras decouples weight decay in every optimizer, so ``Adam(weight_decay=λ)``
-    is the same optimizer; the decay is ``θ ← θ·(1 − λ·η)`` with the current rate η, like
-    torch's AdamW (whose default λ is 1e-2), but the Adam step differs by ε's placement.
+    r"""``keras.optimizers.AdamW``: :class:`Adam` with ``weight_decay = 0.004`` by default.
+
+    Keras decouples weight decay in every optimizer, so ``Adam(weight_decay=λ)`` is the same
+    optimizer; the decay is ``θ ← θ·(1 − λ·η)`` with the current rate η, like torch's AdamW
+    (whose default λ is 1e-2), but the Adam step differs by ε's placement. As in Keras, the
+    constructor refuses ``weight_decay=None``; a param group with ``weight_decay=None`` gets no
+    decay (as in every Keras twin), and so do parameters given to
+    :meth:`~KerasOptimizer.exclude_from_weight_decay` (Keras's way).
     """
 
     def __init__(self, params: Any, learning_rate: float = 0.001, *, weight_decay: float = 0.004,
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
                  clipnorm: float | None = None, clipvalue: float | None = None,
                  global_clipnorm: float | None = None, skip_nonfinite: bool = False):
+        if weight_decay is None:  # Keras: "Argument `weight_decay` must be a float"
+            raise ValueError("AdamW: weight_decay must be a float, got None (as Keras requires); for no decay "
+                             "use Adam, for no decay on some parameters give their param group "
+                             "weight_decay=None or call exclude_from_weight_decay()")
         super().__init__(params, learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad,
                          weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
-
-    def _check_combination(self, group: dict[str, Any]) -> None:
-        if group.get("weight_decay", 0) is None:
-            raise ValueError("AdamW: weight_decay must be a float, got None (as Keras; use Adam for no decay)")
 
 
 class Adamax(KerasOptimizer):
@@ -115,9 +118,9 @@ class Adamax(KerasOptimizer):
         return {"momentum": _zeros(param), "norm": _zeros(param)}
 
     def _update(self, group, params, grads, states, *, lr, step) -> None:
-        _rules.adamax(params, grads, [s["momentum"] for s in states], [s["norm"] for s in states],
-                      [step] * len(params), lr=lr, beta1=group["beta_1"], beta2=group["beta_2"],
-                      eps=group["epsilon"], eps_after_max=True, powers_dtype=params[0].dtype)
+        _rules.adamax(params, grads, [s["momentum"] for s in states], [s["norm"] for s in states], lr=lr,
+                      beta_1=float(group["beta_1"]), beta_2=float(group["beta_2"]),
+                      epsilon=float(group["epsilon"]), step=step)
 
 
 class Nadam(KerasOptimizer):
@@ -164,11 +167,11 @@ class Nadam(KerasOptimizer):
 
     def _update(self, group, params, grads, states, *, lr, step) -> None:
         dtype = self.param_groups[0]["params"][0].dtype  # Keras keeps u_product in the first variable's dtype
-        products = [torch.tensor(self.u_product, dtype=dtype) for _ in params]  # U_{t−1}; the rule makes U_t
-        _rules.nadam(params, grads, [s["momentum"] for s in states], [s["velocity"] for s in states], products,
-                     [step] * len(params), lr=lr, beta1=group["beta_1"], beta2=group["beta_2"],
-                     eps=group["epsilon"], momentum_decay=1.0, powers_dtype=params[0].dtype)
-        self._next_u_product = products[0].item()
+        u_product = _rules.nadam(params, grads, [s["momentum"] for s in states], [s["velocity"] for s in states],
+                                 lr=lr, beta_1=float(group["beta_1"]), beta_2=float(group["beta_2"]),
+                                 epsilon=float(group["epsilon"]), step=step,
+                                 u_product=torch.tensor(self.u_product, dtype=dtype))
+        self._next_u_product = u_product.item()
 
     def _finish_step(self) -> None:
         self.u_product, self._next_u_product = self._next_u_product, None

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimlab.optim import _rules
 from optimlab.optim import _validation as check
+from optimlab.optim.keras import _rules
 from optimlab.optim.keras._base import KerasOptimizer, check_learning_rate, optional_non_negative
 
 
@@ -55,8 +55,7 @@ class Adagrad(KerasOptimizer):
                                                memory_format=torch.preserve_format)}
 
     def _update(self, group, params, grads, states, *, lr, step) -> None:
-        _rules.adagrad(params, grads, [s["accumulator"] for s in states], [step] * len(params), lr=lr,
-                       lr_decay=0.0, eps=float(group["epsilon"]), eps_inside_sqrt=True)
+        _rules.adagrad(params, grads, [s["accumulator"] for s in states], lr=lr, epsilon=float(group["epsilon"]))
 
 
 class RMSprop(KerasOptimizer):
@@ -66,7 +65,7 @@ class RMSprop(KerasOptimizer):
 
         θ ← θ·(1 − λ·η)                      (only if weight_decay is set: decoupled)
         v ← ρ·v + (1 − ρ)·g²                 (state "velocity")
-        centered:  ḡ ← ρ·ḡ + (1 − ρ)·g;  d = √(v − ḡ² + ε)    (state "average_gradient")
+        centered:  ḡ ← ρ·ḡ + (1 − ρ)·g;  d = √((v + ε) − ḡ²)  (state "average_gradient")
         else:      d = √(v + ε)              (ε = 1e-7 INSIDE the square root)
         μ > 0:     b ← μ·b + η·g/d;  θ ← θ − b                (state "momentum"; lr INSIDE b)
         else:      θ ← θ − η·g/d
@@ -97,8 +96,8 @@ class RMSprop(KerasOptimizer):
         _rules.rmsprop(params, grads, [s["velocity"] for s in states],
                        _slot(params, states, "average_gradient") if centered else [],
                        _slot(params, states, "momentum") if momentum > 0 else [],
-                       lr=lr, alpha=float(group["rho"]), eps=float(group["epsilon"]), momentum=momentum,
-                       centered=centered, eps_inside_sqrt=True, lr_in_momentum=True)
+                       lr=lr, rho=float(group["rho"]), momentum=momentum, epsilon=float(group["epsilon"]),
+                       centered=centered)
 
 
 class Adadelta(KerasOptimizer):
@@ -135,4 +134,4 @@ class Adadelta(KerasOptimizer):
     def _update(self, group, params, grads, states, *, lr, step) -> None:
         _rules.adadelta(params, grads, [s["accumulated_grad"] for s in states],
                         [s["accumulated_delta_var"] for s in states], lr=lr, rho=float(group["rho"]),
-                        eps=float(group["epsilon"]))
+                        epsilon=float(group["epsilon"]))

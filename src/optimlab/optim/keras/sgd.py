@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimlab.optim import _rules
 from optimlab.optim import _validation as check
+from optimlab.optim.keras import _rules
 from optimlab.optim.keras._base import KerasOptimizer, check_keras_momentum, check_learning_rate, optional_non_negative
 
 
@@ -56,4 +56,4 @@ class SGD(KerasOptimizer):
                 if "momentum" not in s:
                     s["momentum"] = _zeros(p)
         velocities = [s["momentum"] for s in states] if momentum else []
-        _rules.keras_sgd(params, grads, velocities, lr=lr, momentum=momentum, nesterov=group["nesterov"])
+        _rules.sgd(params, grads, velocities, lr=lr, momentum=momentum, nesterov=group["nesterov"])
