@@ -261,6 +261,22 @@ def test_rows_merge_into_the_step_rows_and_the_epoch_rows_and_reach_the_store(tm
     assert "SharpnessTracker(every=5" in h.config["sharpness"]
 
 
+def test_runs_show_draws_the_stored_sharpness_against_two_over_lr(tmp_path, capsys):
+    from optimlab.cli import main
+    from optimlab.store import RunStore
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    _, h = _run(5, sample_every=4, epochs=2, store=store)
+    _, plain = _run(None, epochs=1, store=store)
+    png = tmp_path / "sharpness.png"
+    assert main(["runs", "--db", str(store.path), "show", h.run_id, "--steps", "--sharpness", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "edge_of_stability" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sharpness_series(store.history(h.run_id)) == sharpness_series(h)  # what is drawn is what was recorded
+    assert main(["runs", "--db", str(store.path), "show", plain.run_id, "--sharpness", str(tmp_path / "x.png")]) == 2
+    assert "no sharpness measurements" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
 class _StopAt:
     def __init__(self, step):
         self.step = step

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show = sub.add_parser("show", help="a run's configuration, epochs and diagnoses")
     show.add_argument("run", help="run id (or a unique prefix of it)")
     show.add_argument("--steps", action="store_true", help="also print the sampled per-step rows")
+    show.add_argument("--sharpness", default=None, type=output_file, metavar="PNG",
+                      help="draw the run's top Hessian eigenvalue against 2/lr, the edge of stability "
+                           "(a run trained with fit(sharpness_every=N)), into this PNG")
     ex = sub.add_parser("export", help="write runs as CSV or JSON")
     ex.add_argument("runs", nargs="*", help="run ids or prefixes (default: every run)")
     ex.add_argument("-f", "--format", choices=["csv", "json"], default=None,
@@ -103,10 +106,21 @@ def _show(store: RunStore, args) -> int:
         print(_table(cols, rows))
     if args.steps and r["steps_rows"]:
         keys = ["step", "epoch", "loss", "grad_norm", "lr", "momentum"]
-        print(_table(keys, [[_num(s.get(k), "g" if k in ("step", "epoch", "lr", "momentum") else ".4f")
+        if any("sharpness" in s for s in r["steps_rows"]):
+            keys += ["sharpness", "edge_of_stability"]
+        print(_table(keys, [[_num(s.get(k), "g" if k in ("step", "epoch", "lr", "momentum", "sharpness",
+                                                         "edge_of_stability") else ".4f")
                              for k in keys] for s in r["steps_rows"]]))
     for d in r["diagnoses"]:
         print(f"[{d['severity']}] {d['title']}: {d['evidence']}")
         for remedy in d["remedies"]:
             print(f"    remedy: {remedy}")
+    if args.sharpness:
+        from optimlab.train.sharpness import plot_sharpness
+
+        try:
+            plot_sharpness(store.history(r["run_id"]), args.sharpness)
+        except ValueError as err:  # no measurements in this run
+            raise CommandError(f"--sharpness: run {r['run_id']}: {err}") from None
+        print(f"wrote {args.sharpness}", file=sys.stderr)
     return 0
