@@ -7,7 +7,7 @@ from matplotlib.image import imread
 
 from optimlab import schedules as S
 from optimlab.cli import main
-from optimlab.schedules.cli import parse_schedule
+from optimlab.schedules.parse import parse_schedule
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -139,7 +139,8 @@ def test_fast_dropout_uses_torchs_dropout_off_the_cpu(monkeypatch):
 
 
 def test_showdown_and_sweep_carry_the_device(tmp_path):
-    from optimlab.showdown.runner import ShowdownConfig, plan_jobs
+    from optimlab.showdown.driver import plan_jobs
+    from optimlab.showdown.runner import ShowdownConfig
     from optimlab.sweep.runner import SweepConfig, _spec
 
     cfg = ShowdownConfig(out=str(tmp_path / "sd"), device="cpu")

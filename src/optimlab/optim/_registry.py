@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-# convention -> name -> "module:Class"; modules import lazily (Keras conventions are optional).
+# convention -> name -> "module:Class"; a module is imported when its optimizer is first asked for.
 _REGISTRY: dict[str, dict[str, str]] = {
     "torch": {
         "sgd": "optimlab.optim.sgd:SGD",
@@ -33,7 +33,8 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "lookahead": "optimlab.optim.lookahead:LookaheadByName",
         "sam": "optimlab.optim.sam:SAMByName",
     },
-    "keras": {},
+    "keras": {name.lower(): f"optimlab.optim.keras:{name}"
+              for name in ("SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam")},
 }
 _ALIASES = {"nesterov": "nag", "sgd_momentum": "momentum", "sgd-momentum": "momentum",
             "muon-adamw": "muon_adamw", "schedulefree-adamw": "schedulefree_adamw",
@@ -48,8 +49,6 @@ def register(name: str, target: str, convention: str = "torch") -> None:
 def _table(convention: str) -> dict[str, str]:
     if convention not in _REGISTRY:
         raise ValueError(f"convention must be one of {sorted(_REGISTRY)}, got {convention!r}")
-    if convention == "keras" and not _REGISTRY["keras"]:
-        importlib.import_module("optimlab.optim.keras")  # registers itself
     return _REGISTRY[convention]
 
 

@@ -12,66 +12,11 @@ text is parsed, never evaluated as Python.
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
 import sys
 
 from optimlab import schedules as S
 from optimlab.cliutil import check, output_file, positive_int
-
-# name -> factory; nesting composes (warmup(...), sequential([...], [...]))
-FACTORIES = {
-    "constant": S.Constant,
-    "piecewise": S.PiecewiseConstant,
-    "step": S.step_decay,
-    "multistep": S.multistep_decay,
-    "exponential": S.ExponentialDecay,
-    "power": S.PowerDecay,
-    "polynomial": S.Polynomial,
-    "linear": S.Linear,
-    "cosine": S.CosineAnnealing,
-    "cosine_restarts": S.CosineWarmRestarts,
-    "onecycle": S.OneCycle,
-    "warmup": S.warmup,
-    "warmup_cosine": S.warmup_cosine,
-    "sequential": S.Sequential,
-}
-
-
-def _signature(name: str) -> str:
-    signature = inspect.signature(FACTORIES[name]).replace(return_annotation=inspect.Signature.empty)
-    return f"{name}{signature}".replace("'", "")
-
-
-def _evaluate(node: ast.AST):
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        if node.func.id not in FACTORIES:
-            raise ValueError(f"unknown schedule {node.func.id!r}; known: {', '.join(FACTORIES)}")
-        args = [_evaluate(a) for a in node.args]
-        kwargs = {k.arg: _evaluate(k.value) for k in node.keywords}
-        try:
-            return FACTORIES[node.func.id](*args, **kwargs)
-        except TypeError as error:  # wrong argument names: say which signature applies
-            raise ValueError(f"{_signature(node.func.id)}: {error}") from None
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return [_evaluate(e) for e in node.elts]
-    try:
-        return ast.literal_eval(node)
-    except ValueError:
-        raise ValueError(f"not a schedule or a literal: {ast.unparse(node)!r}") from None
-
-
-def parse_schedule(text: str) -> S.Schedule:
-    """Build a schedule from text such as ``"cosine(base_lr=0.1, period=100)"``."""
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError:
-        raise ValueError(f"cannot parse schedule {text!r}; write it as name(arg=value, ...)") from None
-    schedule = _evaluate(tree.body)
-    if not isinstance(schedule, S.Schedule):
-        raise ValueError(f"{text!r} is not a schedule")
-    return schedule
-
+from optimlab.schedules.parse import FACTORIES, _signature, parse_schedule  # noqa: F401  (parse_schedule: re-exported)
 
 DEFAULT_OUT = "schedules.png"
 

@@ -5,7 +5,8 @@ the lecture), prints our numbers beside the lecture's, and writes an HTML/Markdo
 """
 
 from optimlab.showdown.recipes import BEYOND, LECTURE, Recipe, lecture_recipe
-from optimlab.showdown.runner import ShowdownConfig, run_showdown
+from optimlab.showdown.driver import run_showdown
+from optimlab.showdown.runner import ShowdownConfig
 from optimlab.showdown.summary import build_report, lecture_table, row_stats
 
 __all__ = ["BEYOND", "LECTURE", "Recipe", "ShowdownConfig", "build_report", "lecture_recipe", "lecture_table",

@@ -48,8 +48,9 @@ def _description(cfg, source: str, split: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from optimlab.optim import get
-    from optimlab.schedules.cli import parse_schedule
-    from optimlab.showdown.runner import ShowdownConfig, run_showdown
+    from optimlab.schedules.parse import parse_schedule
+    from optimlab.showdown.driver import run_showdown
+    from optimlab.showdown.runner import ShowdownConfig
     from optimlab.showdown.summary import build_report
 
     # Everything is checked here, before run_showdown creates the output directory.

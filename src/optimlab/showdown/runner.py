@@ -1,4 +1,7 @@
-"""Run the showdown: every row × seed a training run, resumable, results kept on disk.
+"""One showdown run (a row × seed): its recipe, its key, training it; the config of a showdown.
+
+:mod:`optimlab.showdown.driver` runs them all (here or in :mod:`optimlab.showdown.parallel`'s
+worker processes); both import this module, which imports neither.
 
 Each finished run's history is written to ``<out>/runs/<key>.json``; a run in progress
 checkpoints to ``<out>/checkpoints/<key>.pt``. Run the same command again after an
@@ -10,8 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,7 +38,7 @@ class ShowdownConfig:
     out: str = "showdown"
     store: str | None = None  # run store file; default: <out>/runs.sqlite
     checkpoint_every: int = 200  # steps between mid-epoch checkpoints
-    jobs: int | None = None  # runs in parallel processes; None: one per core (see plan_jobs)
+    jobs: int | None = None  # runs in parallel processes; None: one per core (see driver.plan_jobs)
     device: str | None = None  # cpu, cuda, cuda:N, auto; None: the CPU (fit's device=); not in showdown_id
 
     def __post_init__(self):
@@ -78,7 +80,7 @@ class ShowdownConfig:
 
 def recipes(cfg: ShowdownConfig) -> dict[str, list[Recipe]]:
     """The tables to run: "lecture" always, "beyond" when asked for."""
-    from optimlab.schedules.cli import parse_schedule
+    from optimlab.schedules.parse import parse_schedule
 
     tables = {"lecture": [lecture_recipe(k, cfg.convention) for k in cfg.optimizers]}
     if cfg.schedule:
@@ -203,71 +205,3 @@ def _finished(cfg: ShowdownConfig, key: str) -> dict | None:
         if result.get("showdown_id") == cfg.showdown_id:
             return result
     return None
-
-
-def plan_jobs(cfg: ShowdownConfig, pending: int, callbacks=()) -> tuple[int, int]:
-    """(parallel runs, torch threads each). Auto: one run per core, up to the runs left.
-
-    A small CNN uses one core better than two: on 2 cores two single-threaded runs side by
-    side do about 1.4x the work of one run on both threads. Callbacks live in this
-    process, so a showdown with callbacks runs here, one run at a time. On a GPU
-    (``device`` resolving to CUDA) and ``jobs`` unset: one run at a time, here.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cfg.jobs is None and _on_gpu(cfg):  # one GPU: the runs take turns on it, in this process
-        return 1, torch.get_num_threads()
-    jobs = cfg.jobs if cfg.jobs is not None else min(cores, pending)
-    if callbacks or jobs <= 1 or pending <= 1:
-        return 1, torch.get_num_threads()
-    jobs = min(jobs, pending)
-    return jobs, max(1, cores // jobs)
-
-
-def _on_gpu(cfg: ShowdownConfig) -> bool:
-    from optimlab.train._device import resolve_device
-
-    return cfg.device is not None and resolve_device(cfg.device).type == "cuda"
-
-
-def run_showdown(cfg: ShowdownConfig, *, quiet: bool = False, callbacks=()) -> dict:
-    """Train every row × seed (skipping finished runs); return ``{table: {row: [result, ...]}}``.
-
-    Runs go in parallel processes when ``cfg.jobs`` (default: one per core) allows; each
-    run's result is the same whichever process trains it, given the same thread count.
-    """
-    out = Path(cfg.out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
-    tables = recipes(cfg)
-    ds, train, val = _subsets(cfg)
-    plan = [(table, recipe, seed) for table, rows in tables.items() for recipe in rows for seed in range(cfg.seeds)]
-    results_by_key: dict[str, dict] = {}
-    for table, recipe, seed in plan:
-        key = run_key(table, recipe, seed)
-        result = _finished(cfg, key)
-        if result is not None:
-            results_by_key[key] = result
-            if not quiet:
-                print(f"[{key}] finished earlier: val acc {result['history']['epochs'][-1].get('val_acc')}",
-                      file=sys.stderr)
-    pending = [job for job in plan if run_key(*job) not in results_by_key]
-    total = -(-len(train[0]) // cfg.batch_size) * (1 if cfg.quick else cfg.epochs)
-    _check_recipes({recipe.key + table: recipe for table, recipe, _ in pending}.values(), total)
-    jobs, threads = plan_jobs(cfg, len(pending), callbacks)
-    if jobs > 1:
-        from optimlab.showdown.parallel import run_parallel
-
-        results_by_key.update(run_parallel(cfg, pending, train, val, ds.source, jobs=jobs, threads=threads,
-                                           quiet=quiet))
-    else:
-        for table, recipe, seed in pending:
-            if not quiet:
-                print(f"[{run_key(table, recipe, seed)}] {recipe.label}", file=sys.stderr)
-            results_by_key[run_key(table, recipe, seed)] = run_one(
-                cfg, table, recipe, seed, train, val, ds.source, quiet=quiet, callbacks=callbacks)
-    results: dict = {}
-    for table, recipe, seed in plan:
-        results.setdefault(table, {}).setdefault(recipe.key, []).append(results_by_key[run_key(table, recipe, seed)])
-    _atomic_json(out / "showdown.json", {"config": asdict(cfg), "showdown_id": cfg.showdown_id,
-                                          "source": ds.source, "split": ds.split, "results": results})
-    return results

@@ -155,7 +155,7 @@ class SweepConfig:
 
 def schedule_text(name: str, lr: float, total: int, epoch_steps: int):
     """The schedule for a preset name or a template (LR, TOTAL, EPOCH), or None for constant."""
-    from optimlab.schedules.cli import parse_schedule
+    from optimlab.schedules.parse import parse_schedule
 
     text = SCHEDULES.get(name, name)
     if text is None:

@@ -24,7 +24,6 @@ every group, as in Keras. Look them up with
 ``optimlab.optim.create("adam", params, convention="keras", **hyper)``.
 """
 
-from optimlab.optim._registry import register
 from optimlab.optim.keras._base import KerasOptimizer, as_keras_lr
 from optimlab.optim.keras.adam import Adam, Adamax, AdamW, Nadam
 from optimlab.optim.keras.adaptive import Adadelta, Adagrad, RMSprop
@@ -32,6 +31,3 @@ from optimlab.optim.keras.sgd import SGD
 
 __all__ = ["KerasOptimizer", "as_keras_lr", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW",
            "Adamax", "Nadam"]
-
-for _name in ("SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam"):
-    register(_name.lower(), f"optimlab.optim.keras:{_name}", convention="keras")
