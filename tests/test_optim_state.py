@@ -256,3 +256,18 @@ def test_momentum_conventions_agree_at_constant_lr_and_differ_after_a_change():
     torch.testing.assert_close(torch_form, lecture_form, rtol=1e-12, atol=1e-12)
     torch_form, lecture_form = run(change_at=20)
     assert (torch_form - lecture_form).abs().max() > 1e-2
+
+
+def test_adagrad_starts_each_groups_accumulator_from_its_own_group():
+    """A deliberate difference (docs/conventions.md, section 6): torch 2.13 starts every group's
+    accumulator at the constructor's initial_accumulator_value; optimlab uses the group's own."""
+    import optimlab.optim as oo
+
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    groups = lambda: [{"params": [a]}, {"params": [b], "initial_accumulator_value": 0.5}]  # noqa: E731
+    ours = oo.Adagrad(groups(), lr=0.1, initial_accumulator_value=0.1)
+    theirs = torch.optim.Adagrad(groups(), lr=0.1, initial_accumulator_value=0.1)
+    assert torch.equal(ours.state[a]["sum"], torch.full((2,), 0.1))
+    assert torch.equal(ours.state[b]["sum"], torch.full((2,), 0.5))
+    assert torch.equal(theirs.state[b]["sum"], torch.full((2,), 0.1))  # torch's constructor value
+    assert theirs.param_groups[1]["initial_accumulator_value"] == 0.5   # though its group says 0.5
