@@ -1,9 +1,13 @@
 """The optimizers after Adam, each against an independent oracle, step for step.
 
+One row of ``ROWS`` per optimizer drives every generic test here (oracle, state_dict round
+trip, unknown keywords, bad hyperparameters, complex tensors, registry and docstring); adding
+an optimizer is adding its row (docs/contributing.md).
+
 Oracles: torch.optim (RAdam, Adafactor, Muon), lion-pytorch (Lion), the schedulefree
-package's fast and reference classes (Schedule-Free), the papers' algorithms in
-tests/reference/modern.py (LAMB, LARS, Lookahead), themselves cross-checked against
-pytorch-optimizer. Every run: 120 steps, scalars to 4-D tensors, two param groups, weight
+package's fast and reference classes (Schedule-Free), pytorch-optimizer (ADOPT), the papers'
+algorithms in tests/reference/modern.py (LAMB, LARS, Lookahead), themselves cross-checked
+against pytorch-optimizer. Every run: 120 steps, scalars to 4-D tensors, two param groups, weight
 decay on and off, the learning rate cut mid-run, zero and None gradients, float32 and float64.
 """
 
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -76,51 +82,200 @@ def assert_state_close(ours, theirs, tol, keys=None):
                 torch.testing.assert_close(s[key], t[key].to(s[key].dtype), **tol)
 
 
-# ------------------------------------------------------------------ torch twins
-# name -> (ours, torch's, shapes, variants); torch's keyword arguments are ours.
-TWINS = {
-    "radam": (oo.RAdam, torch.optim.RAdam, SHAPES, [
+# ------------------------------------------------------------------------ the table
+def _lion(params, hyper):
+    return lion_pytorch.Lion(params, lr=hyper["lr"], betas=hyper.get("betas", (0.9, 0.99)),
+                             weight_decay=hyper.get("weight_decay", 0.0))
+
+
+def _sf(cls):
+    def make(params, hyper):
+        opt = cls(params, **{k: v for k, v in hyper.items() if k != "maximize"})
+        opt.train()
+        return opt
+    return make
+
+
+def _adopt(params, hyper):
+    """pytorch_optimizer.ADOPT under our keyword names (``maximize``: the test negates the gradients)."""
+    names = {"decoupled_weight_decay": "weight_decouple"}
+    kw = {names.get(k, k): v for k, v in hyper.items() if k not in ("maximize", "clip_exponent")}
+    if "clip_exponent" in hyper:
+        e = hyper["clip_exponent"]
+        kw["clip_lambda"] = None if e is None else (lambda step: step ** e)
+    return pytorch_optimizer.ADOPT(params, **kw)
+
+
+def _adopt_rule(param, grad, state, h):
+    from optimlab.optim.adopt import adopt_rule
+
+    state.setdefault("exp_avg", torch.zeros_like(param))
+    state.setdefault("exp_avg_sq", torch.zeros_like(param))
+    state["step"] = state.get("step", 0) + 1
+    beta1, beta2 = h.get("betas", (0.9, 0.9999))
+    adopt_rule(param, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr=h["lr"], beta1=beta1,
+               beta2=beta2, eps=h.get("eps", 1e-6), weight_decay=h.get("weight_decay", 0.0),
+               decoupled_weight_decay=h.get("decoupled_weight_decay", False),
+               clip_exponent=h.get("clip_exponent", 0.25), maximize=h.get("maximize", False))
+
+
+@dataclass
+class Row:
+    """One optimizer: what it is checked against, with which settings, and what it can do.
+
+    oracle: "torch" (``oracles[0]`` is torch.optim's class, same keywords), "package" (factories
+    ``(params, hyper) -> optimizer`` of independent packages, fed negated gradients for
+    ``maximize``), "paper" (``oracles[0]`` a per-tensor reference rule from tests/reference),
+    or None (tested by hand further down)."""
+
+    name: str                                   # its registry name
+    cls: type
+    oracle: str | None = None
+    oracles: list = field(default_factory=list)
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    tol: dict | None = None                     # dtype -> assert_close tolerance (None: TOL)
+    shapes: list = field(default_factory=lambda: list(SHAPES))
+    state_keys: list[str] | None = None         # state compared with the oracle (None: all of the oracle's)
+    make: Callable | None = None                # params -> a configured optimizer (state_dict round trip)
+    bad: list[tuple[dict, str]] = field(default_factory=list)  # (hyper, the name its error must give)
+    complex_rejected: bool = False              # complex tensors refused when the group is added
+    single_tensor_path: bool = True             # foreach=False is checked against the default path
+    per_group_step: bool = False                # the oracle counts steps per group: no None gradients
+    group_keys: tuple[str, ...] = ()            # group entries compared with the oracle's
+    rule: Callable | None = None                # the readable per-tensor rule; the class must equal it bit for bit
+    still_at_step_1: bool = False               # step 1 only fills the state (ADOPT)
+    documented: bool = True                     # "When to choose it" and the paper's year in the docstring
+
+    def params(self, dtype):
+        return make_params(dtype, self.shapes)
+
+
+ROWS = [
+    Row("radam", oo.RAdam, "torch", [torch.optim.RAdam], [
         dict(lr=0.01),
         dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99), maximize=True),
         dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.9, 0.9)),  # rectified from step 2
-    ]),
-    "adafactor": (oo.Adafactor, torch.optim.Adafactor, SHAPES + [(6, 5)], [
+    ], make=lambda ps: oo.RAdam(ps, lr=0.01, weight_decay=0.1),
+        bad=[(dict(betas=(1.0, 0.9)), "betas[0]"), (dict(eps=-1.0), "eps")]),
+    Row("adafactor", oo.Adafactor, "torch", [torch.optim.Adafactor], [
         dict(lr=0.01),
         dict(lr=0.05, weight_decay=0.1, beta2_decay=-0.5, eps=(1e-30, 1e-3), d=2.0, maximize=True),
-    ]),
-    "muon": (oo.Muon, torch.optim.Muon, MATRICES, [
+    ], shapes=SHAPES + [(6, 5)], make=lambda ps: oo.Adafactor(ps, weight_decay=0.01), complex_rejected=True,
+        bad=[(dict(beta2_decay=0.5), "beta2_decay"), (dict(d=0.5), "d"), (dict(eps=(None, -1.0)), "eps[1]"),
+             (dict(eps=1e-3), "eps")]),
+    Row("muon", oo.Muon, "torch", [torch.optim.Muon], [
         dict(lr=0.02),
         dict(lr=0.02, weight_decay=0.0, nesterov=False, momentum=0.9, adjust_lr_fn="match_rms_adamw"),
         dict(lr=0.02, ns_steps=3, adjust_lr_fn="original", weight_decay=0.05),
-    ]),
-}
-TWIN_PARAMS = [(n, i) for n, c in TWINS.items() for i in range(len(c[3]))]
+    ], shapes=MATRICES, make=lambda ps: oo.Muon(ps, lr=0.02), complex_rejected=True, single_tensor_path=False,
+        bad=[(dict(adjust_lr_fn="fast"), "adjust_lr_fn"), (dict(ns_steps=100), "ns_steps"),
+             (dict(ns_coefficients=(1.0, 2.0)), "ns_coefficients"), (dict(momentum=-0.1), "momentum")]),
+    Row("lion", oo.Lion, "package", [_lion], [
+        dict(lr=1e-3),
+        dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.5, maximize=True),
+    ], state_keys=["exp_avg"], make=lambda ps: oo.Lion(ps, lr=1e-3, weight_decay=0.1), complex_rejected=True,
+        bad=[(dict(lr=-1e-4), "lr"), (dict(betas=(0.9, 1.5)), "betas[1]"),
+             (dict(weight_decay=float("nan")), "weight_decay")]),
+    Row("schedulefree_adamw", oo.ScheduleFreeAdamW, "package", [
+        _sf(schedulefree.AdamWScheduleFree), _sf(schedulefree.AdamWScheduleFreeReference)], [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1, warmup_steps=20, betas=(0.8, 0.99), maximize=True),
+        dict(lr=0.01, weight_decay=0.1, r=1.0, weight_lr_power=1.0),
+    ], state_keys=["exp_avg_sq", "z"], group_keys=("k", "weight_sum", "lr_max", "scheduled_lr"),
+        make=lambda ps: oo.ScheduleFreeAdamW(ps, lr=0.01, warmup_steps=3),
+        bad=[(dict(betas=(0.0, 0.999)), "betas[0]"), (dict(warmup_steps=2.5), "warmup_steps")]),
+    Row("schedulefree_sgd", oo.ScheduleFreeSGD, "package", [
+        _sf(schedulefree.SGDScheduleFree), _sf(schedulefree.SGDScheduleFreeReference)], [
+        dict(lr=0.1),
+        dict(lr=0.1, momentum=0.8, weight_decay=0.1, warmup_steps=10, maximize=True),
+    ], state_keys=["z"], group_keys=("k", "weight_sum", "lr_max", "scheduled_lr"),
+        make=lambda ps: oo.ScheduleFreeSGD(ps, lr=0.1), complex_rejected=True,
+        bad=[(dict(momentum=1.0), "momentum"), (dict(r=-1), "r")]),
+    Row("lamb", oo.LAMB, "paper", [ref.lamb], [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-8, maximize=True),
+        dict(lr=0.01, weight_decay=0.01, bias_correction=False),
+    ], make=lambda ps: oo.LAMB(ps, lr=0.01, weight_decay=0.01), complex_rejected=True,
+        bad=[(dict(eps=0.0), "eps"), (dict(bias_correction="yes"), "bias_correction")]),
+    Row("lars", oo.LARS, "paper", [ref.lars], [
+        dict(lr=1.0),
+        dict(lr=2.0, weight_decay=1e-2, momentum=0.8, trust_coefficient=0.01, maximize=True),
+        dict(lr=1.0, weight_decay=1e-3, exclude_1d=True),
+        dict(lr=1.0, momentum=0.0),
+    ], make=lambda ps: oo.LARS(ps, lr=1.0, weight_decay=1e-3),
+        bad=[(dict(lr=1.0, trust_coefficient=0.0), "trust_coefficient"), (dict(lr=1.0, momentum=1.0), "momentum")]),
+    Row("adopt", oo.ADOPT, "package", [_adopt], [
+        dict(lr=1e-3),
+        dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+        dict(lr=1e-2, weight_decay=0.05, eps=1e-3, clip_exponent=None),
+    ], state_keys=["exp_avg", "exp_avg_sq"], per_group_step=True, rule=_adopt_rule, still_at_step_1=True,
+        make=lambda ps: oo.ADOPT(ps, lr=1e-2, weight_decay=0.1), complex_rejected=True,
+        bad=[(dict(betas=(0.9, 1.0)), "betas[1]"), (dict(eps=0.0), "eps"), (dict(lr=-1.0), "lr"),
+             (dict(weight_decay=-0.1), "weight_decay"), (dict(clip_exponent=-1.0), "clip_exponent")]),
+    # no oracle row: checked by hand below (Lookahead against the paper's loop; Muon + AdamW against torch's pair)
+    Row("lookahead", oo.Lookahead, make=lambda ps: oo.Lookahead(oo.RAdam(ps, lr=0.01), k=3)),
+    Row("muon_adamw", oo.MuonWithAuxAdamW, make=lambda ps: oo.MuonWithAuxAdamW(ps, lr=0.02), documented=False),
+]
+BY_NAME = {row.name: row for row in ROWS}
+# registered elsewhere-tested names: torch/Keras twins (tests/optim_cases.py) and SAM (tests/test_sam.py)
+NOT_IN_TABLE = {"sam"}
+
+
+def rows(oracle=None, **capability):
+    return [r for r in ROWS if (oracle is None or r.oracle == oracle)
+            and all(getattr(r, k) == v for k, v in capability.items())]
+
+
+def variant_ids(oracle):
+    return [(r.name, i) for r in rows(oracle) for i in range(len(r.variants))]
+
+
+def oracle_grads(row, steps, dtype):
+    """The shared gradient sequence; for an oracle that counts steps per group, None
+    gradients become zero gradients (a step for every tensor of the group)."""
+    seq = gradient_sequence(steps, row.shapes, dtype)
+    if row.per_group_step:
+        seq = [[torch.zeros(s, dtype=dtype) if g is None else g for g, s in zip(grads, row.shapes)] for grads in seq]
+    return seq
+
+
+def test_every_registered_optimizer_has_a_row():
+    from tests.optim_cases import CASES
+
+    missing = set(oo.available()) - set(BY_NAME) - set(CASES) - NOT_IN_TABLE
+    assert not missing, f"registered optimizers without a row in ROWS: {sorted(missing)}"
+    for row in ROWS:
+        assert oo.get(row.name) is row.cls or issubclass(oo.get(row.name), row.cls), row.name
+
+
+# ------------------------------------------------------------------ torch twins
+TWIN_PARAMS = variant_ids("torch")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name,variant", TWIN_PARAMS, ids=[f"{n}-{i}" for n, i in TWIN_PARAMS])
 def test_matches_torch_twin(name, variant, dtype):
-    ours_cls, torch_cls, shapes, variants = TWINS[name]
-    hyper = variants[variant]
+    row = BY_NAME[name]
+    ours_cls, torch_cls, shapes, hyper = row.cls, row.oracles[0], row.shapes, row.variants[variant]
     grads = gradient_sequence(STEPS, shapes, dtype)
     ps = make_params(dtype, shapes)
     ours = run(ours_cls(two_groups(ps, hyper), **hyper), ps, grads)
-    impls = [{}] if name == "muon" else [{"foreach": False}, {"foreach": True}]
+    impls = [{"foreach": False}, {"foreach": True}] if row.single_tensor_path else [{}]
     for impl in impls:
         qs = make_params(dtype, shapes)
         theirs = run(torch_cls(two_groups(qs, hyper), **hyper, **impl), qs, grads)
-        assert_params_close(ps, qs, TOL[dtype])
-        assert_state_close(ours, theirs, TOL[dtype])
+        assert_params_close(ps, qs, (row.tol or TOL)[dtype])
+        assert_state_close(ours, theirs, (row.tol or TOL)[dtype])
         assert all(set(ours.state[p]) == set(theirs.state[q]) for p, q in zip(ps, qs))
-    if name != "muon":  # our single-tensor path is the same rule, tensor by tensor
+    if row.single_tensor_path:  # our single-tensor path is the same rule, tensor by tensor
         rs = make_params(dtype, shapes)
         run(ours_cls(two_groups(rs, hyper), **hyper, foreach=False), rs, grads)
         assert_params_close(rs, ps, TOL[dtype])
 
 
-@pytest.mark.parametrize("name", list(TWINS))
+@pytest.mark.parametrize("name", [r.name for r in rows("torch")])
 def test_signature_and_defaults_are_torchs(name):
-    ours_cls, torch_cls = TWINS[name][:2]
+    ours_cls, torch_cls = BY_NAME[name].cls, BY_NAME[name].oracles[0]
     theirs = inspect.signature(torch_cls.__init__).parameters
     mine = inspect.signature(ours_cls.__init__).parameters
     for key, p in theirs.items():
@@ -144,38 +299,7 @@ def test_complex_radam_follows_torch():
 
 
 # --------------------------------------------------- package oracles (test-only)
-def _lion(params, hyper):
-    return lion_pytorch.Lion(params, lr=hyper["lr"], betas=hyper.get("betas", (0.9, 0.99)),
-                             weight_decay=hyper.get("weight_decay", 0.0))
-
-
-def _sf(cls):
-    def make(params, hyper):
-        opt = cls(params, **{k: v for k, v in hyper.items() if k != "maximize"})
-        opt.train()
-        return opt
-    return make
-
-
-# name -> (ours, [oracle factories], variants, state keys compared)
-PACKAGES = {
-    "lion": (oo.Lion, [_lion], [
-        dict(lr=1e-3),
-        dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.5, maximize=True),
-    ], ["exp_avg"]),
-    "schedulefree_adamw": (oo.ScheduleFreeAdamW, [
-        _sf(schedulefree.AdamWScheduleFree), _sf(schedulefree.AdamWScheduleFreeReference)], [
-        dict(lr=0.01),
-        dict(lr=0.01, weight_decay=0.1, warmup_steps=20, betas=(0.8, 0.99), maximize=True),
-        dict(lr=0.01, weight_decay=0.1, r=1.0, weight_lr_power=1.0),
-    ], ["exp_avg_sq", "z"]),
-    "schedulefree_sgd": (oo.ScheduleFreeSGD, [
-        _sf(schedulefree.SGDScheduleFree), _sf(schedulefree.SGDScheduleFreeReference)], [
-        dict(lr=0.1),
-        dict(lr=0.1, momentum=0.8, weight_decay=0.1, warmup_steps=10, maximize=True),
-    ], ["z"]),
-}
-PACKAGE_PARAMS = [(n, i) for n, c in PACKAGES.items() for i in range(len(c[2]))]
+PACKAGE_PARAMS = variant_ids("package")
 # the package's reference classes store x and y; the fast forms (ours, the package's
 # AdamWScheduleFree) recover x from y and z, so they agree to rounding, not bit for bit
 REFERENCE_TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-5)}
@@ -184,30 +308,61 @@ REFERENCE_TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dic
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name,variant", PACKAGE_PARAMS, ids=[f"{n}-{i}" for n, i in PACKAGE_PARAMS])
 def test_matches_package_oracle(name, variant, dtype):
-    ours_cls, oracles, variants, keys = PACKAGES[name]
-    hyper = variants[variant]
-    grads = gradient_sequence(STEPS, SHAPES, dtype)
-    ps = make_params(dtype)
+    row = BY_NAME[name]
+    ours_cls, oracles, hyper, keys = row.cls, row.oracles, row.variants[variant], row.state_keys
+    grads = oracle_grads(row, STEPS, dtype)
+    ps = row.params(dtype)
     ours = run(ours_cls(two_groups(ps, hyper), **hyper), ps, grads)
     for impl in [{"foreach": False}, {}]:
-        rs = make_params(dtype)
+        rs = row.params(dtype)
         run(ours_cls(two_groups(rs, hyper), **hyper, **impl), rs, grads)
         assert_params_close(rs, ps, TOL[dtype])
     for i, make in enumerate(oracles):
-        tol = TOL[dtype] if i == 0 else REFERENCE_TOL[dtype]
-        qs = make_params(dtype)
+        tol = (row.tol or TOL)[dtype] if i == 0 else REFERENCE_TOL[dtype]
+        qs = row.params(dtype)
         theirs = run(make(two_groups(qs, hyper), hyper), qs, grads, negate=hyper.get("maximize", False))
         assert_params_close(ps, qs, tol)
         assert_state_close(ours, theirs, tol, keys)
-        if name.startswith("schedulefree"):
-            for g_ours, g_theirs in zip(ours.param_groups, theirs.param_groups):
-                for key in ("k", "weight_sum", "lr_max", "scheduled_lr"):
-                    assert g_ours[key] == pytest.approx(g_theirs[key], rel=1e-12), key
+        for g_ours, g_theirs in zip(ours.param_groups, theirs.param_groups):
+            for key in row.group_keys:
+                assert g_ours[key] == pytest.approx(g_theirs[key], rel=1e-12), key
+
+
+@pytest.mark.parametrize("name", [r.name for r in ROWS if r.rule is not None])
+def test_class_is_its_readable_rule_bit_for_bit(name):
+    """The class against its module's plain per-tensor rule, float64, two groups, None gradients."""
+    row = BY_NAME[name]
+    for hyper in row.variants:
+        grads = gradient_sequence(40, row.shapes, torch.float64)
+        for impl in [{"foreach": False}, {}]:
+            ps = row.params(torch.float64)
+            run(row.cls(two_groups(ps, hyper), **hyper, **impl), ps, grads, lr_change_at=20)
+            theta = [p.detach().clone() for p in row.params(torch.float64)]
+            run_reference(lambda p, g, st, h, variant: row.rule(p, g, st, h), theta, grads,
+                          group_hypers(hyper), lr_change_at=20)
+            assert_params_close(ps, theta, dict(rtol=0, atol=0))
+
+
+@pytest.mark.parametrize("name", [r.name for r in ROWS if r.still_at_step_1])
+def test_the_first_step_only_fills_the_state(name):
+    """ADOPT-style: step 1 stores v = g² and leaves the parameters where they are (as the oracle)."""
+    row = BY_NAME[name]
+    hyper = {k: v for k, v in row.variants[0].items() if k != "weight_decay"}
+    ps = row.params(torch.float64)
+    before = [p.detach().clone() for p in ps]
+    grads = gradient_sequence(2, row.shapes, torch.float64)
+    grads = [[torch.ones(s, dtype=torch.float64) if g is None else g for g, s in zip(gs, row.shapes)] for gs in grads]
+    opt = run(row.cls(ps, **hyper), ps, grads[:1], lr_change_at=None)
+    assert_params_close(ps, before, dict(rtol=0, atol=0))
+    for p, g in zip(ps, grads[0]):
+        torch.testing.assert_close(opt.state[p]["exp_avg_sq"], g * g, rtol=0, atol=0)
+    run(opt, ps, grads[1:], lr_change_at=None)
+    assert all(not torch.equal(p, b) for p, b, g in zip(ps, before, grads[1]) if g.abs().sum() > 0)
 
 
 @pytest.mark.parametrize("name", ["schedulefree_adamw", "schedulefree_sgd"])
 def test_schedule_free_eval_gives_the_average_and_train_restores(name):
-    ours_cls, oracles, variants, _ = PACKAGES[name]
+    ours_cls, oracles, variants = BY_NAME[name].cls, BY_NAME[name].oracles, BY_NAME[name].variants
     hyper = variants[-1]
     grads = gradient_sequence(40, SHAPES, torch.float64)
     ps, qs = make_params(torch.float64), make_params(torch.float64)
@@ -241,20 +396,7 @@ def test_schedule_free_state_dict_loads_into_the_package_and_back():
 
 
 # ------------------------------------------------------------- LAMB and LARS
-PAPER = {
-    "lamb": (oo.LAMB, ref.lamb, [
-        dict(lr=0.01),
-        dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-8, maximize=True),
-        dict(lr=0.01, weight_decay=0.01, bias_correction=False),
-    ]),
-    "lars": (oo.LARS, ref.lars, [
-        dict(lr=1.0),
-        dict(lr=2.0, weight_decay=1e-2, momentum=0.8, trust_coefficient=0.01, maximize=True),
-        dict(lr=1.0, weight_decay=1e-3, exclude_1d=True),
-        dict(lr=1.0, momentum=0.0),
-    ]),
-}
-PAPER_PARAMS = [(n, i) for n, c in PAPER.items() for i in range(len(c[2]))]
+PAPER_PARAMS = variant_ids("paper")
 PAPER_TOL = {torch.float64: dict(rtol=1e-11, atol=1e-13), torch.float32: dict(rtol=2e-5, atol=2e-6)}
 
 
@@ -285,14 +427,14 @@ def group_hypers(hyper):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name,variant", PAPER_PARAMS, ids=[f"{n}-{i}" for n, i in PAPER_PARAMS])
 def test_matches_the_papers_algorithm(name, variant, dtype):
-    ours_cls, rule, variants = PAPER[name]
-    hyper = variants[variant]
+    row = BY_NAME[name]
+    ours_cls, rule, hyper = row.cls, row.oracles[0], row.variants[variant]
     grads = gradient_sequence(STEPS, SHAPES, dtype)
     ps = make_params(dtype)
     run(ours_cls(two_groups(ps, hyper), **hyper), ps, grads)
     theta = [p.detach().clone() for p in make_params(dtype)]
     run_reference(rule, theta, grads, group_hypers(hyper))
-    assert_params_close(ps, theta, PAPER_TOL[dtype])
+    assert_params_close(ps, theta, (row.tol or PAPER_TOL)[dtype])
     rs = make_params(dtype)
     run(ours_cls(two_groups(rs, hyper), **hyper, foreach=False), rs, grads)
     assert_params_close(rs, ps, TOL[dtype])
@@ -496,62 +638,34 @@ def _hidden_weights():
     return [torch.randn(4, 3, dtype=torch.float64).requires_grad_(), torch.randn(3, 3, dtype=torch.float64).requires_grad_()]
 
 
-FACTORIES = {
-    "radam": lambda ps: oo.RAdam(ps, lr=0.01, weight_decay=0.1),
-    "lion": lambda ps: oo.Lion(ps, lr=1e-3, weight_decay=0.1),
-    "lamb": lambda ps: oo.LAMB(ps, lr=0.01, weight_decay=0.01),
-    "lars": lambda ps: oo.LARS(ps, lr=1.0, weight_decay=1e-3),
-    "adafactor": lambda ps: oo.Adafactor(ps, weight_decay=0.01),
-    "muon": lambda ps: oo.Muon(ps, lr=0.02),
-    "schedulefree_adamw": lambda ps: oo.ScheduleFreeAdamW(ps, lr=0.01, warmup_steps=3),
-    "schedulefree_sgd": lambda ps: oo.ScheduleFreeSGD(ps, lr=0.1),
-    "lookahead": lambda ps: oo.Lookahead(oo.RAdam(ps, lr=0.01), k=3),
-    "muon_adamw": lambda ps: oo.MuonWithAuxAdamW(ps, lr=0.02),
-}
-
-
-@pytest.mark.parametrize("name", list(FACTORIES))
+@pytest.mark.parametrize("name", [r.name for r in ROWS if r.make is not None])
 def test_state_dict_round_trip_resumes_bit_for_bit(name):
     def params():
-        base = _hidden_weights() if name == "muon" else make_params(torch.float64)
+        base = _hidden_weights() if BY_NAME[name].shapes == MATRICES else make_params(torch.float64)
         return [p.detach().clone().requires_grad_() for p in base]
 
     grads = gradient_sequence(20, [tuple(p.shape) for p in params()], torch.float64)
     ps = params()
-    opt = FACTORIES[name](ps)
+    opt = BY_NAME[name].make(ps)
     run(opt, ps, grads[:10], lr_change_at=None)
     saved, saved_params = copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in ps]
     run(opt, ps, grads[10:], lr_change_at=None)
     qs = [p.clone().requires_grad_() for p in saved_params]
-    opt2 = FACTORIES[name](qs)
+    opt2 = BY_NAME[name].make(qs)
     opt2.load_state_dict(saved)
     run(opt2, qs, grads[10:], lr_change_at=None)
     assert_params_close(qs, ps, dict(rtol=0, atol=0))
     assert isinstance(opt, torch.optim.Optimizer)
 
 
-@pytest.mark.parametrize("cls", [oo.RAdam, oo.Lion, oo.LAMB, oo.Adafactor, oo.Muon, oo.ScheduleFreeAdamW,
-                                 oo.ScheduleFreeSGD, oo.MuonWithAuxAdamW])
+@pytest.mark.parametrize("cls", [r.cls for r in ROWS if issubclass(r.cls, oo.Optimizer)],
+                         ids=[r.name for r in ROWS if issubclass(r.cls, oo.Optimizer)])
 def test_unknown_keyword_is_rejected_with_a_suggestion(cls):
     with pytest.raises(oo.UnknownArgumentError, match="'lrr'.*did you mean 'lr'"):
         cls([torch.zeros(2, 2, requires_grad=True)], lrr=0.1)
 
 
-BAD = [
-    (oo.RAdam, dict(betas=(1.0, 0.9)), "betas[0]"), (oo.RAdam, dict(eps=-1.0), "eps"),
-    (oo.Lion, dict(lr=-1e-4), "lr"), (oo.Lion, dict(betas=(0.9, 1.5)), "betas[1]"),
-    (oo.Lion, dict(weight_decay=float("nan")), "weight_decay"),
-    (oo.LAMB, dict(eps=0.0), "eps"), (oo.LAMB, dict(bias_correction="yes"), "bias_correction"),
-    (oo.LARS, dict(lr=1.0, trust_coefficient=0.0), "trust_coefficient"),
-    (oo.LARS, dict(lr=1.0, momentum=1.0), "momentum"),
-    (oo.Adafactor, dict(beta2_decay=0.5), "beta2_decay"), (oo.Adafactor, dict(d=0.5), "d"),
-    (oo.Adafactor, dict(eps=(None, -1.0)), "eps[1]"), (oo.Adafactor, dict(eps=1e-3), "eps"),
-    (oo.Muon, dict(adjust_lr_fn="fast"), "adjust_lr_fn"), (oo.Muon, dict(ns_steps=100), "ns_steps"),
-    (oo.Muon, dict(ns_coefficients=(1.0, 2.0)), "ns_coefficients"), (oo.Muon, dict(momentum=-0.1), "momentum"),
-    (oo.ScheduleFreeAdamW, dict(betas=(0.0, 0.999)), "betas[0]"),
-    (oo.ScheduleFreeAdamW, dict(warmup_steps=2.5), "warmup_steps"),
-    (oo.ScheduleFreeSGD, dict(momentum=1.0), "momentum"), (oo.ScheduleFreeSGD, dict(r=-1), "r"),
-]
+BAD = [(r.cls, hyper, name) for r in ROWS for hyper, name in r.bad]
 
 
 @pytest.mark.parametrize("cls,hyper,name", BAD, ids=[f"{c.__name__}-{n}" for c, _, n in BAD])
@@ -562,19 +676,18 @@ def test_invalid_hyperparameter_names_parameter_and_value(cls, hyper, name):
     assert name in str(err.value) and (repr(bad) in str(err.value) or str(bad) in str(err.value))
 
 
-@pytest.mark.parametrize("cls", [oo.Lion, oo.LAMB, oo.Adafactor, oo.Muon, oo.ScheduleFreeSGD])
+@pytest.mark.parametrize("cls", [r.cls for r in rows(complex_rejected=True)])
 def test_complex_parameters_are_rejected_up_front(cls):
     with pytest.raises(ValueError, match="complex"):
         cls([torch.zeros(2, 2, dtype=torch.complex64, requires_grad=True)])
 
 
 def test_registry_and_docstrings():
-    for name in FACTORIES:
-        obj = oo.get(name)
+    for row in ROWS:
+        obj = oo.get(row.name)
         doc = obj.__doc__ or ""
-        assert "When to choose" in doc or "Lookahead" in doc, name
-    for cls in [oo.RAdam, oo.Lion, oo.LAMB, oo.LARS, oo.Adafactor, oo.Muon, oo.ScheduleFreeAdamW,
-                oo.ScheduleFreeSGD, oo.Lookahead]:
+        assert "When to choose" in doc or "Lookahead" in doc, row.name
+    for cls in [r.cls for r in rows(documented=True)]:
         assert "When to choose it" in cls.__doc__ and any(y in cls.__doc__ for y in ("2017", "2018", "2019", "2020",
                                                                                       "2023", "2024")), cls
     ranger = oo.create("lookahead", make_params(torch.float64), base="radam", lr=0.01, k=4)

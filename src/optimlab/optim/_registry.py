@@ -1,52 +1,120 @@
-"""Look optimizers up by name, in torch's or Keras's convention."""
+"""Look optimizers up by name, in torch's or Keras's convention.
+
+Optimizers register themselves: a class declares, in its own body,
+
+    registry_name = "adopt"                  # the name create() takes
+    registry_aliases = ("adopt-adam",)       # optional: other spellings
+    registry_convention = "keras"            # optional: "torch" unless said
+
+and the registry finds it. On the first lookup (``available``, ``get``, ``create``, or an
+unknown attribute of :mod:`optimlab.optim`) it imports every public module of the
+``optimlab.optim`` package and its subpackages (``pkgutil``), and collects the classes
+that declare a ``registry_name`` in their own ``__dict__`` (a subclass does not inherit its
+parent's name). ``import optimlab.optim`` stays as fast as before: nothing is scanned until a
+name is looked up. :func:`register` still adds a name by hand (a plugin's optimizer).
+"""
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from typing import Any
 
 import torch
 
-# convention -> name -> "module:Class"; a module is imported when its optimizer is first asked for.
-_REGISTRY: dict[str, dict[str, str]] = {
-    "torch": {
-        "sgd": "optimlab.optim.sgd:SGD",
-        "momentum": "optimlab.optim.sgd:Momentum",
-        "nag": "optimlab.optim.sgd:NAG",
-        "adagrad": "optimlab.optim.adaptive:Adagrad",
-        "rmsprop": "optimlab.optim.adaptive:RMSprop",
-        "adadelta": "optimlab.optim.adaptive:Adadelta",
-        "adam": "optimlab.optim.adam:Adam",
-        "adamw": "optimlab.optim.adam:AdamW",
-        "adamax": "optimlab.optim.adam:Adamax",
-        "nadam": "optimlab.optim.adam:NAdam",
-        "radam": "optimlab.optim.radam:RAdam",
-        "lion": "optimlab.optim.lion:Lion",
-        "lamb": "optimlab.optim.trust:LAMB",
-        "lars": "optimlab.optim.trust:LARS",
-        "adafactor": "optimlab.optim.adafactor:Adafactor",
-        "muon": "optimlab.optim.muon:Muon",
-        "muon_adamw": "optimlab.optim.muon:MuonWithAuxAdamW",
-        "schedulefree_adamw": "optimlab.optim.schedule_free:ScheduleFreeAdamW",
-        "schedulefree_sgd": "optimlab.optim.schedule_free:ScheduleFreeSGD",
-        "lookahead": "optimlab.optim.lookahead:LookaheadByName",
-        "sam": "optimlab.optim.sam:SAMByName",
-    },
-    "keras": {name.lower(): f"optimlab.optim.keras:{name}"
-              for name in ("SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam")},
+# Names for classes whose modules are being reworked elsewhere (the fused-kernel change to
+# sgd.py, adam.py, adaptive.py, radam.py): "module:Class" -> (name, aliases). Each entry moves
+# into its class body as ``registry_name``/``registry_aliases`` once that work has landed; the
+# mechanism is the same, this is only where the declaration is written.
+_DECLARED_HERE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "optimlab.optim.sgd:SGD": ("sgd", ()),
+    "optimlab.optim.sgd:Momentum": ("momentum", ("sgd_momentum", "sgd-momentum")),
+    "optimlab.optim.sgd:NAG": ("nag", ("nesterov",)),
+    "optimlab.optim.adaptive:Adagrad": ("adagrad", ()),
+    "optimlab.optim.adaptive:RMSprop": ("rmsprop", ()),
+    "optimlab.optim.adaptive:Adadelta": ("adadelta", ()),
+    "optimlab.optim.adam:Adam": ("adam", ()),
+    "optimlab.optim.adam:AdamW": ("adamw", ()),
+    "optimlab.optim.adam:Adamax": ("adamax", ()),
+    "optimlab.optim.adam:NAdam": ("nadam", ()),
+    "optimlab.optim.radam:RAdam": ("radam", ()),
 }
-_ALIASES = {"nesterov": "nag", "sgd_momentum": "momentum", "sgd-momentum": "momentum",
-            "muon-adamw": "muon_adamw", "schedulefree-adamw": "schedulefree_adamw",
-            "schedulefree-sgd": "schedulefree_sgd"}
+#: Modules never scanned: the command line (it imports what sits above the optimizers).
+_SKIP = ("optimlab.optim.cli",)
+
+# convention -> name -> class or "module:Class" (a string is imported when first asked for)
+_REGISTRY: dict[str, dict[str, Any]] = {"torch": {}, "keras": {}}
+# convention -> alias -> name
+_ALIASES: dict[str, dict[str, str]] = {"torch": {}, "keras": {}}
+_discovered = False
 
 
-def register(name: str, target: str, convention: str = "torch") -> None:
-    """Make ``create(name, ..., convention=convention)`` build ``target`` ("module:Class")."""
+class RegistryConflictError(RuntimeError):
+    """Two optimizers declare the same name (or alias) in one convention."""
+
+
+def _add(convention: str, name: str, target: Any, aliases: tuple[str, ...] = (), where: str = "") -> None:
+    table = _REGISTRY.setdefault(convention, {})
+    alias_table = _ALIASES.setdefault(convention, {})
+    name = name.lower()
+    for key in (name, *(a.lower() for a in aliases)):
+        owner = table.get(key, table.get(alias_table.get(key, ""), None))
+        if owner is not None and owner is not target:
+            raise RegistryConflictError(f"optimizer name {key!r} (convention {convention!r}) is declared twice: "
+                                        f"by {where or target!r} and by {owner!r}")
+    table[name] = target
+    for alias in aliases:
+        alias_table[alias.lower()] = name
+
+
+def _declarations(module) -> list[type]:
+    """The classes ``module`` defines that declare a registry name in their own body."""
+    return [obj for obj in vars(module).values()
+            if isinstance(obj, type) and obj.__module__ == module.__name__ and "registry_name" in obj.__dict__]
+
+
+def _discover() -> None:
+    """Import every public module of optimlab.optim (once) and register what they declare."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True  # a module that looks a name up while it is imported does not recurse
+    try:
+        _scan()
+    except BaseException:
+        _discovered = False
+        raise
+
+
+def _scan() -> None:
+    package = importlib.import_module("optimlab.optim")
+    modules = [package]
+    for info in pkgutil.walk_packages(package.__path__, prefix="optimlab.optim."):
+        leaf = info.name.rsplit(".", 1)[-1]
+        if leaf.startswith("_") or info.name in _SKIP:
+            continue
+        modules.append(importlib.import_module(info.name))
+    for module in modules:
+        for cls in _declarations(module):
+            _add(cls.__dict__.get("registry_convention", "torch"), cls.registry_name, cls,
+                 tuple(cls.__dict__.get("registry_aliases", ())), where=f"{cls.__module__}.{cls.__qualname__}")
+    for target, (name, aliases) in _DECLARED_HERE.items():
+        module, attr = target.split(":")
+        _add("torch", name, getattr(importlib.import_module(module), attr), aliases, where=target)
+
+
+def register(name: str, target: Any, convention: str = "torch") -> None:
+    """Make ``create(name, ..., convention=convention)`` build ``target``: a class, or
+    "module:Class" (imported when first asked for). Optimizers in optimlab.optim need not
+    call this: they declare ``registry_name`` (see the module docstring)."""
+    _discover()  # a name given by hand replaces a declared one
     _REGISTRY.setdefault(convention, {})[name.lower()] = target
+    _ALIASES.setdefault(convention, {})
 
 
-def _table(convention: str) -> dict[str, str]:
+def _table(convention: str) -> dict[str, Any]:
+    _discover()
     if convention not in _REGISTRY:
         raise ValueError(f"convention must be one of {sorted(_REGISTRY)}, got {convention!r}")
     return _REGISTRY[convention]
@@ -57,17 +125,40 @@ def available(convention: str = "torch") -> list[str]:
     return sorted(_table(convention))
 
 
+def aliases(convention: str = "torch") -> dict[str, str]:
+    """Other spellings :func:`create` accepts for ``convention``: alias -> name."""
+    _table(convention)
+    return dict(_ALIASES.get(convention, {}))
+
+
 def get(name: str, convention: str = "torch") -> type[torch.optim.Optimizer]:
     """The optimizer class registered as ``name``."""
     table = _table(convention)
-    key = _ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
+    key = name.lower() if isinstance(name, str) else name
+    if isinstance(key, str):
+        # aliases of the convention first, then any convention's (as before: one alias table)
+        key = _ALIASES[convention].get(key) or next(
+            (a[key] for a in _ALIASES.values() if key in a), key)
     if key not in table:
         close = difflib.get_close_matches(str(key), list(table), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown optimizer {name!r} for convention {convention!r}.{hint} "
                          f"Known: {', '.join(sorted(table))}")
-    module, cls = table[key].split(":")
-    return getattr(importlib.import_module(module), cls)
+    target = table[key]
+    if isinstance(target, str):
+        module, cls = target.split(":")
+        return getattr(importlib.import_module(module), cls)
+    return target
+
+
+def class_named(attr: str) -> type | None:
+    """The registered torch-convention class whose ``__name__`` is ``attr`` (for the lazy
+    attributes of :mod:`optimlab.optim`), or None."""
+    _discover()
+    for target in _REGISTRY["torch"].values():
+        if not isinstance(target, str) and target.__name__ == attr:
+            return target
+    return None
 
 
 def create(name: str, params: Any, convention: str = "torch", **hyper: Any) -> torch.optim.Optimizer:

@@ -60,6 +60,8 @@ class Adafactor(RealOnly, Optimizer):
     are factored over their last two, so stacks of matrices save memory too.
     """
 
+    registry_name = "adafactor"  # registered by this (see _registry)
+
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"beta2_decay": _non_positive, "eps": _eps_pair, "d": _at_least_one}
     state_keys = frozenset({"step", "row_var", "col_var", "variance"})

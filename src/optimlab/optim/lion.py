@@ -32,6 +32,8 @@ class Lion(RealOnly, Optimizer):
     batches (the paper's image/language models); it is less robust to small batches.
     """
 
+    registry_name = "lion"  # registered by this (see _registry)
+
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas}
     state_keys = frozenset({"exp_avg"})

@@ -155,6 +155,8 @@ class LookaheadByName(Lookahead):
     ``Lookahead(create(base, params, lr=lr, **hyper), k, alpha)``; ``base="radam"`` gives Ranger.
     """
 
+    registry_name = "lookahead"  # registered by this (see _registry)
+
     def __init__(self, params: Any, lr: float = 1e-3, *, base: str = "adam", k: int = 5, alpha: float = 0.5,
                  **base_hyper: Any):
         from optimlab.optim._registry import create

@@ -66,6 +66,8 @@ class Muon(RealOnly, Optimizer):
     Newton–Schulz iteration costs a few matrix products per weight per step.
     """
 
+    registry_name = "muon"  # registered by this (see _registry)
+
     hyper_checks = {**_MUON_CHECKS}
     state_keys = frozenset({"momentum_buffer"})
 
@@ -160,6 +162,8 @@ class MuonWithAuxAdamW(Optimizer):
     When to choose it: to train a whole model with Muon (see :class:`Muon`); the usual
     settings are Muon γ = 0.02 (λ ≈ 0.01) and AdamW γ = 3e-4, β = (0.9, 0.95) for the rest.
     """
+
+    registry_name, registry_aliases = "muon_adamw", ("muon-adamw",)  # registered by this (see _registry)
 
     hyper_checks = {**_MUON_CHECKS, "use_muon": check.boolean, "betas": check.betas, "amsgrad": check.boolean}
     state_keys = frozenset({"momentum_buffer", "step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})

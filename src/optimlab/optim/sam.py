@@ -300,6 +300,8 @@ class SAMByName(SAM):
     ``momentum``, ...) goes to the base. ``adaptive=True`` gives ASAM.
     """
 
+    registry_name = "sam"  # registered by this (see _registry)
+
     def __init__(self, params: Any, *, base: str = "sgd", rho: float = 0.05, adaptive: bool = False,
                  use_gc: bool = False, perturb_eps: float = 1e-12, eta: float = 0.0, **base_hyper: Any):
         if not isinstance(base, str) or isinstance(params, torch.optim.Optimizer):

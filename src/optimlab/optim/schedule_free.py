@@ -123,6 +123,8 @@ class ScheduleFreeAdamW(_ScheduleFree):
     (winner of the 2024 AlgoPerf self-tuning track). Warm-up is still advised.
     """
 
+    registry_name, registry_aliases = "schedulefree_adamw", ("schedulefree-adamw",)
+
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": _betas_open, "eps": check.positive, "decay_at_z": check.boolean, **_COMMON}
     state_keys = frozenset({"z", "exp_avg_sq"})
@@ -169,6 +171,8 @@ class ScheduleFreeSGD(_ScheduleFree):
     schedule (vision models), but want no schedule and a good model at any stopping time.
     The default γ = 1.0 is the package's; SGD-scale problems usually want 0.1–10.
     """
+
+    registry_name, registry_aliases = "schedulefree_sgd", ("schedulefree-sgd",)  # registered by this (see _registry)
 
     hyper_checks = {"momentum": _open_unit_interval, **_COMMON}
     state_keys = frozenset({"z"})

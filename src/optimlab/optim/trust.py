@@ -33,6 +33,8 @@ class LAMB(RealOnly, Optimizer):
     little over AdamW. Put biases and norm gains in a group with ``weight_decay=0``.
     """
 
+    registry_name = "lamb"  # registered by this (see _registry)
+
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas, "eps": check.positive, "bias_correction": check.boolean}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
@@ -79,6 +81,8 @@ class LARS(RealOnly, Optimizer):
     (ImageNet in minutes, SimCLR/BYOL pre-training), with a warm-up and polynomial decay
     of γ. γ is a global rate: typical values are O(1) with η = 0.001.
     """
+
+    registry_name = "lars"  # registered by this (see _registry)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"momentum": check.unit_interval, "trust_coefficient": check.positive,

@@ -36,6 +36,8 @@ class Adam(KerasOptimizer):
     The β-powers are evaluated in the parameter's dtype, as Keras does.
     """
 
+    registry_name, registry_convention = "adam", "keras"  # registered by this (see _registry)
+
     hyper_checks = {**_ADAM_CHECKS, "amsgrad": check.boolean}
     state_keys = frozenset({"momentum", "velocity", "velocity_hat"})
     optional_state_keys = frozenset({"velocity_hat"})  # made by _update if missing
@@ -77,6 +79,8 @@ class AdamW(Adam):
     :meth:`~KerasOptimizer.exclude_from_weight_decay` (Keras's way).
     """
 
+    registry_name, registry_convention = "adamw", "keras"  # registered by this (see _registry)
+
     def __init__(self, params: Any, learning_rate: float = 0.001, *, weight_decay: float = 0.004,
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
                  clipnorm: float | None = None, clipvalue: float | None = None,
@@ -102,6 +106,8 @@ class Adamax(KerasOptimizer):
 
     Defaults η = 0.001 (torch 0.002), ε = 1e-7 (torch 1e-8).
     """
+
+    registry_name, registry_convention = "adamax", "keras"  # registered by this (see _registry)
 
     hyper_checks = dict(_ADAM_CHECKS)
     state_keys = frozenset({"momentum", "norm"})
@@ -139,6 +145,8 @@ class Nadam(KerasOptimizer):
     momentum ``β1·(1 − ½·0.96^(0.004·t))`` reach β1 only after ~10⁴ steps (Keras: ~100).
     ``beta_1`` must be the same in every param group (Keras has one momentum schedule).
     """
+
+    registry_name, registry_convention = "nadam", "keras"  # registered by this (see _registry)
 
     hyper_checks = dict(_ADAM_CHECKS)
     state_keys = frozenset({"momentum", "velocity"})

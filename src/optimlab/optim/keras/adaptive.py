@@ -37,6 +37,8 @@ class Adagrad(KerasOptimizer):
     η = 1e-2 and has ``lr_decay``; Keras has none of that.
     """
 
+    registry_name, registry_convention = "adagrad", "keras"  # registered by this (see _registry)
+
     hyper_checks = {"lr": check_learning_rate, "initial_accumulator_value": check.non_negative,
                     "epsilon": check.non_negative, "weight_decay": optional_non_negative}
     state_keys = frozenset({"accumulator"})
@@ -73,6 +75,8 @@ class RMSprop(KerasOptimizer):
     torch's RMSprop has α = 0.99 (Keras ρ = 0.9), ε = 1e-8 outside the root, η = 1e-2 and
     keeps the learning rate outside its momentum buffer.
     """
+
+    registry_name, registry_convention = "rmsprop", "keras"  # registered by this (see _registry)
 
     hyper_checks = {"lr": check_learning_rate, "rho": check.closed_unit_interval,
                     "momentum": check.closed_unit_interval, "epsilon": check.non_negative,
@@ -115,6 +119,8 @@ class Adadelta(KerasOptimizer):
     ρ = 0.95, ε = 1e-7; torch η = 1.0, ρ = 0.9, ε = 1e-6), which makes Keras's default
     Adadelta a thousand times slower.
     """
+
+    registry_name, registry_convention = "adadelta", "keras"  # registered by this (see _registry)
 
     hyper_checks = {"lr": check_learning_rate, "rho": check.closed_unit_interval, "epsilon": check.non_negative,
                     "weight_decay": optional_non_negative}

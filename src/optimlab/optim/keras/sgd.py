@@ -33,6 +33,8 @@ class SGD(KerasOptimizer):
     momentum is plain SGD. There is no dampening.
     """
 
+    registry_name, registry_convention = "sgd", "keras"  # registered by this (see _registry)
+
     hyper_checks = {"lr": check_learning_rate, "momentum": check_keras_momentum, "nesterov": check.boolean,
                     "weight_decay": optional_non_negative}
     state_keys = frozenset({"momentum"})
