@@ -1,16 +1,17 @@
 """Time ``step()`` of every optimlab optimizer against its torch.optim twin.
 
     python bench/optim_step.py [--case big|small|both] [--steps N] [--quick]
-                               [--threads N] [--forloop] [--only Adam,NAdam]
+                               [--threads 1,2] [--only Adam,NAdam]
 
 For each optimizer, in one process, the implementations are stepped round-robin (the
-order rotating every round, so drift in machine load hits them alike): torch with
-``foreach=True`` and, where torch has one on the CPU, ``fused=True`` (``--forloop`` adds
-its ``foreach=False`` loop); optimlab with its default (foreach) path and with
-``fused=True``. Every
-block also steps torch's fused Adam and a plain copy, so each optimizer is compared with
-the fused-Adam bandwidth measured under the same conditions. Reported: the median of
-``--steps`` timed steps after warm-up.
+order rotating every round, so drift in machine load hits them alike): torch's default
+(on the CPU its single-tensor loop, ``foreach=False``), ``foreach=True`` and, where torch
+has one on the CPU, ``fused=True``; optimlab with ``foreach=True`` and with its default
+(``fused=None``: the single-pass kernel on these float32 CPU tensors; the path it took is
+checked). Every block also steps torch's fused Adam and a plain copy, so each optimizer is
+compared with the fused-Adam bandwidth measured under the same conditions. Reported: the
+median of ``--steps`` timed steps after warm-up, at each thread count of ``--threads``
+(default 1 and 2).
 
 Effective GB/s counts the minimal bytes one update must move per parameter (float32):
 
@@ -23,9 +24,10 @@ Effective GB/s counts the minimal bytes one update must move per parameter (floa
     Adam, AdamW, Adamax, NAdam read θ, g, m, v; write θ, m, v         28 B
 
 The copy figure is ``dst.copy_(src)`` over a buffer as large as the parameters, counted as
-read + write (8 B per float). Targets (issue #2): optimlab ``fused=True`` at most 1.0x
-torch's fastest implementation of the same optimizer, and at >= 80 % of the GB/s of
-torch's fused Adam.
+read + write (8 B per float). Targets: optimlab's default at most 1.0x torch's fastest
+implementation of the same optimizer (issue #2's target for ``fused=True``, now the default,
+issue #16) and at >= 80 % of the GB/s of torch's fused Adam; and at most 0.5x torch's
+default for Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax and NAdam (issue #16).
 
 A second table lists the optimizer state each implementation keeps, in bytes per
 parameter, measured from the state after one step.
@@ -60,13 +62,16 @@ class Spec:
     bytes_per_param: int
     torch_fused: bool
     label_note: str = ""
+    half_of_default: bool = True  # issue #16's target: <= 0.5x torch's default
 
 
 LR = 1e-3
 SPECS = [
-    Spec("SGD", oo.SGD, torch.optim.SGD, dict(lr=LR), dict(lr=LR), 12, True),
-    Spec("Momentum", oo.Momentum, torch.optim.SGD, dict(lr=LR), dict(lr=LR, momentum=0.9), 20, True),
-    Spec("NAG", oo.NAG, torch.optim.SGD, dict(lr=LR), dict(lr=LR, momentum=0.9, nesterov=True), 20, True),
+    Spec("SGD", oo.SGD, torch.optim.SGD, dict(lr=LR), dict(lr=LR), 12, True, half_of_default=False),
+    Spec("Momentum", oo.Momentum, torch.optim.SGD, dict(lr=LR), dict(lr=LR, momentum=0.9), 20, True,
+         half_of_default=False),
+    Spec("NAG", oo.NAG, torch.optim.SGD, dict(lr=LR), dict(lr=LR, momentum=0.9, nesterov=True), 20, True,
+         half_of_default=False),
     Spec("Adagrad", oo.Adagrad, torch.optim.Adagrad, dict(lr=LR), dict(lr=LR), 20, True),
     Spec("RMSprop", oo.RMSprop, torch.optim.RMSprop, dict(lr=LR), dict(lr=LR), 20, False),
     Spec("RMSprop c+m", oo.RMSprop, torch.optim.RMSprop, dict(lr=LR, centered=True, momentum=0.9),
@@ -78,7 +83,7 @@ SPECS = [
     Spec("NAdam", oo.NAdam, torch.optim.NAdam, dict(lr=LR), dict(lr=LR), 28, False),
 ]
 
-IMPLS = ["torch for-loop", "torch foreach", "torch fused", "optimlab foreach", "optimlab fused"]
+IMPLS = ["torch default", "torch foreach", "torch fused", "optimlab foreach", "optimlab default"]
 
 
 # ------------------------------------------------------------------------------ cases
@@ -130,18 +135,21 @@ def make_params(shapes, grads, seed):
     return params
 
 
-def optimizer_runners(spec: Spec, shapes, grads, forloop: bool) -> dict[str, Runner]:
+def optimizer_runners(spec: Spec, shapes, grads) -> tuple[dict[str, Runner], Callable[[], str | None]]:
+    """The runners, and a function that says which path optimlab's default took."""
     runners: dict[str, Runner] = {}
-    kinds = [("torch for-loop", lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=False))] if forloop else []
-    kinds += [("torch foreach", lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=True))]
+    kinds = [("torch default", lambda ps: spec.theirs(ps, **spec.their_hyper)),  # its CPU loop
+             ("torch foreach", lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=True))]
     if spec.torch_fused:
         kinds.append(("torch fused", lambda ps: spec.theirs(ps, **spec.their_hyper, fused=True)))
-    kinds += [("optimlab foreach", lambda ps: spec.ours(ps, **spec.hyper)),
-              ("optimlab fused", lambda ps: spec.ours(ps, **spec.hyper, fused=True))]
+    kinds += [("optimlab foreach", lambda ps: spec.ours(ps, **spec.hyper, foreach=True)),
+              ("optimlab default", lambda ps: spec.ours(ps, **spec.hyper))]
+    default = None
     for i, (label, factory) in enumerate(kinds):
         opt = factory(make_params(shapes, grads, seed=i))
         runners[label] = Runner(label, opt.step)
-    return runners
+        default = opt
+    return runners, lambda: default.path_for(0)
 
 
 def timed(fn) -> float:
@@ -164,7 +172,7 @@ def gbps(bytes_per_param: int, n: int, ms: float) -> float:
     return bytes_per_param * n / (ms * 1e-3) / 1e9
 
 
-def bench_case(case: str, shapes, steps: int, warmup: int, specs, forloop: bool) -> None:
+def bench_case(case: str, shapes, steps: int, warmup: int, specs) -> None:
     n = numel(shapes)
     print(f"\n=== case {case}: {n / 1e6:.2f}M float32 parameters in {len(shapes)} tensors; "
           f"median of {steps} steps after {warmup} warm-up; {torch.get_num_threads()} threads ===")
@@ -172,17 +180,19 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, forloop: bool)
     grads = [torch.randn(s, generator=gen) for s in shapes]  # shared, read-only
     src, dst = torch.randn(n), torch.empty(n)
     head = (f"{'optimizer':<12} {'B/p':>3} " + " ".join(f"{k:>10}" for k in
-            ["for-loop", "foreach", "fused", "ours fe", "ours fused"])
-            + f" {'fe/best':>7} {'fu/best':>7} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6} {'copy':>6}  targets")
-    print("ms/step: torch for-loop | torch foreach | torch fused | optimlab foreach | optimlab fused=True;"
-          " ratios to torch's fastest; GB/s of optimlab fused; torch fused Adam's and copy's GB/s in the same block")
+            ["torch def", "foreach", "fused", "ours fe", "ours def"])
+            + f" {'path':>6} {'def/best':>8} {'def/tdef':>8} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}"
+              f" {'copy':>6}  targets")
+    print("ms/step: torch default (its CPU loop) | torch foreach | torch fused | optimlab foreach=True |"
+          " optimlab default; the path optimlab's default took; its ratios to torch's fastest and to torch's"
+          " default; GB/s of optimlab's default; torch fused Adam's and copy's GB/s in the same block")
     print(head)
     print("-" * len(head), flush=True)
     ref_adam_all: list[float] = []
     copy_all: list[float] = []
     verdicts = []
     for spec in specs:
-        runners = optimizer_runners(spec, shapes, grads, forloop)
+        runners, path_of_default = optimizer_runners(spec, shapes, grads)
         adam_ref = Runner("ref", torch.optim.Adam(make_params(shapes, grads, seed=99), lr=LR, fused=True).step)
         copy = Runner("copy", lambda: dst.copy_(src))
         run_block(list(runners.values()) + [adam_ref, copy], warmup, steps)
@@ -192,15 +202,19 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, forloop: bool)
         copy_gbps = 8 * n / (copy.median_ms() * 1e-3) / 1e9
         ref_adam_all += adam_ref.times
         copy_all += copy.times
+        path = path_of_default()
         del runners, adam_ref
-        ours = ms["optimlab fused"]
+        ours = ms["optimlab default"]
         eff = gbps(spec.bytes_per_param, n, ours)
-        ratio, frac = ours / best, eff / ref_gbps
+        ratio, frac, vs_default = ours / best, eff / ref_gbps, ours / ms["torch default"]
+        half = vs_default <= 0.5 or not spec.half_of_default
         cells = " ".join(f"{ms[k]:>10.2f}" if k in ms else f"{'-':>10}" for k in IMPLS)
-        ok = ("ok" if ratio <= 1.0 else "SLOWER") + "/" + ("ok" if frac >= 0.8 else "LOW-BW")
-        verdicts.append((spec.name, ratio <= 1.0, frac >= 0.8))
-        print(f"{spec.name:<12} {spec.bytes_per_param:>3} {cells} {ms['optimlab foreach'] / best:>7.2f} "
-              f"{ratio:>7.2f} {eff:>6.1f} {ref_gbps:>9.1f} {100 * frac:>5.0f}% {copy_gbps:>6.1f}  {ok}", flush=True)
+        ok = "/".join(["ok" if ratio <= 1.0 else "SLOWER", "ok" if frac >= 0.8 else "LOW-BW",
+                       ("ok" if half else "NOT-HALF") if spec.half_of_default else "-"])
+        verdicts.append((spec.name, ratio <= 1.0, frac >= 0.8, half))
+        print(f"{spec.name:<12} {spec.bytes_per_param:>3} {cells} {path or '-':>6} {ratio:>8.2f} "
+              f"{vs_default:>8.2f} {eff:>6.1f} {ref_gbps:>9.1f} {100 * frac:>5.0f}% {copy_gbps:>6.1f}  {ok}",
+              flush=True)
     adam_ms = statistics.median(ref_adam_all) * 1e3
     copy_ms = statistics.median(copy_all) * 1e3
     print(f"medians over all blocks: copy (read+write, 8 B/param) {copy_ms:.2f} ms = "
@@ -208,8 +222,11 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, forloop: bool)
           f"{gbps(28, n, adam_ms):.1f} GB/s")
     slow = [v[0] for v in verdicts if not v[1]]
     low = [v[0] for v in verdicts if not v[2]]
-    print(f"targets: <= 1.0x torch's fastest: {'all met' if not slow else 'missed by ' + ', '.join(slow)}; "
-          f">= 80% of fused Adam's GB/s: {'all met' if not low else 'missed by ' + ', '.join(low)}", flush=True)
+    not_half = [v[0] for v in verdicts if not v[3]]
+    print(f"targets: default <= 1.0x torch's fastest: {'all met' if not slow else 'missed by ' + ', '.join(slow)}; "
+          f">= 80% of fused Adam's GB/s: {'all met' if not low else 'missed by ' + ', '.join(low)}; "
+          f"<= 0.5x torch's default (adaptive rules): "
+          f"{'all met' if not not_half else 'missed by ' + ', '.join(not_half)}", flush=True)
 
 
 # ------------------------------------------------------------------------ state bytes
@@ -229,12 +246,12 @@ def state_table(specs) -> None:
     grads = [torch.randn(s, generator=gen) for s in shapes]
     print(f"\n=== optimizer state after one step, bytes per parameter (float32, "
           f"{numel(shapes) / 1e6:.2f}M params in {len(shapes)} tensors; 0-dim step counters included) ===")
-    print(f"{'optimizer':<12} {'optimlab':>9} {'optimlab fused':>15} {'torch foreach':>14}  keys (optimlab)")
+    print(f"{'optimizer':<12} {'optimlab':>9} {'optimlab foreach':>17} {'torch foreach':>14}  keys (optimlab)")
     for spec in specs:
         row = []
         keys = ""
         for factory in (lambda ps: spec.ours(ps, **spec.hyper),
-                        lambda ps: spec.ours(ps, **spec.hyper, fused=True),
+                        lambda ps: spec.ours(ps, **spec.hyper, foreach=True),
                         lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=True)):
             params = make_params(shapes, grads, seed=0)
             opt = factory(params)
@@ -242,7 +259,7 @@ def state_table(specs) -> None:
             row.append(state_bytes(opt, params))
             if not keys:
                 keys = ", ".join(sorted(opt.state[params[0]]))
-        print(f"{spec.name:<12} {row[0]:>9.3f} {row[1]:>15.3f} {row[2]:>14.3f}  {keys}")
+        print(f"{spec.name:<12} {row[0]:>9.3f} {row[1]:>17.3f} {row[2]:>14.3f}  {keys}")
 
 
 # ------------------------------------------------------------------------------- main
@@ -253,12 +270,11 @@ def main(argv=None) -> None:
                     "(default 40; the median is reported)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1/10 of the big case, 3 steps")
     ap.add_argument("--only", default=None, help="comma-separated optimizer names")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--forloop", action="store_true", help="also time torch's for-loop (foreach=False)")
+    ap.add_argument("--threads", default=None, help="comma-separated torch.set_num_threads values, each "
+                    "timed in turn (default 1,2; with --quick 1; 0: torch's own setting)")
     args = ap.parse_args(argv)
     specs = SPECS if not args.only else [s for s in SPECS if s.name in args.only.split(",")]
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",") if t.strip()] or [0]
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"torch {torch.__version__}, {platform.machine()} {platform.processor() or ''}, "
@@ -270,11 +286,15 @@ def main(argv=None) -> None:
     print(f"optimlab fused kernels: {'loaded' if ok else 'UNAVAILABLE (fused=True falls back to foreach)'} "
           f"in {time.perf_counter() - start:.2f} s (compiled on first use, then cached)")
     cases = ["big", "small"] if args.case == "both" else [args.case]
-    for case in cases:
-        scale = 0.1 if args.quick else 1.0
-        steps = args.steps or (3 if args.quick else 40)
-        warmup = 1 if args.quick else 3
-        bench_case(case, CASES[case](scale), steps, warmup, specs, args.forloop)
+    own = torch.get_num_threads()
+    for n_threads in threads:
+        torch.set_num_threads(n_threads or own)
+        for case in cases:
+            scale = 0.1 if args.quick else 1.0
+            steps = args.steps or (3 if args.quick else 40)
+            warmup = 1 if args.quick else 3
+            bench_case(case, CASES[case](scale), steps, warmup, specs)
+    torch.set_num_threads(own)
     state_table(specs)
     if load:
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (other processes skew timings; rerun when quiet)")

@@ -1,6 +1,6 @@
 """``fused=True`` on RMSprop, Adadelta, Adamax and NAdam: the single-pass C kernels.
 
-Each variant runs >= 100 steps with fused=True beside the default foreach path (and, in
+Each variant runs >= 100 steps with fused=True beside the foreach path (and, in
 float64, beside the plain reference rule of tests/reference) on identical gradient
 sequences, and compares parameters and every state tensor. The kernels compute the rule's
 operations in its order; the one systematic difference is sqrt, correctly rounded here but
@@ -153,7 +153,7 @@ def test_fused_matches_foreach(name, variant, dtype, spy):
     cls, variants = VARIANTS[name]
     hyper = variants[variant]
     grads = gradients(STEPS, SHAPES, dtype)
-    pa, oa = run(cls, hyper, dtype, grads)
+    pa, oa = run(cls, hyper, dtype, grads, foreach=True)  # (the default runs the kernels too)
     assert spy["done"] == 0
     pb, ob = run(cls, hyper, dtype, grads, fused=True)
     assert spy["done"] == 2 * STEPS and spy["declined"] == 0  # two groups, every step fused

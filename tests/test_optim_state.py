@@ -169,8 +169,10 @@ def test_without_skip_nonfinite_a_nan_gradient_propagates_like_torch():
 def test_torch_lr_schedulers_drive_our_optimizers_like_torch_ones():
     for name in ["sgd", "adam", "rmsprop"]:
         cls, tcls, _, variants = CASES[name]
-        results = []
-        for make in (lambda ps: cls(ps, **variants[-1]), lambda ps: tcls(ps, **torch_kwargs(name, variants[-1]))):
+        results = []  # optimlab's foreach path, torch's default, optimlab's default (its fused kernels)
+        for make in (lambda ps: cls(ps, **variants[-1], foreach=True),
+                     lambda ps: tcls(ps, **torch_kwargs(name, variants[-1])),
+                     lambda ps: cls(ps, **variants[-1])):
             model, x, y = model_and_data()
             opt = make(model.parameters())
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=20)
@@ -180,9 +182,11 @@ def test_torch_lr_schedulers_drive_our_optimizers_like_torch_ones():
                 sched.step()
                 lrs.append(opt.param_groups[0]["lr"])
             results.append((lrs, [p.detach().clone() for p in model.parameters()]))
-        assert results[0][0] == results[1][0]
+        assert results[0][0] == results[1][0] == results[2][0]
         for a, b in zip(results[0][1], results[1][1]):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        for a, b in zip(results[2][1], results[1][1]):  # the kernels: test_fused.py's float32 tolerance
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_grad_scaler_and_closure():

@@ -32,6 +32,20 @@ _numel = Tensor.numel
 #: Elements per _update call for rules with big temporaries (4 MB of float32).
 TEMPORARY_CHUNK = 1 << 20
 _NO_STATE: dict = {}  # read-only stand-in for a stateless update
+#: The dtypes the default path sends to a single-pass kernel: there the kernels agree with the
+#: foreach rule to an ulp or two (float16/bfloat16 would be computed in float32 and rounded
+#: once, unlike torch's default loop: no twin).
+_KERNEL_DTYPES = frozenset({torch.float32, torch.float64})
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_fused_device_types() -> frozenset[str]:
+    """The non-CPU device types torch has fused optimizer kernels for (CUDA, ...)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        return frozenset(_get_fused_kernels_supported_devices()) - {"cpu"}
+    except ImportError:  # pragma: no cover - older torch
+        return frozenset({"cuda"})
 
 
 class UnknownArgumentError(TypeError, ValueError):
@@ -86,6 +100,15 @@ class Optimizer(torch.optim.Optimizer):
     supports_sparse: ClassVar[bool] = False
     lazy_state: ClassVar[bool] = False  # True: no _init_state; _update fills the state itself
     chunk_elements: ClassVar[int | None] = None  # see _update_in_chunks
+    #: The single-pass kernels the default (``fused=None``, ``foreach=None``) picks where they
+    #: are exact: "torch" (torch's fused kernels: CPU, and the devices torch has them for) or
+    #: "optimlab" (the C kernels of :mod:`._fused`, CPU); None: the foreach rule.
+    default_kernels: ClassVar[str | None] = None
+    #: Set by :meth:`_step_group` for :meth:`_update`: whether to try the single-pass kernel
+    #: (which falls back to the foreach rule, silently, where the tensors do not fit it); the
+    #: update sets ``_kernel_ran`` when a kernel did the work.
+    _kernel: bool = False
+    _kernel_ran: bool = False
     keyword_aliases: ClassVar[dict[str, str]] = {
         "learning_rate": "lr", "epsilon": "eps", "beta_1": "betas", "beta_2": "betas",
         "beta1": "betas", "beta2": "betas", "nesterov_momentum": "nesterov",
@@ -188,15 +211,50 @@ class Optimizer(torch.optim.Optimizer):
             if params:
                 groups.append((group, params, list(map(_grad_of, params))))
         other_dtype = self._check_gradients(groups)
+        self._paths = {}
         if self.skip_nonfinite and not _all_finite([g for _, _, grads in groups for g in grads]):
             self.skipped_steps += 1
             return loss
         for (group, params, grads), odd in zip(groups, other_dtype):
+            self._ran = ran = set()
             if odd:
                 params, grads = self._step_other_dtype(group, params, grads, odd)
+                ran.add("single-tensor")
             if params:
                 self._step_group(group, params, grads)
+            self._paths[id(group)] = "+".join(sorted(ran))
         return loss
+
+    def path_for(self, group: dict[str, Any] | int = 0) -> str | None:
+        """The implementation the last ``step()`` ran for ``group`` (a param group or its
+        index): "fused" (a single-pass kernel: torch's fused kernel or optimlab's), "foreach"
+        (the multi-tensor rule), "single-tensor" (one tensor at a time: ``foreach=False``,
+        sparse gradients, gradients in another dtype), several joined by "+" where a group's
+        tensors took different paths; None if the group had no gradient in that step."""
+        if isinstance(group, int):
+            group = self.param_groups[group]
+        if not any(g is group for g in self.param_groups):
+            raise ValueError("path_for: not a param group of this optimizer")
+        return getattr(self, "_paths", {}).get(id(group))
+
+    def _wants_kernel(self, group: dict[str, Any], params: list[Tensor], dense_one_dtype: bool,
+                      on_cpu: bool) -> bool:
+        """Whether ``_update`` should try the single-pass kernel for this group's step.
+
+        ``fused=True``: yes; ``fused=False`` or ``foreach`` set: no. The default: yes where a
+        kernel is exact and faster than the foreach rule: dense gradients, one dtype, float32
+        or float64 (``dense_one_dtype`` says the first two), all on the CPU (``on_cpu``), or
+        (torch's kernels) on one device torch has them for."""
+        fused = group.get("fused")
+        if fused is not None or group.get("foreach") is not None or self.default_kernels is None:
+            return bool(fused)
+        p0 = params[0]
+        if not dense_one_dtype or p0.dtype not in _KERNEL_DTYPES:
+            return False
+        if on_cpu:
+            return True
+        return (self.default_kernels == "torch" and p0.device.type in _torch_fused_device_types()
+                and len(set(map(_device_of, params))) == 1)
 
     #: A gradient in another dtype than its parameter's (which ``p.grad.data = ...`` allows):
     #: "refuse" it (GradientMismatchError before anything changes); "torch": give it torch.optim's
@@ -300,9 +358,11 @@ class Optimizer(torch.optim.Optimizer):
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         states = self._states(group, params)
-        if (group["foreach"] is not False and not any(map(_is_sparse, grads))
-                and len(set(map(_dtype_of, params))) == 1
-                and (all(map(_is_cpu, params)) or len(set(map(_device_of, params))) == 1)):
+        dense_one_dtype = not any(map(_is_sparse, grads)) and len(set(map(_dtype_of, params))) == 1
+        on_cpu = all(map(_is_cpu, params))
+        self._kernel = self._wants_kernel(group, params, dense_one_dtype, on_cpu)
+        if (group["foreach"] is not False and dense_one_dtype
+                and (on_cpu or len(set(map(_device_of, params))) == 1)):
             self._update_in_chunks(group, params, grads, states)  # the usual case: one device, one dtype
             return
         for indices in self._buckets(params, grads):
@@ -310,9 +370,17 @@ class Optimizer(torch.optim.Optimizer):
             ss = [states[i] for i in indices]
             if group["foreach"] is False or grads[indices[0]].is_sparse:
                 for p, s in zip(ps, ss):  # torch's single-tensor path: same rule, one tensor at a time
-                    self._update(group, [p], [p.grad], [s])
+                    self._run_update(group, [p], [p.grad], [s], "single-tensor")
             else:
                 self._update_in_chunks(group, ps, [grads[i] for i in indices], ss)
+
+    def _run_update(self, group, params, grads, states, path: str = "foreach") -> None:
+        """``_update``, noting which path it took (see :meth:`path_for`)."""
+        self._kernel_ran = False
+        self._update(group, params, grads, states)
+        ran = getattr(self, "_ran", None)
+        if ran is not None:
+            ran.add("fused" if self._kernel_ran else path)
 
     def _update_in_chunks(self, group, params, grads, states) -> None:
         """``_update`` on runs of tensors of about ``chunk_elements`` elements each.
@@ -322,16 +390,16 @@ class Optimizer(torch.optim.Optimizer):
         (page faults) every step. Elementwise, per-tensor rules give the same result."""
         budget = self.chunk_elements
         if budget is None or len(params) == 1:
-            self._update(group, params, grads, states)
+            self._run_update(group, params, grads, states)
             return
         start, size = 0, 0
         for i, n in enumerate(map(_numel, params)):
             size += n
             if size >= budget:
-                self._update(group, params[start:i + 1], grads[start:i + 1], states[start:i + 1])
+                self._run_update(group, params[start:i + 1], grads[start:i + 1], states[start:i + 1])
                 start, size = i + 1, 0
         if start < len(params):
-            self._update(group, params[start:], grads[start:], states[start:])
+            self._run_update(group, params[start:], grads[start:], states[start:])
 
     @staticmethod
     def _buckets(params: list[Tensor], grads: list[Tensor]) -> list[list[int]]:
@@ -373,6 +441,19 @@ class Optimizer(torch.optim.Optimizer):
                 return values
         torch._foreach_add_(steps, 1)
         return [t.item() for t in steps]
+
+    @staticmethod
+    def _steps_on(device: torch.device, states: list[dict[str, Any]]) -> list[Tensor]:
+        """The step counters, moved (in the state) to ``device`` as float32 where they are
+        elsewhere: what torch's fused kernels on that device read (torch's fused optimizers
+        keep them there too)."""
+        steps = []
+        for s in states:
+            step = s["step"]
+            if step.device != device:
+                step = s["step"] = step.to(device=device, dtype=torch.float32)
+            steps.append(step)
+        return steps
 
     @staticmethod
     def _new_step() -> Tensor:

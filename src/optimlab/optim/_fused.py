@@ -1,6 +1,7 @@
 """Single-pass CPU kernels for the optimizers torch has no fused kernel for.
 
-``fused=True`` on RMSprop, Adadelta, Adamax and NAdam lands here. The foreach rules in
+RMSprop, Adadelta, Adamax and NAdam land here with ``fused=True`` and by default (``fused=None``,
+``foreach=None``: see ``Optimizer._wants_kernel``) on float32/float64 CPU tensors. The foreach rules in
 :mod:`optimlab.optim._rules` make one pass over memory per arithmetic operation; the C
 loops in ``_kernels.c`` make one pass in all, reading each operand once and writing each
 result once, and split the elements over ``torch.get_num_threads()`` threads.
@@ -10,11 +11,14 @@ computed in double here, rounded to the dtype in C, as torch does; fused multipl
 exactly where torch's vectorised kernels use them), so the fused path agrees with the
 foreach path to within an ulp or two per step.
 
-Building: on the first fused step (the user asked for it) ``_kernels.c`` is compiled with
+Building: on the first step that uses them (any default CPU step of the optimizers above,
+and of torch-kernel ones, whose step counters advance here) ``_kernels.c`` is compiled with
 the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``; about a second) into
 ``$OPTIMLAB_KERNEL_CACHE`` or ``$XDG_CACHE_HOME/optimlab/kernels`` (default
 ``~/.cache/optimlab/kernels``), named by a hash of the source, the flags and the CPU, and
-written atomically; later processes load it in milliseconds. ``OPTIMLAB_FUSED_KERNELS=0``
+written atomically (concurrent processes each build and rename; one wins, all load a
+complete file); later processes load it in milliseconds. A process builds or loads at most
+once (under a lock); a failure is remembered, so it is not retried step after step. ``OPTIMLAB_FUSED_KERNELS=0``
 turns the kernels off. :func:`available` builds ahead of time.
 
 Each public function performs the complete update, maximize and weight decay included, and
@@ -199,8 +203,9 @@ def _load() -> ctypes.CDLL | None:
                 lib = _open(_build(source, _cache_dir()))
         except Exception as err:  # noqa: BLE001 - any failure means: fall back, say so once
             _failed = True
-            warnings.warn(f"optimlab: fused CPU kernels unavailable, fused=True falls back to the "
-                          f"foreach path ({err})", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"optimlab: fused CPU kernels unavailable; RMSprop, Adadelta, Adamax and NAdam "
+                          f"(fused=True, and the default) fall back to the foreach path ({err})",
+                          RuntimeWarning, stacklevel=4)
             return None
         _lib = lib
         return lib

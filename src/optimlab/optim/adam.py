@@ -39,6 +39,7 @@ class Adam(Optimizer):
     optional_state_keys = frozenset({"max_exp_avg_sq"})  # made by _update if missing
     other_dtype_grads = "torch"  # as torch's Adam (whose lerp fails unless L2 decay promoted first)
     load_defaults = {**Optimizer.load_defaults, "amsgrad": False, "decoupled_weight_decay": False}
+    default_kernels = "torch"
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
@@ -67,7 +68,8 @@ class Adam(Optimizer):
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         maxes = [s["max_exp_avg_sq"] for s in states] if amsgrad else []
-        fused = group["fused"] and _fused.fits([params, grads, exp_avgs, exp_avg_sqs, *([maxes] if amsgrad else [])])
+        fused = self._kernel and _fused.fits([params, grads, exp_avgs, exp_avg_sqs, *([maxes] if amsgrad else [])])
+        self._kernel_ran = bool(fused)
         if fused and params[0].is_cpu:  # torch's fused CPU kernel, called directly
             steps = [s["step"] for s in states]
             _fused.increment(steps)
@@ -77,7 +79,7 @@ class Adam(Optimizer):
                    maximize=group["maximize"], grad_scale=None, found_inf=None)
             return
         if fused:
-            _torch_adam(params, grads, exp_avgs, exp_avg_sqs, maxes, [s["step"] for s in states],
+            _torch_adam(params, grads, exp_avgs, exp_avg_sqs, maxes, self._steps_on(params[0].device, states),
                                   fused=True, decoupled_weight_decay=group["decoupled_weight_decay"],
                                   amsgrad=amsgrad, beta1=float(beta1), beta2=float(beta2), lr=lr,
                                   weight_decay=wd, eps=group["eps"], maximize=group["maximize"])
@@ -134,6 +136,7 @@ class Adamax(Optimizer):
     hyper_checks = {"betas": check.betas, "eps": check.positive}
     state_keys = frozenset({"step", "exp_avg", "exp_inf"})
     other_dtype_grads = "torch"  # as torch's Adamax (whose lerp fails unless L2 decay promoted first)
+    default_kernels = "optimlab"
 
     def __init__(self, params: Any, lr: float | Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, foreach: bool | None = None, *,
@@ -147,14 +150,15 @@ class Adamax(Optimizer):
         return {"step": self._new_step(), "exp_avg": _zeros(param), "exp_inf": _zeros(param)}
 
     def _update(self, group, params, grads, states) -> None:
-        steps = self._advance(states, group["fused"])
+        steps = self._advance(states, self._kernel)
         beta1, beta2 = group["betas"]
         lists = dict(params=self._real(params), grads=self._real(grads),
                      exp_avgs=self._real([s["exp_avg"] for s in states]),
                      exp_infs=self._real([s["exp_inf"] for s in states]))
         hyper = dict(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"])
-        if group["fused"] and _fused.adamax(**lists, steps=steps, **hyper, maximize=group["maximize"],
-                                            weight_decay=group["weight_decay"]):
+        if self._kernel and _fused.adamax(**lists, steps=steps, **hyper, maximize=group["maximize"],
+                                          weight_decay=group["weight_decay"]):
+            self._kernel_ran = True
             return
         lists["grads"] = _rules.effective_grads(lists["params"], lists["grads"], maximize=group["maximize"],
                                                 weight_decay=group["weight_decay"])
@@ -187,6 +191,7 @@ class NAdam(Optimizer):
     state_keys = frozenset({"step", "mu_product", "exp_avg", "exp_avg_sq"})
     scalar_state_keys = ("step", "mu_product")
     other_dtype_grads = "torch"  # as torch's NAdam (whose lerp fails unless L2 decay promoted first)
+    default_kernels = "optimlab"
     load_defaults = {**Optimizer.load_defaults, "decoupled_weight_decay": False}  # as torch's __setstate__
 
     def __init__(self, params: Any, lr: float | Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -205,7 +210,7 @@ class NAdam(Optimizer):
                 "exp_avg": _zeros(param), "exp_avg_sq": _zeros(param)}
 
     def _update(self, group, params, grads, states) -> None:
-        steps = self._advance(states, group["fused"])
+        steps = self._advance(states, self._kernel)
         beta1, beta2 = group["betas"]
         lr, wd = float(group["lr"]), group["weight_decay"]
         params, grads = self._real(params), self._real(grads)
@@ -215,8 +220,9 @@ class NAdam(Optimizer):
                      mu_products=[s["mu_product"] for s in states])
         hyper = dict(lr=lr, beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
                      momentum_decay=group["momentum_decay"])
-        if group["fused"] and _fused.nadam(**lists, steps=steps, **hyper, maximize=group["maximize"],
-                                           weight_decay=wd, decoupled=decoupled):
+        if self._kernel and _fused.nadam(**lists, steps=steps, **hyper, maximize=group["maximize"],
+                                         weight_decay=wd, decoupled=decoupled):
+            self._kernel_ran = True
             return
         if decoupled:
             lists["grads"] = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)

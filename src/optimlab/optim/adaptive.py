@@ -34,6 +34,7 @@ class Adagrad(Optimizer):
     state_keys = frozenset({"step", "sum"})
     supports_sparse = True
     other_dtype_grads = "torch"  # torch's Adagrad promotes
+    default_kernels = "torch"
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,
@@ -64,7 +65,8 @@ class Adagrad(Optimizer):
             _rules.adagrad_sparse(params[0], grad, states[0]["sum"], step, lr=lr, lr_decay=lr_decay, eps=eps)
             return
         sums, steps = [s["sum"] for s in states], [s["step"] for s in states]
-        fused = group["fused"] and _fused.fits([params, grads, sums])
+        fused = self._kernel and _fused.fits([params, grads, sums])
+        self._kernel_ran = bool(fused)
         if fused and params[0].is_cpu:  # torch's fused CPU kernel, called directly
             _fused.increment(steps)
             torch._fused_adagrad_(params, grads, sums, steps, lr=lr, lr_decay=lr_decay,
@@ -72,7 +74,7 @@ class Adagrad(Optimizer):
                                   grad_scale=None, found_inf=None)
             return
         if fused:
-            _torch_adagrad(params, grads, sums, steps, fused=True, lr=lr,
+            _torch_adagrad(params, grads, sums, self._steps_on(params[0].device, states), fused=True, lr=lr,
                                         weight_decay=group["weight_decay"], lr_decay=lr_decay, eps=eps,
                                         maximize=group["maximize"])
             return
@@ -110,6 +112,7 @@ class RMSprop(Optimizer):
     other_dtype_grads = "torch"  # as torch's RMSprop (whose centred lerp fails unless L2 decay promoted)
     load_defaults = {**Optimizer.load_defaults, "momentum": 0, "centered": False}  # as torch's __setstate__
     optional_state_keys = frozenset({"momentum_buffer", "grad_avg"})  # made by _update if missing
+    default_kernels = "optimlab"
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False,
@@ -147,7 +150,7 @@ class RMSprop(Optimizer):
                        momentum=group["momentum"], centered=group["centered"])
 
     def _update(self, group, params, grads, states) -> None:
-        self._advance(states, group["fused"])
+        self._advance(states, self._kernel)
         self._add_optional_state(group, params, states)
         lists = dict(
             params=self._real(params), grads=self._real(grads),
@@ -156,8 +159,9 @@ class RMSprop(Optimizer):
             momentum_buffers=self._real([s["momentum_buffer"] for s in states]) if group["momentum"] > 0 else [])
         hyper = dict(lr=float(group["lr"]), alpha=group["alpha"], eps=group["eps"],
                      momentum=group["momentum"], centered=group["centered"])
-        if group["fused"] and _fused.rmsprop(**lists, **hyper, maximize=group["maximize"],
-                                             weight_decay=group["weight_decay"]):
+        if self._kernel and _fused.rmsprop(**lists, **hyper, maximize=group["maximize"],
+                                           weight_decay=group["weight_decay"]):
+            self._kernel_ran = True
             return
         lists["grads"] = _rules.effective_grads(lists["params"], lists["grads"], maximize=group["maximize"],
                                                 weight_decay=group["weight_decay"])
@@ -180,6 +184,7 @@ class Adadelta(Optimizer):
     hyper_checks = {"rho": check.closed_unit_interval, "eps": check.positive}
     state_keys = frozenset({"step", "square_avg", "acc_delta"})
     other_dtype_grads = "torch"  # torch's Adadelta promotes
+    default_kernels = "optimlab"
 
     def __init__(self, params: Any, lr: float | Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0, foreach: bool | None = None, *, capturable: bool = False,
@@ -195,13 +200,14 @@ class Adadelta(Optimizer):
                 "acc_delta": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
     def _update(self, group, params, grads, states) -> None:
-        self._advance(states, group["fused"])
+        self._advance(states, self._kernel)
         lists = dict(params=self._real(params), grads=self._real(grads),
                      square_avgs=self._real([s["square_avg"] for s in states]),
                      acc_deltas=self._real([s["acc_delta"] for s in states]))
         hyper = dict(lr=float(group["lr"]), rho=group["rho"], eps=group["eps"])
-        if group["fused"] and _fused.adadelta(**lists, **hyper, maximize=group["maximize"],
-                                              weight_decay=group["weight_decay"]):
+        if self._kernel and _fused.adadelta(**lists, **hyper, maximize=group["maximize"],
+                                            weight_decay=group["weight_decay"]):
+            self._kernel_ran = True
             return
         lists["grads"] = _rules.effective_grads(lists["params"], lists["grads"], maximize=group["maximize"],
                                                 weight_decay=group["weight_decay"])

@@ -33,6 +33,7 @@ class SGD(Optimizer):
                     "nesterov": check.boolean}
     state_keys = frozenset({"momentum_buffer"})
     supports_sparse = True
+    default_kernels = "torch"
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
@@ -59,7 +60,14 @@ class SGD(Optimizer):
         momentum = group["momentum"]
         bufs = [s.get("momentum_buffer") for s in states] if momentum != 0 else []
         lr = float(group["lr"])
-        fused = group["fused"] and not grads[0].is_sparse and _fused_kernel_fits(params, grads, bufs)
+        if self._kernel and momentum == 0 and group["weight_decay"] == 0 and not grads[0].is_sparse:
+            # θ ± γg: one torch foreach op, safe for any dense tensors (no kernel checks needed),
+            # bit-identical to torch's fused SGD (see _fused_sgd_cpu)
+            torch._foreach_add_(params, grads, alpha=lr if group["maximize"] else -lr)
+            self._kernel_ran = True
+            return
+        fused = self._kernel and not grads[0].is_sparse and _fused_kernel_fits(params, grads, bufs)
+        self._kernel_ran = bool(fused)
         if fused and params[0].is_cpu:
             _fused_sgd_cpu(group, params, grads, bufs, lr)
         elif fused:
