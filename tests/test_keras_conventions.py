@@ -247,12 +247,10 @@ def test_exclude_from_weight_decay_errors_name_the_argument():
 # ------------------------------------------------------------- Keras-only arguments: what instead
 KERAS_ONLY = [  # (keyword, value, what the message must say)
     ("use_ema", True, r"optimlab\.ema\.EMA\(model, decay=0\.99\).*ema\.update\(\).*fit\(\.\.\., ema=0\.99\)"),
-    ("use_ema", False, r"that is Keras's default \(off\): drop it.*optimlab\.ema\.EMA"),
     ("ema_momentum", 0.999, r"optimlab\.ema\.EMA\(model, decay=0\.999\).*fit\(\.\.\., ema=0\.999\)"),
     ("ema_overwrite_frequency", 100, r"optimlab\.ema\.EMA.*ema\.copy_to\(\).*every 100 steps"),
     ("loss_scale_factor", 128.0, r"fit\(\.\.\., precision='fp16'\).*torch\.amp\.GradScaler.*loss \* 128\.0"),
     ("gradient_accumulation_steps", 4, r"fit\(\.\.\., accumulate=4\) averages the gradients of 4 micro-batches"),
-    ("gradient_accumulation_steps", None, r"Keras's default \(off\): drop it.*fit\(\.\.\., accumulate=k\)"),
     ("decay", 1e-4, r"optimlab\.schedules\.PowerDecay\(η, decay_steps=1/0\.0001\)"),
     ("jit_compile", True, r"Keras 3 does not take it either.*drop it"),
     ("name", "adam", r"a torch optimizer has no name"),
@@ -265,6 +263,19 @@ def test_keras_only_argument_points_to_optimlabs_equivalent(name, key, value, me
     with pytest.raises(TypeError, match=rf"{name}\(\) does not take Keras's {key}={value!r}: .*{message}") as err:
         getattr(ok, name)([torch.nn.Parameter(torch.zeros(2))], **{key: value})
     assert "AveragedModel" not in str(err.value)
+
+
+@pytest.mark.parametrize("key, value", [("use_ema", False), ("ema_overwrite_frequency", None),
+                                        ("loss_scale_factor", None), ("gradient_accumulation_steps", None),
+                                        ("decay", None)])
+def test_kerass_own_off_values_are_accepted_and_change_nothing(key, value):
+    """Keras code that spells out a default (use_ema=False) ports unchanged: the step is the same."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    spelled, plain = ok.Adam([a], **{key: value}), ok.Adam([b])
+    for opt, p in ((spelled, a), (plain, b)):
+        p.grad = torch.full((3,), 0.5)
+        opt.step()
+    assert torch.equal(a, b)
 
 
 def test_what_the_messages_name_exists(keras):

@@ -33,6 +33,10 @@ def __getattr__(name: str):
     """A registered optimizer class not imported above (``optimlab.optim.ADOPT``), on first use."""
     from optimlab.optim import _registry
 
+    if name == "keras":  # the Keras twins' subpackage, after a bare `import optimlab.optim`
+        import importlib
+
+        return importlib.import_module("optimlab.optim.keras")
     if not name.startswith("_"):
         cls = _registry.class_named(name)
         if cls is not None:

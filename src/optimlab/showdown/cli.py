@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(TOTAL = the run's steps; see `optimlab schedule --list`)")
     parser.add_argument("--beyond", action="store_true",
                         help="also run the best known recipe per optimizer (a second table)")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: one epoch of a few hundred batches")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one epoch of a few hundred batches")
     parser.add_argument("--jobs", type=positive_int, default=None,
                         help="runs trained side by side in separate processes (default: one per CPU core; "
                              "1 = one after another in this process)")
@@ -46,8 +46,20 @@ def _description(cfg, source: str, split: str) -> str:
             f"Times are this machine's; the lecture's are its own. Showdown id `{cfg.showdown_id}`.")
 
 
+def _check_row(name: str) -> None:
+    """A row is a lecture row or any registered optimizer, of either convention."""
+    import difflib
+
+    from optimlab.optim import available
+
+    known = sorted(set(LECTURE) | set(available("torch")) | set(available("keras")))
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"--optimizers: unknown optimizer {name!r}.{hint} Known: {', '.join(known)}")
+
+
 def run(args: argparse.Namespace) -> int:
-    from optimlab.optim import get
     from optimlab.schedules.parse import parse_schedule
     from optimlab.showdown.driver import run_showdown
     from optimlab.showdown.runner import ShowdownConfig
@@ -57,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     names = tuple(n.lower() for n in args.optimizers)
     for n in names:
         if n not in LECTURE:
-            get(n)  # an unknown name fails before any training, listing the known ones
+            _check_row(n)  # an unknown name fails before any training, listing the known ones
     if args.schedule is not None:
         try:
             parse_schedule(args.schedule.replace("TOTAL", "100"))

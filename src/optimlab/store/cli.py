@@ -19,16 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=None, type=not_a_directory,
                         help=f"the store file (default: ${ENV_VAR}, else {default_path()})")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    ls = sub.add_parser("list", help="one line per run, newest first")
+    db_here = argparse.ArgumentParser(add_help=False)  # --db also after the action: runs list --db FILE
+    db_here.add_argument("--db", default=argparse.SUPPRESS, type=not_a_directory, help="the store file")
+    ls = sub.add_parser("list", help="one line per run, newest first", parents=[db_here])
     ls.add_argument("--status", choices=STATUSES, help="only runs with this status")
     ls.add_argument("--limit", type=positive_int, default=None, help="at most this many runs")
-    show = sub.add_parser("show", help="a run's configuration, epochs and diagnoses")
+    show = sub.add_parser("show", help="a run's configuration, epochs and diagnoses", parents=[db_here])
     show.add_argument("run", help="run id (or a unique prefix of it)")
     show.add_argument("--steps", action="store_true", help="also print the sampled per-step rows")
     show.add_argument("--sharpness", default=None, type=output_file, metavar="PNG",
                       help="draw the run's top Hessian eigenvalue against 2/lr, the edge of stability "
                            "(a run trained with fit(sharpness_every=N)), into this PNG")
-    ex = sub.add_parser("export", help="write runs as CSV or JSON")
+    ex = sub.add_parser("export", help="write runs as CSV or JSON", parents=[db_here])
     ex.add_argument("runs", nargs="*", help="run ids or prefixes (default: every run)")
     ex.add_argument("-f", "--format", choices=["csv", "json"], default=None,
                     help="default: from the output file's suffix, else json")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     # Readers open read-only: nothing is created (not even for a missing file) or changed.
     store = RunStore(args.db, readonly=True) if args.db else RunStore(readonly=True)
     if not store.path.exists():
-        print(f"optimlab runs: no run store at {store.path}", file=sys.stderr)
+        print(f"optimlab runs: error: no run store at {store.path}", file=sys.stderr)
         return 2
     try:
         if args.action == "list":

@@ -87,7 +87,7 @@ _KERAS_ONLY: dict[str, Callable[[dict[str, Any]], str]] = {
     "jit_compile": lambda kwargs: "Keras 3 does not take it either (a tf.keras 2 argument); drop it",
     "name": lambda kwargs: "a torch optimizer has no name; drop it",
 }
-# The values that mean "off" in Keras: the message then says to drop the argument.
+# The values that mean "off" in Keras: accepted and ignored (they ask for nothing).
 _KERAS_OFF = {"use_ema": False, "ema_overwrite_frequency": None, "loss_scale_factor": None,
               "gradient_accumulation_steps": None, "decay": None}
 
@@ -127,12 +127,12 @@ def optional_positive(name: str, value: Any) -> None:
 def _reject_keras_only(init: Callable, cls_name: str) -> Callable:
     @functools.wraps(init)
     def checked_init(self, *args, **kwargs):
-        for key, value in kwargs.items():
-            if key in _KERAS_ONLY:
-                advice = _KERAS_ONLY[key](kwargs)
-                if key in _KERAS_OFF and value is _KERAS_OFF[key]:
-                    advice = f"that is Keras's default (off): drop it. To have the feature: {advice}"
-                raise UnknownArgumentError(f"{cls_name}() does not take Keras's {key}={value!r}: {advice}")
+        for key, value in list(kwargs.items()):
+            if key in _KERAS_OFF and value is _KERAS_OFF[key]:
+                del kwargs[key]  # Keras's own default (off): code that spells it out ports unchanged
+            elif key in _KERAS_ONLY:
+                raise UnknownArgumentError(f"{cls_name}() does not take Keras's {key}={value!r}: "
+                                           f"{_KERAS_ONLY[key](kwargs)}")
         init(self, *args, **kwargs)
 
     return checked_init
