@@ -455,6 +455,14 @@ class Optimizer(torch.optim.Optimizer):
             steps.append(step)
         return steps
 
+    @classmethod
+    def _adam_moments(cls, param: Tensor) -> dict[str, Tensor]:
+        """Adam's state for ``param`` under torch's keys: a step counter and zeroed first and
+        second moments (``exp_avg``, ``exp_avg_sq``) in the parameter's layout."""
+        return {"step": cls._new_step(),
+                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
     @staticmethod
     def _new_step() -> Tensor:
         """A fresh step counter: a 0-dim float32 tensor (float64 under a float64 default), as torch."""

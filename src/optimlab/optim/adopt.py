@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from optimlab.optim import _validation as check
@@ -84,9 +83,7 @@ class ADOPT(RealOnly, Optimizer):
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {"step": self._new_step(),
-                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        return self._adam_moments(param)
 
     def _update(self, group, params, grads, states) -> None:
         steps = self._advance(states)

@@ -204,8 +204,7 @@ class MuonWithAuxAdamW(Optimizer):
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         if group["use_muon"]:
             return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
-        state = {"step": self._new_step(), "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-                 "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        state = self._adam_moments(param)
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
