@@ -23,9 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=positive_int, default=1, help="seeds per row (mean ± std when > 1)")
     parser.add_argument("--schedule", default=None,
                         help='a schedule for every lecture row, e.g. "onecycle(max_lr=0.01, total_steps=TOTAL)" '
-                             "(TOTAL = the run's steps; see `optimlab schedule --list`)")
+                             "(TOTAL = the run's steps + 1, WARMUP = 5%% of them; see `optimlab schedule --list`)")
     parser.add_argument("--beyond", action="store_true",
-                        help="also run the best known recipe per optimizer (a second table)")
+                        help="also run the best known recipe per optimizer (a second table; the report "
+                             "names the optimizers it has no recipe for)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one epoch of a few hundred batches")
     parser.add_argument("--jobs", type=positive_int, default=None,
                         help="runs trained side by side in separate processes (default: one per CPU core; "
@@ -60,8 +61,8 @@ def _check_row(name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from optimlab.schedules.parse import parse_schedule
     from optimlab.showdown.driver import run_showdown
+    from optimlab.showdown.recipes import fill_schedule
     from optimlab.showdown.runner import ShowdownConfig
     from optimlab.showdown.summary import build_report
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             _check_row(n)  # an unknown name fails before any training, listing the known ones
     if args.schedule is not None:
         try:
-            parse_schedule(args.schedule.replace("TOTAL", "100"))
+            fill_schedule(args.schedule, 99)
         except ValueError as err:
             raise ValueError(f"--schedule {args.schedule!r}: {err}") from None
     cfg = ShowdownConfig(dataset=args.dataset, optimizers=names, convention=args.convention, epochs=args.epochs,

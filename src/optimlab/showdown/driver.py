@@ -3,6 +3,7 @@
 Each finished run's history is written to ``<out>/runs/<key>.json``; a run in progress
 checkpoints to ``<out>/checkpoints/<key>.pt``. Run the same command again after an
 interruption: finished runs are read back, the interrupted one resumes from its checkpoint.
+A run's key holds its recipe's fingerprint, so an edited recipe trains again.
 Runs go here, one after another, or side by side in :mod:`optimlab.showdown.parallel`'s workers.
 """
 
@@ -60,8 +61,8 @@ def run_showdown(cfg: ShowdownConfig, *, quiet: bool = False, callbacks=()) -> d
     for table, recipe, seed in plan:
         key = run_key(table, recipe, seed)
         result = _finished(cfg, key)
-        if result is not None:
-            results_by_key[key] = result
+        if result is not None:  # the same recipe (its fingerprint is in the key); its words may be newer
+            result = results_by_key[key] = {**result, "label": recipe.label, "recipe": recipe.text()}
             if not quiet:
                 print(f"[{key}] finished earlier: val acc {result['history']['epochs'][-1].get('val_acc')}",
                       file=sys.stderr)
@@ -78,7 +79,7 @@ def run_showdown(cfg: ShowdownConfig, *, quiet: bool = False, callbacks=()) -> d
                 print(f"[{run_key(table, recipe, seed)}] {recipe.label}", file=sys.stderr)
             results_by_key[run_key(table, recipe, seed)] = run_one(
                 cfg, table, recipe, seed, train, val, ds.source, quiet=quiet, callbacks=callbacks)
-    results: dict = {}
+    results: dict = {table: {} for table in tables}  # "beyond" even when no row has a recipe: the report says so
     for table, recipe, seed in plan:
         results.setdefault(table, {}).setdefault(recipe.key, []).append(results_by_key[run_key(table, recipe, seed)])
     _atomic_json(out / "showdown.json", {"config": asdict(cfg), "showdown_id": cfg.showdown_id,

@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 import torch
 import torch.multiprocessing as tmp
 
-from optimlab.showdown.runner import recipes, run_key, run_one
+from optimlab.showdown.runner import run_key, run_one
 from optimlab.train.progress import _fmt
 
 _worker: dict = {}
@@ -49,8 +49,9 @@ class _Reporter:
         self.queue.put((self.key, "epoch", (trainer.step, row["epoch"], _fmt(row))))
 
 
-def _run_in_worker(cfg, table: str, row: str, seed: int) -> dict:
-    recipe = next(r for r in recipes(cfg)[table] if r.key == row)  # recipes hold lambdas: rebuilt here
+def _run_in_worker(cfg, table: str, recipe, seed: int) -> dict:
+    """Train the parent's recipe itself (data, pickled), not one rebuilt from this process's modules:
+    the run's key, made in the parent from its fingerprint, names what trains."""
     key, w = run_key(table, recipe, seed), _worker
     result = run_one(cfg, table, recipe, seed, w["train"], w["val"], w["source"], quiet=True,
                      callbacks=[_Reporter(key, w["queue"])])
@@ -120,7 +121,7 @@ def run_parallel(cfg, pending, train, val, source: str, *, jobs: int, threads: i
                                initargs=(threads, train, val, source, queue))
     results: dict[str, dict] = {}
     try:
-        futures = {pool.submit(_run_in_worker, cfg, t, r.key, s): run_key(t, r, s) for t, r, s in pending}
+        futures = {pool.submit(_run_in_worker, cfg, t, r, s): run_key(t, r, s) for t, r, s in pending}
         remaining = set(futures)
         while remaining:
             done, remaining = wait(remaining, timeout=0.5, return_when=FIRST_COMPLETED)

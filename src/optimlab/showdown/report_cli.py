@@ -27,16 +27,26 @@ def run(args: argparse.Namespace) -> int:
         runs = store.runs()
     except sqlite3.DatabaseError as err:  # a file that is not a run store
         raise CommandError(f"--store {args.store!r}: {err}") from None
-    results: dict = {}
+    # per row, the runs of its latest recipe (an edited recipe's rows trained again under the same
+    # showdown id), and per seed the latest run
+    latest: dict = {}
     for r in sorted(runs, key=lambda r: r["created"]):
         cfg = r["config"]
         if cfg.get("showdown") != args.showdown_id:
             continue
-        history = store.history(r["run_id"])
-        results.setdefault(cfg["table"], {}).setdefault(cfg["row"], []).append({
-            "label": cfg["label"], "recipe": cfg["recipe"], "seed": cfg["seed"], "run_id": r["run_id"],
-            "eval_train_acc": r["summary"].get("eval_train_acc", float("nan")),
-            "history": json.loads(history.to_json())})
+        row = latest.setdefault((cfg["table"], cfg["row"]), {"fingerprint": None, "seeds": {}})
+        if cfg.get("fingerprint") != row["fingerprint"]:
+            row.update(fingerprint=cfg.get("fingerprint"), seeds={})
+        row["seeds"][cfg["seed"]] = r
+    results: dict = {}
+    for (table, key), row in latest.items():
+        for seed in sorted(row["seeds"]):
+            r = row["seeds"][seed]
+            cfg, history = r["config"], store.history(r["run_id"])
+            results.setdefault(table, {}).setdefault(key, []).append({
+                "label": cfg["label"], "recipe": cfg["recipe"], "seed": seed, "run_id": r["run_id"],
+                "eval_train_acc": r["summary"].get("eval_train_acc", float("nan")),
+                "history": json.loads(history.to_json())})
     if not results:
         raise CommandError(f"no showdown {args.showdown_id!r} in {args.store}")
     dataset = next(iter(next(iter(results.values())).values()))[0]["history"]["config"].get("dataset", "mnist")

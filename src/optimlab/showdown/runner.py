@@ -6,6 +6,8 @@ worker processes); both import this module, which imports neither.
 Each finished run's history is written to ``<out>/runs/<key>.json``; a run in progress
 checkpoints to ``<out>/checkpoints/<key>.pt``. Run the same command again after an
 interruption: finished runs are read back, the interrupted one resumes from its checkpoint.
+A run's key holds its recipe's fingerprint (:meth:`Recipe.fingerprint`): after a recipe is
+edited its row trains afresh (neither read back nor resumed from the old recipe's checkpoint).
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from optimlab import init, models
-from optimlab.showdown.recipes import BEYOND, LECTURE, Recipe, lecture_recipe
+from optimlab.showdown.recipes import BEYOND, LECTURE, Recipe, fill_schedule, lecture_recipe
 
 QUICK_BATCHES = 300  # --quick: a few hundred batches per run
 
@@ -59,6 +61,8 @@ class ShowdownConfig:
         for key in self.optimizers:
             recipe = lecture_recipe(key, self.convention)
             optim.get(recipe.optimizer, recipe.convention)  # unknown: the registry's error, with a suggestion
+        tables = recipes(self)  # a bad --schedule fails here
+        _check_recipes([r for rows in tables.values() for r in rows])  # as a row that cannot train the CNN
         if self.device is not None:
             from optimlab.train._device import resolve_device
 
@@ -79,16 +83,12 @@ class ShowdownConfig:
 
 
 def recipes(cfg: ShowdownConfig) -> dict[str, list[Recipe]]:
-    """The tables to run: "lecture" always, "beyond" when asked for."""
-    from optimlab.schedules.parse import parse_schedule
-
+    """The tables to run: "lecture" always, "beyond" when asked for (the rows with a recipe in
+    :data:`BEYOND`; the report names the others)."""
     tables = {"lecture": [lecture_recipe(k, cfg.convention) for k in cfg.optimizers]}
     if cfg.schedule:
-        text = cfg.schedule
-        parse_schedule(text.replace("TOTAL", "100"))  # a bad --schedule fails before any training
-        tables["lecture"] = [Recipe(r.key, r.label, r.optimizer, r.convention, r.hyper,
-                                    lambda total, text=text: parse_schedule(text.replace("TOTAL", str(total + 1))),
-                                    r.describe + f", schedule {text}") for r in tables["lecture"]]
+        fill_schedule(cfg.schedule, 99)  # a bad --schedule fails before any training
+        tables["lecture"] = [replace(r, schedule=cfg.schedule) for r in tables["lecture"]]
     if cfg.beyond:
         tables["beyond"] = [BEYOND[k] for k in cfg.optimizers if k in BEYOND]
     return tables
@@ -171,12 +171,13 @@ def run_one(cfg: ShowdownConfig, table: str, recipe: Recipe, seed: int, train, v
                   callbacks=callbacks, device=cfg.device,
                   store=store, name=f"{cfg.showdown_id}/{key}", on_nonfinite="stop", quiet=quiet,
                   config={"showdown": cfg.showdown_id, "table": table, "row": recipe.key,
-                          "label": recipe.label, "recipe": recipe.describe, "seed": seed,
+                          "label": recipe.label, "recipe": recipe.text(), "fingerprint": recipe.fingerprint(),
+                          "seed": seed,
                           "dataset": cfg.dataset, "source": source})
     sample = slice(0, min(10000, len(train[0])))
     train_loss, train_acc = _accuracy(model, train[0][sample], train[1][sample])
     result = {"showdown_id": cfg.showdown_id, "table": table, "row": recipe.key, "label": recipe.label,
-              "recipe": recipe.describe, "seed": seed, "run_id": history.run_id,
+              "recipe": recipe.text(), "fingerprint": recipe.fingerprint(), "seed": seed, "run_id": history.run_id,
               "eval_train_loss": train_loss, "eval_train_acc": train_acc,
               "history": json.loads(history.to_json())}
     _record_eval(store, history.run_id, train_loss, train_acc)
@@ -191,11 +192,12 @@ def _check_recipes(rows, total_steps: int = 1000) -> None:
         try:
             recipe.build(models.lecture_cnn().parameters(), total_steps)
         except (ValueError, TypeError) as err:
-            raise ValueError(f"row {recipe.key!r} ({recipe.describe}) cannot train the lecture's CNN: {err}") from None
+            raise ValueError(f"row {recipe.key!r} ({recipe.text()}) cannot train the lecture's CNN: {err}") from None
 
 
 def run_key(table: str, recipe: Recipe, seed: int) -> str:
-    return f"{table}-{recipe.key}-s{seed}"
+    """``<table>-<row>-<recipe fingerprint>-s<seed>``: names the run's result, checkpoint and store entry."""
+    return f"{table}-{recipe.key}-{recipe.fingerprint()}-s{seed}"
 
 
 def _finished(cfg: ShowdownConfig, key: str) -> dict | None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from pathlib import Path
 
 from optimlab.report import Report
-from optimlab.showdown.recipes import LECTURE
+from optimlab.showdown.recipes import LECTURE, PLACEHOLDERS
 
 THRESHOLDS = (0.98, 0.99)
 
@@ -101,7 +102,16 @@ def lecture_table(results: dict) -> tuple[list[str], list[list[str]], list[str]]
     return header, rows, notes
 
 
+def _row_label(key: str, lecture: dict) -> str:
+    """A row's name in the lecture table: its label there, the lecture's, or its key."""
+    if lecture.get(key):
+        return lecture[key][0]["label"]
+    return LECTURE[key][0] if key in LECTURE else key
+
+
 def beyond_table(lecture: dict, beyond: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the second table: each row's recipe beside the same row at the lecture's
+    defaults (any row: a lecture row or another optimizer's)."""
     header = ["Lecture row", "Recipe", "Val acc (recipe)", "Val acc (lecture defaults)", "Change", "Val loss",
               "Seconds to 99%", "What"]
     rows = []
@@ -109,9 +119,23 @@ def beyond_table(lecture: dict, beyond: dict) -> tuple[list[str], list[list[str]
         s, base = row_stats(runs), row_stats(lecture[key]) if key in lecture else None
         change = (f"{s['val_acc'][0] - base['val_acc'][0]:+.4f}"
                   if base and s["val_acc"][0] is not None and base["val_acc"][0] is not None else "—")
-        rows.append([LECTURE[key][0], s["label"], _fmt(*s["val_acc"]), _fmt(*base["val_acc"]) if base else "—", change,
+        rows.append([_row_label(key, lecture), s["label"], _fmt(*s["val_acc"]), _fmt(*base["val_acc"]) if base else "—", change,
                      _fmt(*s["val_loss"]), _reach_cell(s, 0.99, "seconds"), s["recipe"]])
     return header, rows
+
+
+def beyond_notes(lecture: dict, beyond: dict) -> list[str]:
+    """What the beyond table leaves out (rows with no known recipe) and what its schedules' names mean."""
+    notes = []
+    missing = [_row_label(k, lecture) for k in lecture if k not in beyond]
+    if missing:
+        notes.append(f"No known recipe for {', '.join(missing)}: not in this table "
+                     "(optimlab.showdown.BEYOND holds the recipes).")
+    used = [name for name in PLACEHOLDERS
+            if any(re.search(rf"\b{name}\b", runs[0]["recipe"]) for runs in beyond.values())]
+    if used:
+        notes.append("In the recipes: " + "; ".join(f"{n} = {PLACEHOLDERS[n]}" for n in used) + ".")
+    return notes
 
 
 def _smooth(values: list, weight: float = 0.9) -> list:
@@ -126,12 +150,13 @@ def _smooth(values: list, weight: float = 0.9) -> list:
 
 
 def _series(results: dict, getter) -> dict:
-    """One line per row, from the first seed's history."""
+    """One line per row, from the first seed's history (two rows with one label: each named by its key too)."""
     series = {}
     for key, runs in results.items():
         h = runs[0]["history"]
         x, y = getter(h)
-        series[runs[0]["label"]] = (x, y)
+        label = runs[0]["label"]
+        series[label if label not in series else f"{label} ({key})"] = (x, y)
     return series
 
 
@@ -152,8 +177,9 @@ def build_report(results: dict, meta: dict, out: str | Path) -> tuple[Report, st
     printed = _markdown_table(header, rows) + ("\n\n" + " ".join(notes) if notes else "")
     if "beyond" in results:
         bh, br = beyond_table(lecture, results["beyond"])
-        r.table("Beyond the lecture: the best known recipe per optimizer, same budget", bh, br)
-        printed += "\n\nBeyond the lecture:\n" + _markdown_table(bh, br)
+        bnotes = " ".join(beyond_notes(lecture, results["beyond"]))
+        r.table("Beyond the lecture: the best known recipe per optimizer, same budget", bh, br, note=bnotes)
+        printed += "\n\nBeyond the lecture:\n" + _markdown_table(bh, br) + (f"\n\n{bnotes}" if bnotes else "")
     every = {**{k: v for k, v in lecture.items()},
              **{f"beyond-{k}": v for k, v in results.get("beyond", {}).items()}}
     epoch = lambda key: (lambda h: ([e["epoch"] for e in h["epochs"]], [e.get(key) for e in h["epochs"]]))  # noqa: E731
