@@ -18,6 +18,7 @@ is registered).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
@@ -152,6 +153,19 @@ def _sweep(**kwargs):
     from optimlab.sweep import SweepConfig
 
     return lambda tmp: SweepConfig(**{"out": str(tmp / "sweep"), **kwargs})
+
+
+def _benchmark(**kwargs):
+    from optimlab.benchmark import BenchmarkConfig
+
+    return lambda tmp: BenchmarkConfig(**{"out": str(tmp / "benchmark"), **kwargs})
+
+
+def _workload(**kwargs):
+    from optimlab.benchmark import workloads as W
+
+    base = {f.name: getattr(W.get("quadratic_deep"), f.name) for f in dataclasses.fields(W.Workload)}
+    return lambda tmp: W.Workload(**{**base, "name": "mine", **kwargs})
 
 
 def _showdown(**kwargs):
@@ -343,6 +357,33 @@ ROWS: list[Bad] = [
     Bad("showdown checkpoint_every=0", _showdown(checkpoint_every=0), ("checkpoint_every", "0")),
     Bad("showdown device", _showdown(device="tpu"), ("device", "'tpu'")),
     Bad("sweep device", _sweep(device="tpu"), ("device", "'tpu'")),
+    # the benchmark: refused before any study, store or file exists
+    Bad("benchmark trials=0", _benchmark(trials=0), ("trials", "0")),
+    Bad("benchmark seeds=0", _benchmark(seeds=0), ("seeds", "0")),
+    Bad("benchmark optimizer", _benchmark(optimizers=("adamm",)), ("adamm", "adam")),
+    Bad("benchmark workload", _benchmark(workloads=("mnist_cnnn",)), ("mnist_cnnn", "mnist_cnn")),
+    Bad("benchmark log bound 0", _benchmark(spaces={"adam": {"lr": (0.0, 0.1)}}), ("adam.lr", "low=0.0")),
+    Bad("benchmark log bound <0", _benchmark(spaces={"lion": {"weight_decay": (-1e-3, 0.1)}}),
+        ("lion.weight_decay", "-0.001")),
+    Bad("benchmark bounds reversed", _benchmark(spaces={"adam": {"beta1": (0.99, 0.9)}}), ("adam.beta1", "0.99")),
+    Bad("benchmark space param", _benchmark(spaces={"adam": {"momentum": (0.5, 0.9)}}), ("momentum", "adam")),
+    Bad("benchmark space optimizer", _benchmark(optimizers=("adam",), spaces={"sgd": {"lr": (0.1, 1.0)}}),
+        ("'sgd'",)),
+    Bad("benchmark storage", _benchmark(storage="not a url"), ("storage", "'not a url'")),
+    Bad("benchmark budget", _benchmark(budget="two-shot"), ("budget", "'two-shot'")),
+    Bad("benchmark fraction=0", _benchmark(fraction=0), ("fraction", "0")),
+    Bad("benchmark fraction nan", _benchmark(fraction=float("nan")), ("fraction", "nan")),
+    Bad("benchmark workers", _benchmark(workers=999), ("workers", "999")),
+    Bad("benchmark threads", _benchmark(threads=0), ("threads", "0")),
+    Bad("benchmark duplicate", _benchmark(optimizers=("adam", "adam")), ("optimizers", "'adam'")),
+    Bad("benchmark preset", lambda tmp: __import__("optimlab.benchmark", fromlist=["x"]).BenchmarkConfig.from_preset(
+        "huge"), ("preset", "'huge'")),
+    Bad("benchmark workload mode", _workload(mode="up"), ("mode", "'up'")),
+    Bad("benchmark workload metric", _workload(metric="f1"), ("metric", "'f1'")),
+    Bad("benchmark workload steps", _workload(steps=0), ("steps", "0")),
+    Bad("benchmark workload cadence", _workload(steps=100, eval_every=30), ("eval_every", "30")),
+    Bad("benchmark workload duplicate", lambda tmp: __import__("optimlab.benchmark.workloads", fromlist=["x"]).register(
+        __import__("optimlab.benchmark.workloads", fromlist=["x"]).get("mnist_cnn")), ("mnist_cnn",)),
 ]
 
 
@@ -473,6 +514,25 @@ CLI_CASES = [
     (["lr-find", "-o", "afile/x.png"], "afile"),
     (["lr-find", "-o", "adir"], "'adir'"),
     (["lr-find", "--json", "afile/x.json"], "afile"),
+    # benchmark: every check before a study, the store or the output directory exists
+    (["benchmark", "--optimizers", "adamm"], "'adamm'"),
+    (["benchmark", "--workloads", "mnist_cnnn"], "'mnist_cnnn'"),
+    (["benchmark", "--trials", "0"], "'0'"),
+    (["benchmark", "--seeds", "0"], "'0'"),
+    (["benchmark", "--space", "adam.lr=0:0.1"], "adam.lr"),
+    (["benchmark", "--space", "adam.lr=-1:0.1"], "-1"),
+    (["benchmark", "--space", "adam.lr"], "'adam.lr'"),
+    (["benchmark", "--space", "adam.nope=1:2"], "'nope'"),
+    (["benchmark", "--storage", "notaurl"], "'notaurl'"),
+    (["benchmark", "--storage", "postgresql:///db"], "postgresql:///db"),
+    (["benchmark", "--out", "afile/x"], "afile"),
+    (["benchmark", "--out", "afile"], "afile"),
+    (["benchmark", "--workers", "0"], "'0'"),
+    (["benchmark", "--workers", "999"], "999"),
+    (["benchmark", "--fraction", "0"], "'0'"),
+    (["benchmark", "--fraction", "1.5"], "'1.5'"),
+    (["benchmark", "--preset", "huge"], "'huge'"),
+    (["benchmark", "--report-only", "--out", "adir"], "adir"),
     # sweep: every check before the study, the store or the output directory exists
     (["sweep", "--storage", "notaurl"], "'notaurl'"),
     (["sweep", "--storage", "sqlite://"], "'sqlite://'"),

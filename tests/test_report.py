@@ -49,3 +49,49 @@ def test_page_renders_its_charts_without_console_errors(tmp_path):
     assert errors == []
     assert dom.count("class=\"main-svg\"") >= 2  # plotly drew both charts
     assert "Results" in dom and "0.97" in dom
+
+
+def test_chart_modes_markers_and_steps(tmp_path):
+    r = Report("modes")
+    r.chart("scatter", "LR sensitivity", {"adam": ([1e-3, 1e-2, 1e-1], [0.9, 0.95, 0.5])},
+            xlabel="lr", ylabel="acc", log_x=True, mode="markers")
+    r.chart("profile", "Performance profile", {"adam": ([1, 2, 4], [0.5, 0.5, 1.0])},
+            xlabel="τ", ylabel="ρ", log_x=True, mode="steps")
+    r.chart("plain", "Lines", {"adam": ([1, 2], [1, 2])}, xlabel="x", ylabel="y")
+    specs = {b.key: _plotly(b) for k, b in r.blocks if k == "chart"}
+    assert specs["scatter"]["data"][0]["mode"] == "markers"
+    assert specs["profile"]["data"][0]["mode"] == "lines" and specs["profile"]["data"][0]["line"] == {"shape": "hv"}
+    assert specs["plain"]["data"][0]["mode"] == "lines+markers" and "line" not in specs["plain"]["data"][0]
+    paths = r.write(tmp_path)
+    assert all(paths[k].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for k in ("scatter", "profile", "plain"))
+    with pytest.raises(ValueError, match="chart mode"):
+        r.chart("x", "t", {}, xlabel="x", ylabel="y", mode="bars")
+    with pytest.raises(ValueError, match="used twice"):
+        r.chart("plain", "again", {}, xlabel="x", ylabel="y")
+
+
+def _plotly(block):
+    from optimlab.report import _plotly_spec
+
+    return _plotly_spec(block)
+
+
+def test_write_is_all_or_nothing(tmp_path, monkeypatch):
+    """A chart that cannot be drawn leaves the previous report as it was, and no temporary files."""
+    import optimlab.report as R
+
+    out = tmp_path / "out"
+    sample_report().write(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = R._write_png
+
+    def broken(chart, tmp):
+        if chart.key == "loss":
+            raise RuntimeError("cannot draw")
+        return real(chart, tmp)
+
+    monkeypatch.setattr(R, "_write_png", broken)
+    changed = sample_report().text("a new paragraph")
+    with pytest.raises(RuntimeError, match="cannot draw"):
+        changed.write(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

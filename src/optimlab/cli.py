@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("optimlab.store.cli", "list, show and export the runs in the run store"),
     "lr-find": ("optimlab.lrfind", "the learning-rate range test: loss against rate, a suggested rate"),
     "sweep": ("optimlab.sweep.cli", "search optimizer x lr x schedule x batch x seed with Optuna (SQLite or PostgreSQL)"),
+    "benchmark": ("optimlab.benchmark.cli", "a fair optimizer comparison on several workloads: equal tuning budgets, "
+                  "seeds, test results, time-to-target, tunability, performance profiles"),
 }
 
 

@@ -37,6 +37,10 @@ class _Chart:
     ylabel: str
     log_x: bool = False
     log_y: bool = False
+    mode: str = "lines"
+
+
+MODES = ("lines", "markers", "steps")
 
 
 @dataclass
@@ -59,23 +63,47 @@ class Report:
         return self
 
     def chart(self, key: str, title: str, series: Series, *, xlabel: str, ylabel: str,
-              log_x: bool = False, log_y: bool = False) -> "Report":
+              log_x: bool = False, log_y: bool = False, mode: str = "lines") -> "Report":
+        """A chart of ``series`` (name -> (x, y)); ``key`` names its PNG and must be unique.
+
+        ``mode``: ``"lines"`` (points joined; markers too when a series has at most 30 points),
+        ``"markers"`` (a scatter, points only) or ``"steps"`` (a right-continuous step function:
+        each y holds until the next x, as for a performance profile).
+        """
         if not re.fullmatch(r"[A-Za-z0-9_-]+", key):
             raise ValueError(f"chart key must be letters, digits, '_' or '-', got {key!r}")
-        self.blocks.append(("chart", _Chart(key, title, series, xlabel, ylabel, log_x, log_y)))
+        if any(kind == "chart" and block.key == key for kind, block in self.blocks):
+            raise ValueError(f"chart key {key!r} is used twice: each chart needs its own (it names the PNG)")
+        if mode not in MODES:
+            raise ValueError(f"chart mode must be one of {', '.join(MODES)}, got mode={mode!r}")
+        self.blocks.append(("chart", _Chart(key, title, series, xlabel, ylabel, log_x, log_y, mode)))
         return self
 
     # ------------------------------------------------------------------------- render
     def write(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        """Write report.html, report.md and one PNG per chart; return their paths."""
+        """Write report.html, report.md and one PNG per chart; return their paths.
+
+        All or nothing: every file is rendered to a temporary name first and only then moved into
+        place, so an error while rendering (a chart that cannot be drawn, a full disk) leaves
+        ``out_dir`` as it was, and a reader never sees a half-written file.
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {}
-        for kind, block in self.blocks:
-            if kind == "chart":
-                paths[block.key] = _write_png(block, out / f"{block.key}.png")
-        paths["html"] = _atomic_write(out / "report.html", self._html())
-        paths["markdown"] = _atomic_write(out / "report.md", self._markdown())
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for kind, block in self.blocks:
+                if kind == "chart":
+                    staged.append(_write_png(block, out / f"{block.key}.png.tmp"))
+            staged.append(_stage(out / "report.html", self._html()))
+            staged.append(_stage(out / "report.md", self._markdown()))
+        except BaseException:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise
+        for tmp, final in staged:
+            os.replace(tmp, final)
+        paths = {block.key: out / f"{block.key}.png" for kind, block in self.blocks if kind == "chart"}
+        paths["html"], paths["markdown"] = out / "report.html", out / "report.md"
         return paths
 
     def _markdown(self) -> str:
@@ -138,8 +166,16 @@ def _finite(values: Sequence[float]) -> list[float | None]:
 
 
 def _plotly_spec(chart: _Chart) -> dict:
-    data = [{"type": "scatter", "mode": "lines+markers" if len(x) <= 30 else "lines", "name": name,
-             "x": _finite(x), "y": _finite(y)} for name, (x, y) in chart.series.items()]
+    data = []
+    for name, (x, y) in chart.series.items():
+        trace = {"type": "scatter", "name": name, "x": _finite(x), "y": _finite(y)}
+        if chart.mode == "markers":
+            trace["mode"] = "markers"
+        elif chart.mode == "steps":
+            trace.update(mode="lines", line={"shape": "hv"})
+        else:
+            trace["mode"] = "lines+markers" if len(x) <= 30 else "lines"
+        data.append(trace)
     layout = {"title": {"text": chart.title}, "margin": {"t": 40, "l": 60, "r": 20, "b": 50},
               "xaxis": {"title": {"text": chart.xlabel}, "type": "log" if chart.log_x else "linear"},
               "yaxis": {"title": {"text": chart.ylabel}, "type": "log" if chart.log_y else "linear"},
@@ -147,7 +183,8 @@ def _plotly_spec(chart: _Chart) -> dict:
     return {"data": data, "layout": layout}
 
 
-def _write_png(chart: _Chart, path: Path) -> Path:
+def _write_png(chart: _Chart, tmp: Path) -> tuple[Path, Path]:
+    """Draw ``chart`` into ``tmp`` (``<key>.png.tmp``); return (tmp, the final path)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -155,7 +192,12 @@ def _write_png(chart: _Chart, path: Path) -> Path:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for name, (x, y) in chart.series.items():
-        ax.plot(list(x), _nan_for_gaps(y), label=name, marker="o" if len(x) <= 30 else None, markersize=3)
+        if chart.mode == "markers":
+            ax.plot(list(x), _nan_for_gaps(y), label=name, linestyle="none", marker="o", markersize=4)
+        elif chart.mode == "steps":
+            ax.plot(list(x), _nan_for_gaps(y), label=name, drawstyle="steps-post")
+        else:
+            ax.plot(list(x), _nan_for_gaps(y), label=name, marker="o" if len(x) <= 30 else None, markersize=3)
     ax.set(title=chart.title, xlabel=chart.xlabel, ylabel=chart.ylabel)
     if chart.log_x:
         ax.set_xscale("log")
@@ -165,18 +207,20 @@ def _write_png(chart: _Chart, path: Path) -> Path:
     if chart.series:
         ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    tmp = path.with_suffix(".png.tmp")
     fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return tmp, tmp.with_name(tmp.name.removesuffix(".tmp"))
 
 
 def _nan_for_gaps(values: Sequence[float]) -> list[float]:
     return [v if v is not None else math.nan for v in _finite(values)]
 
 
-def _atomic_write(path: Path, text: str) -> Path:
+def _stage(path: Path, text: str) -> tuple[Path, Path]:
+    """Write ``text`` to ``<path>.tmp``; return (tmp, path) for :meth:`Report.write` to move."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, path

@@ -39,13 +39,19 @@ _KERNEL_DTYPES = frozenset({torch.float32, torch.float64})
 
 
 @functools.lru_cache(maxsize=None)
-def _torch_fused_device_types() -> frozenset[str]:
-    """The non-CPU device types torch has fused optimizer kernels for (CUDA, ...)."""
+def _fused_device_types() -> tuple[str, ...]:
+    """The device types torch has fused optimizer kernels for (cpu, cuda, ...), in its order."""
     try:
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-        return frozenset(_get_fused_kernels_supported_devices()) - {"cpu"}
+        return tuple(_get_fused_kernels_supported_devices())
     except ImportError:  # pragma: no cover - older torch
-        return frozenset({"cuda"})
+        return ("cpu", "cuda")
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_fused_device_types() -> frozenset[str]:
+    """The non-CPU device types torch has fused optimizer kernels for (CUDA, ...)."""
+    return frozenset(_fused_device_types()) - {"cpu"}
 
 
 class UnknownArgumentError(TypeError, ValueError):
@@ -78,10 +84,16 @@ def _reject_unknown_keywords(init: Callable, cls_name: str, aliases: dict[str, s
 
 
 def _checked_param_list(params: Any, cls_name: str) -> list:
+    """``params`` as a list. Raises InputTypeError (a TypeError, as torch, and a ValueError)
+    for a single tensor or a non-iterable, ValueError for an empty list."""
     if isinstance(params, Tensor):
-        raise ValueError(f"params must be an iterable of tensors or dicts, got a single tensor "
-                         f"of shape {tuple(params.shape)}; pass [tensor] or model.parameters()")
-    params = list(params)
+        raise check.InputTypeError(f"params must be an iterable of tensors or dicts, got a single tensor "
+                                   f"of shape {tuple(params.shape)}; pass [tensor] or model.parameters()")
+    try:
+        params = list(params)
+    except TypeError:
+        raise check.InputTypeError(f"params must be an iterable of tensors or dicts, got "
+                                   f"{type(params).__name__}") from None
     if not params:
         raise ValueError(f"{cls_name} got an empty parameter list: nothing to optimize "
                          "(did the model have no parameters, or was a generator consumed twice?)")
@@ -131,24 +143,39 @@ class Optimizer(torch.optim.Optimizer):
         self.skipped_steps = 0
         # a group's keys (torch's __setstate__ adds "differentiable" to every optimizer's defaults)
         self._group_keys = tuple(defaults)
+        # the constructor's hyperparameters first, as torch.optim (its checks precede the params')
+        self._check_hyperparameters(defaults, "the constructor's arguments")
         super().__init__(_checked_param_list(params, type(self).__name__), defaults)
+        if defaults.get("fused") and self.default_kernels == "torch":
+            # as torch's fused SGD, Adam, AdamW and Adagrad: GradScaler.step then leaves the
+            # unscaling to the step, through optimizer.grad_scale and optimizer.found_inf
+            self._step_supports_amp_scaling = True
 
     # ----------------------------------------------------------------- parameter groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Validate a group (its tensors and every hyperparameter) before adding it."""
         if not isinstance(param_group, dict):
-            raise ValueError(f"a parameter group must be a dict, got {type(param_group).__name__}")
+            raise check.InputTypeError(f"a parameter group must be a dict, got {type(param_group).__name__}")
         group = dict(param_group)
-        raw = group.get("params")
-        group_params = [raw] if isinstance(raw, Tensor) else list(raw if raw is not None else [])
         where = f"param group {len(self.param_groups)}"
+        if "params" not in group:
+            raise check.MissingParamsError(f"{where} has no 'params' entry (keys: {sorted(group)})")
+        raw = group["params"]
+        if isinstance(raw, Tensor):
+            group_params = [raw]
+        else:
+            try:
+                group_params = list(raw if raw is not None else [])
+            except TypeError:
+                raise check.InputTypeError(f"{where}: 'params' must be a tensor or an iterable of tensors, "
+                                           f"got {type(raw).__name__}") from None
         if not group_params:
             raise ValueError(f"{where} has an empty parameter list")
         tensors = _tensors_of(group_params)
         seen: set[int] = set()
         for i, p in enumerate(tensors):
             if not isinstance(p, Tensor):
-                raise ValueError(f"{where}: params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+                raise check.InputTypeError(f"{where}: params[{i}] must be a torch.Tensor, got {type(p).__name__}")
             if not (p.is_floating_point() or p.is_complex()):
                 raise ValueError(f"{where}: params[{i}] has dtype {p.dtype}; only floating-point "
                                  "(or complex) tensors can be optimized")
@@ -171,13 +198,39 @@ class Optimizer(torch.optim.Optimizer):
 
     def _check_hyperparameters(self, group: dict[str, Any], where: str) -> None:
         checks = {**self._common_checks, **self.hyper_checks}
+        in_group = bool(getattr(self, "param_groups", None))
         for key, value in group.items():
             if key in checks:
                 try:
                     checks[key](key, value)
-                except ValueError as err:
-                    raise ValueError(f"{type(self).__name__}: {err}" + (f" (in {where})" if self.param_groups else "")) from None
+                except ValueError as err:  # (keeps the class: InputTypeError is a TypeError too)
+                    raise type(err)(f"{type(self).__name__}: {err}" + (f" (in {where})" if in_group else "")) from None
+        try:
+            self._check_implementation(group)
+        except ValueError as err:
+            raise type(err)(f"{type(self).__name__}: {err}" + (f" (in {where})" if in_group else "")) from None
         self._check_combination(group)
+
+    #: Hyperparameters that torch.optim's class refuses as tensors with ``foreach=True`` (and
+    #: ``capturable=False``, which optimlab always has): Adam's and AdamW's "lr" and "betas".
+    foreach_scalar_only: ClassVar[tuple[str, ...]] = ()
+
+    def _check_implementation(self, group: dict[str, Any]) -> None:
+        """Settings torch.optim refuses together (UnsupportedSettingError: a ValueError, and the
+        RuntimeError or ValueError torch raises): ``fused=True`` with ``foreach=True``, and
+        tensors where ``foreach=True`` needs numbers (``foreach_scalar_only``)."""
+        if group.get("fused") is True and group.get("foreach") is True:
+            raise check.UnsupportedSettingError("fused=True and foreach=True cannot be set together: "
+                                                "fused runs one kernel per step, foreach the multi-tensor ops")
+        if group.get("foreach") is True:
+            for key in self.foreach_scalar_only:
+                values = group.get(key)
+                for i, value in enumerate(values if isinstance(values, (tuple, list)) else [values]):
+                    if isinstance(value, Tensor):
+                        name = f"{key}[{i}]" if isinstance(values, (tuple, list)) else key
+                        raise check.UnsupportedSettingError(
+                            f"{name} as a tensor ({value!r}) is not supported with foreach=True (as in "
+                            f"torch.optim, without capturable=True); pass a number, or leave foreach unset")
 
     def _check_combination(self, group: dict[str, Any]) -> None:
         """Constraints between hyperparameters (e.g. Nesterov needs momentum)."""
@@ -211,10 +264,14 @@ class Optimizer(torch.optim.Optimizer):
             if params:
                 groups.append((group, params, list(map(_grad_of, params))))
         other_dtype = self._check_gradients(groups)
+        self._check_fused_devices(groups)
         self._paths = {}
         if self.skip_nonfinite and not _all_finite([g for _, _, grads in groups for g in grads]):
             self.skipped_steps += 1
             return loss
+        if self.default_kernels == "torch":  # GradScaler's protocol for torch's fused kernels
+            self._grad_scale = getattr(self, "grad_scale", None)
+            self._found_inf = getattr(self, "found_inf", None)
         for (group, params, grads), odd in zip(groups, other_dtype):
             self._ran = ran = set()
             if odd:
@@ -224,6 +281,49 @@ class Optimizer(torch.optim.Optimizer):
                 self._step_group(group, params, grads)
             self._paths[id(group)] = "+".join(sorted(ran))
         return loss
+
+    #: GradScaler's ``grad_scale`` and ``found_inf`` (0-dim float32 tensors) for this step,
+    #: read by :meth:`step` from the attributes GradScaler sets on an optimizer whose
+    #: ``_step_supports_amp_scaling`` is True (torch's fused SGD, Adam, AdamW, Adagrad and
+    #: their twins here): torch's fused kernels take them; other paths use :meth:`_amp_unscale`.
+    _grad_scale: Tensor | None = None
+    _found_inf: Tensor | None = None
+
+    def _amp_unscale(self, grads: list[Tensor]) -> bool:
+        """For a step that does not reach torch's fused kernel, what that kernel does with
+        GradScaler's tensors: False (skip the update) where ``found_inf`` is 1, else True,
+        having divided the gradients in place by ``grad_scale`` (the kernel stores them so)."""
+        found_inf, grad_scale = self._found_inf, self._grad_scale
+        if found_inf is not None and found_inf.item() == 1.0:
+            return False
+        if grad_scale is not None:
+            for g in grads:
+                g.div_(grad_scale.to(g.device))
+        return True
+
+    def _amp_rewind(self, steps: list[Tensor]) -> None:
+        """torch's fused step subtracts ``found_inf`` from the step counters after its kernel
+        (undoing the increment of a skipped step)."""
+        found_inf = self._found_inf
+        if found_inf is not None and steps and found_inf.item() != 0:
+            torch._foreach_sub_(steps, [found_inf.to(steps[0].device)] * len(steps))
+
+    def _check_fused_devices(self, groups) -> None:
+        """``fused=True`` on a parameter of a device no fused kernel runs on ("meta"):
+        UnsupportedSettingError (a RuntimeError, as torch's, and a ValueError) before anything
+        changes. (Complex parameters, which torch's fused optimizers refuse too, step on the
+        foreach rules: see docs/conventions.md, section 6.)"""
+        for group, params, _ in groups:
+            if group.get("fused") is not True:
+                continue
+            devices = _fused_device_types()
+            if all(d.type in devices for d in set(map(_device_of, params))):
+                continue  # (the usual case: one C-level pass, no loop over the parameters)
+            for p in params:
+                if p.device.type not in devices:
+                    raise check.UnsupportedSettingError(
+                        f"{type(self).__name__}: fused=True needs parameters on a device with fused kernels "
+                        f"({', '.join(devices)}); {self._where(group, p)} is {p.dtype} on {p.device.type}")
 
     def path_for(self, group: dict[str, Any] | int = 0) -> str | None:
         """The implementation the last ``step()`` ran for ``group`` (a param group or its
@@ -322,7 +422,10 @@ class Optimizer(torch.optim.Optimizer):
                           odd: list[int]) -> tuple[list[Tensor], list[Tensor]]:
         """Update the tensors ``odd`` with :meth:`_update_other_dtype`; return the others."""
         ps, gs = [params[i] for i in odd], [grads[i] for i in odd]
-        self._update_other_dtype(group, ps, gs, self._states(group, ps))
+        if self._amp_unscale(gs):
+            states = self._states(group, ps)
+            self._update_other_dtype(group, ps, gs, states)
+            self._amp_rewind([s["step"] for s in states if isinstance(s.get("step"), Tensor)])
         taken = set(odd)
         keep = [i for i in range(len(params)) if i not in taken]
         return [params[i] for i in keep], [grads[i] for i in keep]

@@ -15,9 +15,29 @@ import torch
 Check = Callable[[str, Any], None]
 
 
+class InputTypeError(TypeError, ValueError):
+    """Input of the wrong kind (a single tensor where an iterable of them goes, a string
+    where a number goes, a list where a param group dict goes): a ``TypeError``, what
+    torch.optim raises there, and a ``ValueError``, as every optimlab input error."""
+
+
+class MissingParamsError(ValueError, KeyError):
+    """A param group dict without a "params" entry: a ``KeyError``, what torch.optim
+    raises, and a ``ValueError``, as every optimlab input error."""
+
+    __str__ = BaseException.__str__  # the message as written, not KeyError's repr of it
+
+
+class UnsupportedSettingError(ValueError, RuntimeError):
+    """A setting the optimizer cannot run with (``fused=True`` with ``foreach=True``, or on
+    a device without fused kernels; a tensor ``lr`` with ``foreach=True`` where torch
+    refuses it; ``differentiable=True``): a ``ValueError``, as every optimlab input error,
+    and a ``RuntimeError``, what torch.optim raises for most of these."""
+
+
 def _as_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (Real, torch.Tensor)):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
+        raise InputTypeError(f"{name} must be a real number, got {value!r}")
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_complex():
             raise ValueError(f"{name} must be a real number, got a tensor of shape {tuple(value.shape)}")
@@ -53,12 +73,14 @@ def closed_unit_interval(name: str, value: Any) -> None:
 
 def betas(name: str, value: Any) -> None:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"{name} must be a pair (beta1, beta2), got {value!r}")
+        raise InputTypeError(f"{name} must be a pair (beta1, beta2), got {value!r}")
     for i, b in enumerate(value):
         try:
             unit_interval(f"{name}[{i}]", b)
         except ValueError as err:
-            raise ValueError(f"{err} ({name}={value!r})") from None
+            raise type(err)(f"{err} ({name}={value!r})") from None
+    if isinstance(value[0], torch.Tensor) != isinstance(value[1], torch.Tensor):
+        raise ValueError(f"{name} must be both numbers or both tensors (as torch.optim requires), got {value!r}")
 
 
 def boolean(name: str, value: Any) -> None:
@@ -74,7 +96,7 @@ def optional_boolean(name: str, value: Any) -> None:
 def must_be_false(name: str, value: Any) -> None:
     boolean(name, value)
     if value:
-        raise ValueError(f"{name}=True is not supported by optimlab optimizers, got {value!r}")
+        raise UnsupportedSettingError(f"{name}=True is not supported by optimlab optimizers, got {value!r}")
 
 
 def anything(name: str, value: Any) -> None:

@@ -40,6 +40,7 @@ class Adam(Optimizer):
     other_dtype_grads = "torch"  # as torch's Adam (whose lerp fails unless L2 decay promoted first)
     load_defaults = {**Optimizer.load_defaults, "amsgrad": False, "decoupled_weight_decay": False}
     default_kernels = "torch"
+    foreach_scalar_only = ("lr", "betas")  # torch.optim.Adam refuses them as tensors with foreach=True
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
@@ -76,14 +77,19 @@ class Adam(Optimizer):
             kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
             kernel(params, grads, exp_avgs, exp_avg_sqs, maxes, steps, amsgrad=amsgrad, lr=lr,
                    beta1=float(beta1), beta2=float(beta2), weight_decay=wd, eps=group["eps"],
-                   maximize=group["maximize"], grad_scale=None, found_inf=None)
+                   maximize=group["maximize"], grad_scale=self._grad_scale, found_inf=self._found_inf)
+            self._amp_rewind(steps)  # as torch's _fused_adam: steps -= found_inf
             return
         if fused:
             _torch_adam(params, grads, exp_avgs, exp_avg_sqs, maxes, self._steps_on(params[0].device, states),
                                   fused=True, decoupled_weight_decay=group["decoupled_weight_decay"],
                                   amsgrad=amsgrad, beta1=float(beta1), beta2=float(beta2), lr=lr,
-                                  weight_decay=wd, eps=group["eps"], maximize=group["maximize"])
+                                  weight_decay=wd, eps=group["eps"], maximize=group["maximize"],
+                                  grad_scale=self._grad_scale, found_inf=self._found_inf)
             return
+        if not self._amp_unscale(grads):
+            return
+        step_tensors = [s["step"] for s in states]
         steps = self._advance(states)
         params, grads = self._real(params), self._real(grads)
         if group["decoupled_weight_decay"]:
@@ -93,6 +99,7 @@ class Adam(Optimizer):
             grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=wd)
         _rules.adam(params, grads, self._real(exp_avgs), self._real(exp_avg_sqs), self._real(maxes), steps,
                     lr=lr, beta1=float(beta1), beta2=float(beta2), eps=group["eps"], amsgrad=amsgrad)
+        self._amp_rewind(step_tensors)
 
     def _update_other_dtype(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]

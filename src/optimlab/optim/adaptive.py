@@ -60,6 +60,8 @@ class Adagrad(Optimizer):
     def _update(self, group, params, grads, states) -> None:
         lr, lr_decay, eps = float(group["lr"]), group["lr_decay"], group["eps"]
         if grads[0].is_sparse:
+            if not self._amp_unscale(grads):
+                return
             (step,) = self._advance(states)
             grad = -grads[0] if group["maximize"] else grads[0]
             _rules.adagrad_sparse(params[0], grad, states[0]["sum"], step, lr=lr, lr_decay=lr_decay, eps=eps)
@@ -71,18 +73,23 @@ class Adagrad(Optimizer):
             _fused.increment(steps)
             torch._fused_adagrad_(params, grads, sums, steps, lr=lr, lr_decay=lr_decay,
                                   weight_decay=group["weight_decay"], eps=eps, maximize=group["maximize"],
-                                  grad_scale=None, found_inf=None)
+                                  grad_scale=self._grad_scale, found_inf=self._found_inf)
+            self._amp_rewind(steps)  # as torch's _fused_adagrad: steps -= found_inf
             return
         if fused:
             _torch_adagrad(params, grads, sums, self._steps_on(params[0].device, states), fused=True, lr=lr,
                                         weight_decay=group["weight_decay"], lr_decay=lr_decay, eps=eps,
-                                        maximize=group["maximize"])
+                                        maximize=group["maximize"], grad_scale=self._grad_scale,
+                                        found_inf=self._found_inf)
+            return
+        if not self._amp_unscale(grads):
             return
         step_values = self._advance(states)
         params, grads, sums = self._real(params), self._real(grads), self._real(sums)
         grads = _rules.effective_grads(params, grads, maximize=group["maximize"],
                                        weight_decay=group["weight_decay"])
         _rules.adagrad(params, grads, sums, step_values, lr=lr, lr_decay=lr_decay, eps=eps)
+        self._amp_rewind(steps)
 
     def _update_other_dtype(self, group, params, grads, states) -> None:
         _torch_adagrad(params, grads, [s["sum"] for s in states], [s["step"] for s in states], fused=False,

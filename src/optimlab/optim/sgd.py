@@ -60,7 +60,8 @@ class SGD(Optimizer):
         momentum = group["momentum"]
         bufs = [s.get("momentum_buffer") for s in states] if momentum != 0 else []
         lr = float(group["lr"])
-        if self._kernel and momentum == 0 and group["weight_decay"] == 0 and not grads[0].is_sparse:
+        amp = self._grad_scale is not None or self._found_inf is not None
+        if self._kernel and momentum == 0 and group["weight_decay"] == 0 and not grads[0].is_sparse and not amp:
             # θ ± γg: one torch foreach op, safe for any dense tensors (no kernel checks needed),
             # bit-identical to torch's fused SGD (see _fused_sgd_cpu)
             torch._foreach_add_(params, grads, alpha=lr if group["maximize"] else -lr)
@@ -69,11 +70,14 @@ class SGD(Optimizer):
         fused = self._kernel and not grads[0].is_sparse and _fused_kernel_fits(params, grads, bufs)
         self._kernel_ran = bool(fused)
         if fused and params[0].is_cpu:
-            _fused_sgd_cpu(group, params, grads, bufs, lr)
+            _fused_sgd_cpu(group, params, grads, bufs, lr, self._grad_scale, self._found_inf)
         elif fused:
             _torch_sgd(params, grads, bufs or [None] * len(params), fused=True, weight_decay=group["weight_decay"],
                                 momentum=momentum, lr=lr, dampening=group["dampening"],
-                                nesterov=group["nesterov"], maximize=group["maximize"])
+                                nesterov=group["nesterov"], maximize=group["maximize"],
+                                grad_scale=self._grad_scale, found_inf=self._found_inf)
+        elif not self._amp_unscale(grads):
+            return
         else:
             grads = _rules.effective_grads(params, grads, maximize=group["maximize"],
                                            weight_decay=group["weight_decay"])
@@ -81,7 +85,8 @@ class SGD(Optimizer):
                        dampening=group["dampening"], nesterov=group["nesterov"])
         if momentum != 0:
             for state, buf in zip(states, bufs):
-                state["momentum_buffer"] = buf
+                if buf is not None:  # (None: a step GradScaler skipped before the buffer started)
+                    state["momentum_buffer"] = buf
 
     def _update_other_dtype(self, group, params, grads, states) -> None:
         momentum = group["momentum"]
@@ -105,17 +110,24 @@ def _fused_kernel_fits(params: list[Tensor], grads: list[Tensor], bufs: list[Ten
 
 
 def _fused_sgd_cpu(group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                   bufs: list[Tensor | None], lr: float) -> None:
-    """torch's fused CPU kernel, called directly; ``bufs`` gets the momentum buffers."""
+                   bufs: list[Tensor | None], lr: float, grad_scale: Tensor | None = None,
+                   found_inf: Tensor | None = None) -> None:
+    """torch's fused CPU kernel, called directly; ``bufs`` gets the momentum buffers.
+    ``grad_scale``/``found_inf``: GradScaler's, passed to the kernel (see Optimizer._grad_scale)."""
     momentum = group["momentum"]
-    if momentum == 0 and group["weight_decay"] == 0:  # θ ± γg: one foreach op, bit-identical, cheaper per tensor
+    amp = grad_scale is not None or found_inf is not None
+    if momentum == 0 and group["weight_decay"] == 0 and not amp:  # θ ± γg: one foreach op, bit-identical
         torch._foreach_add_(params, grads, alpha=lr if group["maximize"] else -lr)
         return
     hyper = dict(weight_decay=group["weight_decay"], momentum=momentum, lr=lr,
                  dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
-                 grad_scale=None, found_inf=None)
+                 grad_scale=grad_scale, found_inf=found_inf)
     if momentum == 0:
         torch._fused_sgd_(params, grads, [], is_first_step=False, **hyper)
+        return
+    if found_inf is not None and found_inf.item() == 1.0 and any(b is None for b in bufs):
+        # the kernel skips this step: start no buffer (torch's _fused_sgd would keep the
+        # uninitialised torch.empty_like buffers it made for the kernel's first step)
         return
     new = [i for i, b in enumerate(bufs) if b is None]  # first step for these: b₁ = g₁
     for i in new:

@@ -166,9 +166,14 @@ def schedule_text(name: str, lr: float, total: int, epoch_steps: int):
 
 # --------------------------------------------------------------------------- storage and study
 def storage(cfg: SweepConfig):
+    return open_storage(cfg.storage_url)
+
+
+def open_storage(url: str):
+    """Optuna's RDB storage for ``url``: SQLite in WAL mode (its directory created), or a
+    server database (PostgreSQL, MySQL) whose tables concurrent first workers may race to create."""
     import optuna
 
-    url = cfg.storage_url
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         import sqlalchemy
@@ -306,7 +311,8 @@ def recover_stale(study) -> int:
         except Exception:  # another worker got there first
             continue
         origin = t.user_attrs.get("origin", t.number)
-        study.enqueue_trial(t.params, user_attrs={"origin": origin, "retry_of": t.number, "queued": True})
+        kept = {k: v for k, v in t.user_attrs.items() if k not in ("host", "pid")}  # what the trial was given
+        study.enqueue_trial(t.params, user_attrs={**kept, "origin": origin, "retry_of": t.number, "queued": True})
         requeued += 1
     return requeued
 

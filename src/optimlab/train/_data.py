@@ -4,7 +4,9 @@ In-memory data are shuffled once per epoch with a permutation drawn from a
 generator seeded by ``(seed, epoch)`` and batched by slicing that permutation
 (``x.index_select(0, perm[i:i+b])``): no per-sample ``__getitem__`` calls, and
 the order of any epoch can be rebuilt from the seed alone, which is what lets
-a checkpoint resume in the middle of an epoch.
+a checkpoint resume in the middle of an epoch. An object that is already a
+batch source (a callable ``epoch(seed, epoch, start)`` and ``__len__``, e.g.
+``optimlab.benchmark.workloads.StepBatches``) is used as it is.
 """
 
 from __future__ import annotations
@@ -113,8 +115,19 @@ class LoaderBatches:
             yield xb, yb
 
 
+def is_batch_source(data) -> bool:
+    """Whether ``data`` already serves batches the way fit reads them: a callable
+    ``epoch(seed, epoch, start=0)`` and ``__len__`` (batches per epoch), and not a
+    DataLoader, tuple, list or TensorDataset."""
+    return (not isinstance(data, (DataLoader, tuple, list, TensorDataset))
+            and callable(getattr(data, "epoch", None)) and callable(getattr(data, "__len__", None)))
+
+
 def batches(data, batch_size: BatchSize, *, shuffle: bool = True, device=None):
-    """The right batch source for ``data``: a DataLoader as it is, tensors by slicing."""
+    """The right batch source for ``data``: a batch source (``epoch`` and ``__len__``) or a
+    DataLoader as it is, tensors by slicing."""
+    if is_batch_source(data):
+        return data
     if isinstance(data, DataLoader) or (hasattr(data, "__iter__") and not isinstance(data, (tuple, list, TensorDataset))):
         return LoaderBatches(data, device)
     return TensorBatches(data, batch_size, shuffle=shuffle, device=device)

@@ -1,0 +1,148 @@
+"""The benchmark's execution: equal trials for every optimizer (one worker or several), selection on
+the validation split only, every run in the store, resume after SIGKILL with no trial lost or run twice."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import benchmark_tiny as tiny
+from optimlab.benchmark import runner, space
+from optimlab.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _runs(cfg, status=("completed", "nonfinite")):
+    db = RunStore(cfg.store_path, readonly=True)
+    try:
+        return [r for r in db.runs() if r["config"].get("benchmark") == cfg.benchmark_id
+                and r["config"].get("kind") != "benchmark" and r["status"] in status]
+    finally:
+        db.close()
+
+
+def _check_complete(cfg):
+    """Exactly ``trials`` tuning runs and ``seeds`` confirm runs per workload × optimizer, each once."""
+    runs = _runs(cfg)
+    keys = collections.Counter((r["config"]["workload"], r["config"]["optimizer"], r["config"]["phase"],
+                                r["config"]["trial"], r["config"]["seed"]) for r in runs)
+    assert all(n == 1 for n in keys.values()), [k for k, n in keys.items() if n > 1]
+    for w in cfg.workloads:
+        for o in cfg.optimizers:
+            tune = sorted(k[3] for k in keys if k[:3] == (w, o, "tune"))
+            confirm = sorted(k[4] for k in keys if k[:3] == (w, o, "confirm"))
+            assert tune == list(range(cfg.trials)), (w, o, tune)
+            assert confirm == list(range(1, cfg.seeds + 1)), (w, o, confirm)
+    return runs
+
+
+def _selected(cfg):
+    return {(r["config"]["workload"], r["config"]["optimizer"]): (r["config"]["selected_trial"], r["config"]["params"])
+            for r in _runs(cfg) if r["config"]["phase"] == "confirm"}
+
+
+def test_every_optimizer_gets_the_same_trials_and_the_selected_setting_is_rerun(tmp_path):
+    cfg = tiny.config(tmp_path / "b")
+    bid = runner.run_benchmark(cfg)
+    assert bid == cfg.benchmark_id
+    runs = _check_complete(cfg)
+    # the trials are the optimizer's Sobol points, at seed 0, the same points on every workload
+    for o in cfg.optimizers:
+        points = space.sobol_points(cfg.space(o), cfg.trials, cfg.sampler_seed)
+        for r in runs:
+            c = r["config"]
+            if c["optimizer"] == o and c["phase"] == "tune":
+                assert c["params"] == points[c["trial"]] and c["seed"] == 0
+    # the confirm runs use the trial with the best final validation metric
+    for (w, o), (trial, params) in _selected(cfg).items():
+        mode = cfg.workload(w).mode
+        tune = {r["config"]["trial"]: r["summary"]["val_metric"] for r in runs
+                if r["config"]["workload"] == w and r["config"]["optimizer"] == o and r["config"]["phase"] == "tune"}
+        finite = {t: v for t, v in tune.items() if v is not None}
+        best = (max if mode == "max" else min)(finite, key=lambda t: (finite[t], -t) if mode == "max" else (finite[t], t))
+        assert trial == best
+    # every run has its test result beside the validation one, and the benchmark row is complete
+    assert all(r["summary"].get("test_metric") is not None for r in runs if r["summary"].get("val_metric") is not None)
+    db = RunStore(cfg.store_path, readonly=True)
+    meta = db.run(bid)
+    db.close()
+    assert meta["status"] == "completed" and meta["config"]["trials"] == 3 and meta["summary"]["wall_s"] > 0
+    # the same command again runs nothing and changes nothing
+    before = len(_runs(cfg, status=("completed", "nonfinite", "running", "dead")))
+    runner.run_benchmark(cfg)
+    assert len(_runs(cfg, status=("completed", "nonfinite", "running", "dead"))) == before
+
+
+def test_several_workers_run_the_same_trials_each_once(tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores: workers never share one")
+    one = tiny.config(tmp_path / "one")
+    two = tiny.config(tmp_path / "two", workers=2)
+    runner.run_benchmark(one)
+    runner.run_benchmark(two)
+    _check_complete(two)
+    assert one.benchmark_id == two.benchmark_id  # how it ran is not what it is
+    # each worker ran on its own core, single-threaded
+    cpus = {tuple(r["config"]["cpus"]) for r in _runs(two)}
+    assert all(len(c) == 1 for c in cpus) and len(cpus) == 2
+    assert _selected(one) == _selected(two)
+
+
+def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
+    plain = tiny.config(tmp_path / "plain")
+    runner.run_benchmark(plain)
+    monkeypatch.setitem(tiny.TEST, "shift", 5.0)
+    monkeypatch.setitem(tiny.TEST, "flip", True)
+    changed = tiny.config(tmp_path / "changed")
+    runner.run_benchmark(changed)
+    assert _selected(plain) == _selected(changed)
+    val = lambda cfg: sorted((r["config"]["workload"], r["config"]["optimizer"], r["config"]["phase"],  # noqa: E731
+                              r["config"]["trial"], r["config"]["seed"], r["summary"]["val_metric"]) for r in _runs(cfg))
+    assert val(plain) == val(changed)
+    test = lambda cfg: sorted(r["summary"]["test_metric"] for r in _runs(cfg))  # noqa: E731
+    assert test(plain) != test(changed)  # the test labels did change what the test split says
+
+
+def test_resume_after_sigkill_loses_no_trial_and_runs_none_twice(tmp_path):
+    out = tmp_path / "b"
+    cfg = tiny.config(out)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from tests import benchmark_tiny as t; t.main(sys.argv[1])",
+                              str(out)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    killed_run = None
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # kill it mid-trial: a run past its first evaluation, not finished
+            time.sleep(0.2)
+            if not Path(cfg.store_path).exists():
+                continue
+            try:
+                running = _runs(cfg, status=("running",))
+                done = _runs(cfg)
+            except Exception:  # the store is being created
+                continue
+            mid = [r for r in running if r["epochs"] >= 1]
+            if mid and len(done) >= 2:
+                killed_run = mid[0]
+                os.killpg(child.pid, signal.SIGKILL)
+                break
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    assert killed_run is not None, child.stderr.read().decode()[-2000:]
+    assert _runs(cfg, status=("dead",))  # the store knows its process is gone
+    runner.run_benchmark(cfg)
+    runs = _check_complete(cfg)
+    # the killed trial resumed from its checkpoint: its run finished under the same id
+    assert killed_run["run_id"] in {r["run_id"] for r in runs}
+    assert not list((out / "checkpoints").glob("*.pt"))
