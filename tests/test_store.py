@@ -155,3 +155,36 @@ def test_cli_list_show_export(tmp_path, capsys):
     assert cli.main(["runs", "--db", str(tmp_path / "none.sqlite"), "list"]) == 2  # readers create nothing
     assert f"no run store at {tmp_path / 'none.sqlite'}" in capsys.readouterr().err
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_merge_copies_missing_runs_keeps_the_newer_copy_and_never_changes_the_source(tmp_path):
+    import time
+
+    a, b = RunStore(tmp_path / "a.sqlite"), RunStore(tmp_path / "b.sqlite")
+    a.start_run("shared", {"v": "old"}, name="shared")
+    a.log_epoch("shared", {"epoch": 1, "step": 3}, [{"step": 1, "epoch": 1}, {"step": 2, "epoch": 1}])
+    a.start_run("only-a", {"v": 1})
+    a.finish_run("only-a", status="completed", summary={"val_loss": 0.5})
+    time.sleep(0.01)
+    b.start_run("shared", {"v": "new"}, name="shared")  # written later: b's copy is the newer
+    b.log_epoch("shared", {"epoch": 1, "step": 7})
+    b.start_run("only-b", {"v": 2})
+    a.close()
+    source = (tmp_path / "a.sqlite").read_bytes()
+    assert b.merge(tmp_path / "a.sqlite") == {"added": 1, "updated": 0, "kept": 1}
+    assert (tmp_path / "a.sqlite").read_bytes() == source
+    runs = {r["run_id"]: r for r in b.runs()}
+    assert set(runs) == {"shared", "only-a", "only-b"}
+    assert runs["only-a"]["summary"] == {"val_loss": 0.5} and runs["only-a"]["stored_status"] == "completed"
+    assert b.run("shared")["epochs_rows"] == [{"epoch": 1, "step": 7}]  # the newer copy, not a mixture
+    # merged the other way, a's older copy of "shared" gives way to b's
+    c = RunStore(tmp_path / "c.sqlite")
+    c.merge(tmp_path / "a.sqlite")
+    assert c.run("shared")["steps_rows"] == [{"step": 1, "epoch": 1}, {"step": 2, "epoch": 1}]
+    b.close()
+    assert c.merge(tmp_path / "b.sqlite") == {"added": 1, "updated": 1, "kept": 1}
+    assert c.run("shared")["epochs_rows"] == [{"epoch": 1, "step": 7}] and c.run("shared")["steps_rows"] == []
+    with pytest.raises(ValueError, match="into itself"):
+        c.merge(tmp_path / "c.sqlite")
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        c.merge(tmp_path / "nothere.sqlite")

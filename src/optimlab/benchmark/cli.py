@@ -49,8 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", type=_space, action="append", default=[], metavar="OPT.PARAM=LOW:HIGH",
                         help="replace one search-space range, e.g. adam.lr=1e-5:1e-1 (repeatable)")
     parser.add_argument("--sampler-seed", type=int, default=None, help="the Sobol sampler's scrambling seed")
-    parser.add_argument("--workers", type=positive_int, default=1,
-                        help="worker processes on this machine, each on its own cores (default 1)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="worker processes on this machine, each on its own cores (default: one per core, "
+                             "one for --preset quick)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads per worker (default: cores / workers)")
     parser.add_argument("--storage", type=storage_url, default=None,

@@ -31,18 +31,23 @@ class Preset:
     seeds: int
     fraction: float  # of each workload's declared budget (steps and evaluation cadence)
     workloads: tuple[str, ...] | None = None  # None: every built-in workload
+    all_cores: bool = True  # default workers: one per core (each single-threaded); False: one worker
 
 
 PRESETS = {
     "quick": Preset("a smoke run of about a minute: the two cheapest workloads, three optimizers, 2 trials, "
                     "2 seeds, 5% of each budget", ("adam", "momentum", "sgd"), trials=2, seeds=2, fraction=0.05,
-                    workloads=("quadratic_deep", "mnist_logreg")),
+                    workloads=("quadratic_deep", "mnist_logreg"), all_cores=False),
     "laptop": Preset("the lecture's six plus AdamW, RAdam, Lion and Schedule-Free AdamW on every workload, "
                      "within an hour on 2 cores: 4 trials, 5 seeds, 10% of each budget",
                      LAPTOP_OPTIMIZERS, trials=4, seeds=5, fraction=0.1),
     "full": Preset("the protocol's defaults: 16 trials, 5 seeds, full budgets (for more cores or several machines)",
                    LAPTOP_OPTIMIZERS, trials=16, seeds=5, fraction=1.0),
 }
+
+
+def _core_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _check_int(name: str, value, low: int) -> int:
@@ -104,7 +109,7 @@ class BenchmarkConfig:
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) \
                 or not (0 < self.fraction <= 1 and math.isfinite(self.fraction)):
             raise ValueError(f"fraction must be in (0, 1], got fraction={self.fraction!r}")
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = _core_count()
         if self.workers > cores:
             raise ValueError(f"workers={self.workers}: this machine has {cores} cores, and parallel workers "
                              f"must not share cores (honest timing); use --workers {cores} or fewer")
@@ -133,15 +138,14 @@ class BenchmarkConfig:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got preset={preset!r}")
         p = PRESETS[preset]
         base = dict(workloads=p.workloads or (), optimizers=p.optimizers, trials=p.trials, seeds=p.seeds,
-                    fraction=p.fraction, preset=preset)
+                    fraction=p.fraction, preset=preset, workers=_core_count() if p.all_cores else 1)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
     # ------------------------------------------------------------------ derived
     @property
     def threads_per_worker(self) -> int:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return self.threads or max(1, cores // self.workers)
+        return self.threads or max(1, _core_count() // self.workers)
 
     @property
     def storage_url(self) -> str:

@@ -178,7 +178,7 @@ def _protocol(r: Report, bm: Benchmark) -> None:
     for o in bm.optimizers:
         for p in bm.config.get("spaces", {}).get(o, []):
             log = p.get("log", False)
-            rows.append([o, p.get("name", "?"), f"{_num(p.get('low'), 3)} … {_num(p.get('high'), 3)}",
+            rows.append([o, p.get("name", "?"), f"{_num(p.get('low'), 6)} … {_num(p.get('high'), 6)}",
                          "log" if log else "linear", _num(p.get("default"), 3)])
     r.table("Search spaces", ["optimizer", "parameter", "range", "scale", "default"], rows,
             note="Each optimizer's trials are quasi-random (Sobol) points of its own space; the same number for every "

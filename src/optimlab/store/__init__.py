@@ -368,6 +368,49 @@ class RunStore:
         self._write(write)
         return run_id
 
+    def merge(self, other: str | os.PathLike) -> dict[str, int]:
+        """Copy the runs of the store file ``other`` into this one (several machines' stores into one,
+        e.g. for a benchmark's report). A run this store lacks is copied with its epoch and step
+        rows; a run both hold is taken from whichever wrote it last (``updated``); ``other`` is
+        opened read-only and never changed. One transaction: all or nothing.
+
+        Returns ``{"added": n, "updated": n, "kept": n}``. Errors: ``FileNotFoundError`` for a
+        missing ``other``, ``sqlite3.DatabaseError`` for a file that is not a run store,
+        ``ValueError`` when ``other`` is this store.
+        """
+        source = RunStore(other, readonly=True)
+        if source.path.resolve() == self.path.resolve():
+            raise ValueError(f"cannot merge the store {str(self.path)!r} into itself")
+        try:
+            src = source.conn
+            cols = [c for c in ("run_id", "name", "status", "created", "updated", "host", "pid", "config",
+                                "summary", "stop", "diagnoses", "proc") if c in source._columns or c == "proc"]
+            theirs = {r[0]: r[1] for r in src.execute("SELECT run_id, updated FROM runs")}
+            mine = {r[0]: r[1] for r in self.conn.execute("SELECT run_id, updated FROM runs")}
+            take = [rid for rid, updated in theirs.items() if rid not in mine or updated > mine[rid]]
+            select = ", ".join(c if c in source._columns else "NULL" for c in cols)
+            rows = {rid: src.execute(f"SELECT {select} FROM runs WHERE run_id = ?", (rid,)).fetchone() for rid in take}
+            epochs = {rid: src.execute("SELECT run_id, epoch, data FROM epochs WHERE run_id = ?", (rid,)).fetchall()
+                      for rid in take}
+            steps = {rid: src.execute("SELECT run_id, step, epoch, data FROM steps WHERE run_id = ?", (rid,)).fetchall()
+                     for rid in take}
+        finally:
+            source.close()
+
+        def write(c):
+            for rid in take:
+                c.execute("DELETE FROM epochs WHERE run_id = ?", (rid,))
+                c.execute("DELETE FROM steps WHERE run_id = ?", (rid,))
+                c.execute(f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                          rows[rid])
+                c.executemany("INSERT INTO epochs (run_id, epoch, data) VALUES (?, ?, ?)", epochs[rid])
+                c.executemany("INSERT INTO steps (run_id, step, epoch, data) VALUES (?, ?, ?, ?)", steps[rid])
+
+        if take:
+            self._write(write)
+        added = sum(rid not in mine for rid in take)
+        return {"added": added, "updated": len(take) - added, "kept": len(theirs) - len(take)}
+
     def delete(self, run_id: str) -> None:
         run_id = self.resolve(run_id)
 

@@ -1,4 +1,5 @@
-"""``optimlab runs list | show RUN | export [RUN ...]``: look into the run store."""
+"""``optimlab runs list | show RUN | export [RUN ...] | merge FILE ...``: look into the run store;
+merge other machines' stores into it."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ex.add_argument("--what", choices=["epochs", "steps", "runs"], default="epochs",
                     help="for CSV: which table to flatten (default: epochs)")
     ex.add_argument("-o", "--output", default=None, type=output_file, help="file to write (default: standard output)")
+    mg = sub.add_parser("merge", help="copy the runs of other store files into this one (e.g. several "
+                                      "machines' benchmark runs); the newer copy of a run wins", parents=[db_here])
+    mg.add_argument("sources", nargs="+", type=not_a_directory, help="store files to copy from (never changed)")
 
 
 def _num(value, fmt=".4f") -> str:
@@ -55,6 +59,8 @@ def _when(ts: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "merge":
+        return _merge(args)
     # Readers open read-only: nothing is created (not even for a missing file) or changed.
     store = RunStore(args.db, readonly=True) if args.db else RunStore(readonly=True)
     if not store.path.exists():
@@ -76,6 +82,29 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except sqlite3.DatabaseError as err:  # e.g. --db names a file that is not a run store
         raise CommandError(f"--db {str(store.path)!r}: {err}") from None
+
+
+def _merge(args) -> int:
+    from pathlib import Path
+
+    for source in args.sources:  # every source checked before the target is created or changed
+        if not Path(source).is_file():
+            raise CommandError(f"no run store at {source}")
+        probe = RunStore(source, readonly=True)
+        try:
+            probe.conn
+        except sqlite3.DatabaseError as err:
+            raise CommandError(f"{source!r}: {err}") from None
+        finally:
+            probe.close()
+    store = RunStore(args.db) if args.db else RunStore()
+    if any(Path(s).resolve() == store.path.resolve() for s in args.sources):
+        raise CommandError(f"cannot merge the store {str(store.path)!r} into itself")
+    for source in args.sources:
+        counts = store.merge(source)
+        print(f"{source}: {counts['added']} run(s) added, {counts['updated']} updated, {counts['kept']} already "
+              f"here", file=sys.stderr)
+    return 0
 
 
 def _list(store: RunStore, args) -> int:
