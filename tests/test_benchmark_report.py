@@ -162,8 +162,8 @@ def test_accuracy_workload_table(built):
     assert adam[1] == "lr=0.01, warmup=0 (trial 1)"
     assert momentum[2] == _ci([0.92, 0.93, 0.94]) and momentum[3] == _ci([0.91, 0.93, 0.95])
     # target 0.93: momentum reaches it at step 20 (seed 2) and 10 (seed 3), never on seed 1 -> median 20
-    assert momentum[4] == "20 (2/3 seeds)" and momentum[5] == "2 s"
-    assert adam[4] == "not reached (1/3 seeds)" and adam[5] == "—"
+    assert momentum[4] == "20 (2/3 seeds reached)" and momentum[5] == "2 s"
+    assert adam[4] == "median not reached (1/3 seeds reached)" and adam[5] == "—"
     # sgd's third seed diverged: two finite results, counted
     assert sgd[2] == _ci([0.80, 0.84]) and sgd[2].endswith("(n=2)") and sgd[6] == "1/3"
     assert ("Target: validation accuracy ≥ 0.93, the median final validation accuracy of tuned momentum's confirm "
@@ -178,9 +178,9 @@ def test_loss_workload_table(built):
     sgd, adam, momentum = rows[1:]
     assert "Target: validation loss ≤ 0.22, the median final validation loss of tuned adam's" in built["md"]
     # target 0.22: sgd reaches it at 10, 20, 20 -> median 20; 2 s per evaluation -> 2, 4, 4 s -> 4 s
-    assert sgd[4] == "20 (3/3 seeds)" and sgd[5] == "4 s"
-    assert adam[4] == "30 (2/3 seeds)" and adam[5] == "6 s"  # 30, 20, never -> median 30
-    assert momentum[4] == "not reached (0/3 seeds)" and momentum[6] == "0/3"
+    assert sgd[4] == "20 (3/3 seeds reached)" and sgd[5] == "4 s"
+    assert adam[4] == "30 (2/3 seeds reached)" and adam[5] == "6 s"  # 30, 20, never -> median 30
+    assert momentum[4] == "median not reached (0/3 seeds reached)" and momentum[6] == "0/3"
     assert sgd[2] == _ci([0.11, 0.13, 0.15])
 
 

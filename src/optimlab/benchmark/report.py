@@ -215,9 +215,9 @@ def _workload(r: Report, bm: Benchmark, w: dict) -> str:
         if tgt is None or not row.seeds:
             steps = secs = "—"
         else:
-            reached = f"{row.reached}/{row.seeds} seeds"
+            reached = f"{row.reached}/{row.seeds} seeds reached"
             steps = (f"{row.median_steps:g} ({reached})" if math.isfinite(row.median_steps)
-                     else f"not reached ({reached})")
+                     else f"median not reached ({reached})")
             secs = f"{row.median_seconds:.3g} s" if math.isfinite(row.median_seconds) else "—"
         table.append([row.optimizer, setting, _ci(row.test), _ci(row.val), steps, secs,
                       f"{row.diverged}/{row.seeds}" if row.seeds else "—"])

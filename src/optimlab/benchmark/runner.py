@@ -342,8 +342,6 @@ def finish(cfg: BenchmarkConfig, wall_s: float) -> None:
 def run_benchmark(cfg: BenchmarkConfig, *, quiet: bool = True) -> str:
     """Run every trial and confirm run left (``cfg.workers`` processes, each on its own cores);
     returns the benchmark id. Interrupted, the same call continues where it stopped."""
-    import multiprocessing as mp
-
     started = time.perf_counter()
     bid = start(cfg)
     cores, t = _cores(), cfg.threads_per_worker
@@ -359,24 +357,9 @@ def run_benchmark(cfg: BenchmarkConfig, *, quiet: bool = True) -> str:
                 os.sched_setaffinity(0, affinity)
             torch.set_num_threads(threads)
     else:
-        import torch
+        from optimlab.sweep.runner import run_workers
 
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # torch's first optimizer imports dynamo: once, here
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        procs = [ctx.Process(target=_worker_entry, args=(cfg.as_dict(), i, quiet, slots[i]),
-                             name=f"benchmark-worker-{i}") for i in range(cfg.workers)]
-        for p in procs:
-            p.start()
-        try:
-            for p in procs:
-                p.join()
-        except KeyboardInterrupt:
-            for p in procs:
-                p.join(timeout=30)
-            raise
-        failed = [p.name for p in procs if p.exitcode]
-        if failed:
-            raise RuntimeError(f"benchmark workers failed: {', '.join(failed)} (see their messages above)")
+        run_workers(_worker_entry, [(cfg.as_dict(), i, quiet, slots[i]) for i in range(cfg.workers)], "benchmark")
     finish(cfg, time.perf_counter() - started)
     return bid
 

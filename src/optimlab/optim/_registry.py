@@ -23,23 +23,6 @@ from typing import Any
 
 import torch
 
-# Names for classes whose modules are being reworked elsewhere (the fused-kernel change to
-# sgd.py, adam.py, adaptive.py, radam.py): "module:Class" -> (name, aliases). Each entry moves
-# into its class body as ``registry_name``/``registry_aliases`` once that work has landed; the
-# mechanism is the same, this is only where the declaration is written.
-_DECLARED_HERE: dict[str, tuple[str, tuple[str, ...]]] = {
-    "optimlab.optim.sgd:SGD": ("sgd", ()),
-    "optimlab.optim.sgd:Momentum": ("momentum", ("sgd_momentum", "sgd-momentum")),
-    "optimlab.optim.sgd:NAG": ("nag", ("nesterov",)),
-    "optimlab.optim.adaptive:Adagrad": ("adagrad", ()),
-    "optimlab.optim.adaptive:RMSprop": ("rmsprop", ()),
-    "optimlab.optim.adaptive:Adadelta": ("adadelta", ()),
-    "optimlab.optim.adam:Adam": ("adam", ()),
-    "optimlab.optim.adam:AdamW": ("adamw", ()),
-    "optimlab.optim.adam:Adamax": ("adamax", ()),
-    "optimlab.optim.adam:NAdam": ("nadam", ()),
-    "optimlab.optim.radam:RAdam": ("radam", ()),
-}
 #: Modules never scanned: the command line (it imports what sits above the optimizers).
 _SKIP = ("optimlab.optim.cli",)
 
@@ -99,9 +82,6 @@ def _scan() -> None:
         for cls in _declarations(module):
             _add(cls.__dict__.get("registry_convention", "torch"), cls.registry_name, cls,
                  tuple(cls.__dict__.get("registry_aliases", ())), where=f"{cls.__module__}.{cls.__qualname__}")
-    for target, (name, aliases) in _DECLARED_HERE.items():
-        module, attr = target.split(":")
-        _add("torch", name, getattr(importlib.import_module(module), attr), aliases, where=target)
 
 
 def register(name: str, target: Any, convention: str = "torch") -> None:

@@ -33,6 +33,8 @@ class Adam(Optimizer):
     (:class:`optimlab.optim.keras.Adam`). ``fused=True`` runs torch's fused kernel.
     """
 
+    registry_name = "adam"  # registered by this (see _registry)
+
     hyper_checks = {"betas": check.betas, "eps": check.positive, "amsgrad": check.boolean,
                     "decoupled_weight_decay": check.boolean}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
@@ -119,6 +121,8 @@ class AdamW(Adam):
     decay is decoupled from the gradient, ``θ ← θ·(1 − γλ)`` before the Adam step, with the
     current learning rate γ (so the decay follows a schedule). Default λ = 1e-2."""
 
+    registry_name = "adamw"  # registered by this (see _registry)
+
     load_overrides = {"decoupled_weight_decay": True}  # as torch.optim.AdamW.__setstate__ (an Adam state too)
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -139,6 +143,8 @@ class Adamax(Optimizer):
         u_t = max(β2·u_{t−1}, |g_t| + ε)
         θ_t = θ_{t−1} − γ/(1 − β1ᵗ) · m_t / u_t
     """
+
+    registry_name = "adamax"  # registered by this (see _registry)
 
     hyper_checks = {"betas": check.betas, "eps": check.positive}
     state_keys = frozenset({"step", "exp_avg", "exp_inf"})
@@ -192,6 +198,8 @@ class NAdam(Optimizer):
 
     Keras's Nadam uses ψ = 1 (its momentum reaches β1 within ~100 steps; torch's within ~10⁴).
     """
+
+    registry_name = "nadam"  # registered by this (see _registry)
 
     hyper_checks = {"betas": check.betas, "eps": check.positive, "momentum_decay": check.non_negative,
                     "decoupled_weight_decay": check.boolean}

@@ -29,6 +29,8 @@ class Adagrad(Optimizer):
     state is created at construction (``step = 0``, ``sum = initial_accumulator_value``).
     """
 
+    registry_name = "adagrad"  # registered by this (see _registry)
+
     hyper_checks = {"lr_decay": check.non_negative, "initial_accumulator_value": check.non_negative,
                     "eps": check.positive}
     state_keys = frozenset({"step", "sum"})
@@ -112,6 +114,8 @@ class RMSprop(Optimizer):
     to zero as AdaGrad's does (the lectures: good for non-stationary objectives).
     """
 
+    registry_name = "rmsprop"  # registered by this (see _registry)
+
     hyper_checks = {"alpha": check.unit_interval, "eps": check.positive, "momentum": check.non_negative,
                     "centered": check.boolean}
     state_keys = frozenset({"step", "square_avg", "momentum_buffer", "grad_avg"})
@@ -187,6 +191,8 @@ class Adadelta(Optimizer):
 
     The ratio of two running RMS values gives the step the units of θ.
     """
+
+    registry_name = "adadelta"  # registered by this (see _registry)
 
     hyper_checks = {"rho": check.closed_unit_interval, "eps": check.positive}
     state_keys = frozenset({"step", "square_avg", "acc_delta"})

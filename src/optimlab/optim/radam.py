@@ -34,6 +34,8 @@ class RAdam(Optimizer):
     than tuned. Otherwise it behaves like Adam.
     """
 
+    registry_name = "radam"  # registered by this (see _registry)
+
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas, "eps": check.positive, "decoupled_weight_decay": check.boolean}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})

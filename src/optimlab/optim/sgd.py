@@ -29,6 +29,8 @@ class SGD(Optimizer):
     changes they differ: here the whole buffer is rescaled by the current rate.
     """
 
+    registry_name = "sgd"  # registered by this (see _registry)
+
     hyper_checks = {"momentum": check.non_negative, "dampening": check.non_negative,
                     "nesterov": check.boolean}
     state_keys = frozenset({"momentum_buffer"})
@@ -147,6 +149,9 @@ def _fused_sgd_cpu(group: dict[str, Any], params: list[Tensor], grads: list[Tens
 class Momentum(SGD):
     """SGD with classical (heavy-ball) momentum, default μ = 0.9: the lectures' "Momentum"."""
 
+    registry_name = "momentum"  # registered by this (see _registry)
+    registry_aliases = ('sgd_momentum', 'sgd-momentum')
+
     def __init__(self, params: Any, lr: float | Tensor, momentum: float = 0.9, dampening: float = 0,
                  weight_decay: float = 0, *, maximize: bool = False, foreach: bool | None = None,
                  fused: bool | None = None, skip_nonfinite: bool = False):
@@ -160,6 +165,9 @@ class NAG(SGD):
 
     Torch's form evaluates the look-ahead through the buffer: ``d = g + μ·b``.
     """
+
+    registry_name = "nag"  # registered by this (see _registry)
+    registry_aliases = ('nesterov',)
 
     def __init__(self, params: Any, lr: float | Tensor, momentum: float = 0.9, weight_decay: float = 0,
                  *, maximize: bool = False, foreach: bool | None = None, fused: bool | None = None,

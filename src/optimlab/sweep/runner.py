@@ -457,19 +457,25 @@ def _worker_entry(cfg_dict: dict, index: int, quiet: bool) -> None:
 
 def run_sweep(cfg: SweepConfig, *, workers: int = 1, quiet: bool = True) -> None:
     """Run the sweep to ``cfg.trials`` trials with ``workers`` processes sharing the study."""
-    import multiprocessing as mp
-
     open_study(cfg)  # create it (and check its settings) once, before the workers race for it
     if workers <= 1:
         worker(cfg, 0, quiet=quiet)
         return
+    on_gpu = cfg.device is not None and cfg.device != "cpu"  # CUDA cannot be used in a forked child
+    run_workers(_worker_entry, [(asdict(cfg), i, quiet) for i in range(workers)], "sweep", spawn=on_gpu)
+
+
+def run_workers(target, args: list[tuple], what: str, *, spawn: bool = False) -> None:
+    """Run ``target(*a)`` for every ``a`` in ``args`` in worker processes (forked on Linux, else
+    spawned) and wait for all; a ``RuntimeError`` naming the workers that failed. On Ctrl-C the
+    workers (which get it too) are given 30 s to put their trials back."""
+    import multiprocessing as mp
+
     import torch
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # torch's first optimizer imports dynamo: once, here
-    on_gpu = cfg.device is not None and cfg.device != "cpu"  # CUDA cannot be used in a forked child
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") and not on_gpu else "spawn")
-    procs = [ctx.Process(target=_worker_entry, args=(asdict(cfg), i, quiet), name=f"sweep-worker-{i}")
-             for i in range(workers)]
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") and not spawn else "spawn")
+    procs = [ctx.Process(target=target, args=a, name=f"{what}-worker-{i}") for i, a in enumerate(args)]
     for p in procs:
         p.start()
     try:
@@ -481,7 +487,7 @@ def run_sweep(cfg: SweepConfig, *, workers: int = 1, quiet: bool = True) -> None
         raise
     failed = [p.name for p in procs if p.exitcode]
     if failed:
-        raise RuntimeError(f"sweep workers failed: {', '.join(failed)} (see their messages above)")
+        raise RuntimeError(f"{what} workers failed: {', '.join(failed)} (see their messages above)")
 
 
 def trials_table(study) -> list[dict[str, Any]]:
