@@ -146,3 +146,23 @@ def test_resume_after_sigkill_loses_no_trial_and_runs_none_twice(tmp_path):
     # the killed trial resumed from its checkpoint: its run finished under the same id
     assert killed_run["run_id"] in {r["run_id"] for r in runs}
     assert not list((out / "checkpoints").glob("*.pt"))
+
+
+def test_the_command_line_runs_a_one_shot_benchmark_and_rebuilds_its_report(tmp_path, capsys):
+    from optimlab import cli
+
+    out = tmp_path / "b"
+    argv = ["benchmark", "--workloads", "tiny_regression,tiny_blobs", "--optimizers", "adam,sgd", "--one-shot",
+            "--seeds", "2", "--fraction", "1", "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    assert "all 12 runs finished" in first  # 2 workloads x 2 optimizers x (1 trial + 2 seeds)
+    cfg = tiny.config(out, optimizers=("adam", "sgd"), budget="one-shot", trials=1, workers=1, threads=None)
+    runs = _check_complete(cfg)
+    for r in runs:  # one-shot: the optimizer's defaults, a constant learning rate
+        assert r["config"]["params"] == space.defaults(r["config"]["optimizer"])
+        assert r["config"]["schedule"] is None
+    report = (out / "report.md").read_text()
+    assert cli.main(argv + ["--report-only"]) == 0
+    assert "all 12 runs finished" in capsys.readouterr().out
+    assert (out / "report.md").read_text() == report  # the store alone gives the same report
