@@ -267,3 +267,14 @@ def test_chart_keys_are_unique_and_filesystem_safe():
     assert keys("tunability", "cifar/10 small") == "tunability-cifar-10-small"
     assert keys("tunability", "cifar-10 small") == "tunability-cifar-10-small-2"  # a collision after cleaning
     assert keys("lr", "ünïcode") == "lr-n-code" and keys("", "") == "chart"
+
+
+def test_summary_across_workloads_ranks_each_workload_and_sorts_by_mean_rank(built):
+    rows = _table(built["md"], "Summary across workloads")
+    assert rows[0] == ["optimizer", "acc test accuracy", "loss test loss", "mean rank"]
+    # acc: momentum 0.93 (1), adam 0.91 (2), sgd 0.82 (3); loss: sgd 0.13 (1), adam 0.23 (2), momentum 0.31 (3)
+    table = {r[0]: r[1:] for r in rows[1:]}
+    assert table["momentum"][0].endswith("(1)") and table["momentum"][1].endswith("(3)")
+    assert table["sgd"][0].endswith("(3)") and table["sgd"][1].endswith("(1)")
+    assert table["adam"] == [table["adam"][0], table["adam"][1], "2.0"] and table["adam"][0].endswith("(2)")
+    assert [r[-1] for r in rows[1:]] == ["2.0", "2.0", "2.0"]

@@ -56,6 +56,7 @@ def build_report(store_path, out_dir, benchmark: str | None = None) -> tuple[Rep
     keys = _Keys()
     r = Report(f"Optimizer benchmark {bm.bid}")
     printed = [_what_was_run(r, bm)]
+    printed.append(_summary(r, bm))
     _protocol(r, bm)
     for w in bm.workloads:
         printed.append(_workload(r, bm, w))
@@ -228,6 +229,31 @@ def _workload(r: Report, bm: Benchmark, w: dict) -> str:
         r.text(f"**{title}**: {w['description']}")
     r.table(f"Results: {title}", header, table, note=note)
     return f"## {title}\n\n{_markdown_table(header, table)}\n\n{_target_note(w, tgt)}"
+
+
+def _summary(r: Report, bm: Benchmark) -> str:
+    """One line per optimizer: its mean test result on every workload, with its rank there."""
+    tables = {w["name"]: workload_table(bm, w)[0] for w in bm.workloads}
+    header = ["optimizer"] + [f"{w['name']} test {_metric_name(w)}" for w in bm.workloads] + ["mean rank"]
+    lines = []
+    for o in bm.optimizers:
+        cells, ranks = [], []
+        for w in bm.workloads:
+            ranked = [row for row in tables[w["name"]] if row.test.mean is not None]
+            mine = next((row for row in ranked if row.optimizer == o), None)
+            if mine is None:
+                cells.append("—")
+                continue
+            rank = ranked.index(mine) + 1  # the table is sorted best first
+            ranks.append(rank)
+            cells.append(f"{_num(mine.test.mean)} ({rank})")
+        mean_rank = sum(ranks) / len(ranks) if ranks else math.inf
+        lines.append((mean_rank, [o, *cells, f"{mean_rank:.1f}" if ranks else "—"]))
+    rows = [cells for _, cells in sorted(lines, key=lambda x: x[0])]
+    note = ("The mean test result over the confirm seeds of the setting selected on the validation split, and in "
+            "brackets the optimizer's rank on that workload (1 = best); sorted by the mean rank.")
+    r.table("Summary across workloads", header, rows, note=note)
+    return f"## Summary across workloads\n\n{_markdown_table(header, rows)}\n\n{note}"
 
 
 def _target_note(w: dict, tgt) -> str:
