@@ -49,10 +49,16 @@ def _selected(cfg):
             for r in _runs(cfg) if r["config"]["phase"] == "confirm"}
 
 
-def test_every_optimizer_gets_the_same_trials_and_the_selected_setting_is_rerun(tmp_path):
-    cfg = tiny.config(tmp_path / "b")
-    bid = runner.run_benchmark(cfg)
-    assert bid == cfg.benchmark_id
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """The tiny benchmark run once, in this process (the tests below compare against it)."""
+    cfg = tiny.config(tmp_path_factory.mktemp("plain") / "b")
+    assert runner.run_benchmark(cfg) == cfg.benchmark_id
+    return cfg
+
+
+def test_every_optimizer_gets_the_same_trials_and_the_selected_setting_is_rerun(plain):
+    cfg, bid = plain, plain.benchmark_id
     runs = _check_complete(cfg)
     # the trials are the optimizer's Sobol points, at seed 0, the same points on every workload
     for o in cfg.optimizers:
@@ -81,12 +87,11 @@ def test_every_optimizer_gets_the_same_trials_and_the_selected_setting_is_rerun(
     assert len(_runs(cfg, status=("completed", "nonfinite", "running", "dead"))) == before
 
 
-def test_several_workers_run_the_same_trials_each_once(tmp_path):
+def test_several_workers_run_the_same_trials_each_once(plain, tmp_path):
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores: workers never share one")
-    one = tiny.config(tmp_path / "one")
+    one = plain
     two = tiny.config(tmp_path / "two", workers=2)
-    runner.run_benchmark(one)
     runner.run_benchmark(two)
     _check_complete(two)
     assert one.benchmark_id == two.benchmark_id  # how it ran is not what it is
@@ -96,9 +101,7 @@ def test_several_workers_run_the_same_trials_each_once(tmp_path):
     assert _selected(one) == _selected(two)
 
 
-def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
-    plain = tiny.config(tmp_path / "plain")
-    runner.run_benchmark(plain)
+def test_selection_never_reads_the_test_split(plain, tmp_path, monkeypatch):
     monkeypatch.setitem(tiny.TEST, "shift", 5.0)
     monkeypatch.setitem(tiny.TEST, "flip", True)
     changed = tiny.config(tmp_path / "changed")
