@@ -169,3 +169,37 @@ def test_the_command_line_runs_a_one_shot_benchmark_and_rebuilds_its_report(tmp_
     assert cli.main(argv + ["--report-only"]) == 0
     assert "all 12 runs finished" in capsys.readouterr().out
     assert (out / "report.md").read_text() == report  # the store alone gives the same report
+
+
+def _taker(url: str, out: str) -> None:
+    import optuna
+
+    from optimlab.sweep.runner import open_storage
+
+    study = optuna.load_study(study_name="race", storage=open_storage(url))
+    taken = []
+    while (trial := runner._take(study, optuna, url)) is not None or study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        if trial is not None:
+            taken.append(trial.number)
+            study.tell(trial, 0.0)
+    Path(out).write_text(" ".join(map(str, taken)))
+
+
+def test_workers_racing_for_queued_trials_take_each_exactly_once(tmp_path):
+    """Optuna's ask() on SQLite reads a waiting trial and marks it running in two statements:
+    four processes asking at once took 161 trials from 150 (10 twice) without the lock."""
+    import optuna
+
+    from optimlab.sweep.runner import open_storage
+    from tests.forked import run_forked
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    study = optuna.create_study(study_name="race", storage=open_storage(url))
+    for i in range(120):
+        study.enqueue_trial({}, user_attrs={"queued": True})
+    outs = [tmp_path / f"taken{i}.txt" for i in range(4)]
+    assert run_forked(_taker, [(url, str(o)) for o in outs]) == [0, 0, 0, 0]
+    taken = [int(n) for o in outs for n in o.read_text().split()]
+    assert sorted(taken) == sorted(t.number for t in study.get_trials() if t.user_attrs.get("queued"))
+    assert len(taken) == len(set(taken)) == 120

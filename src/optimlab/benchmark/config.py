@@ -87,7 +87,7 @@ class BenchmarkConfig:
         from optimlab import optim
         from optimlab.benchmark import workloads as W
 
-        self.workloads = tuple(self.workloads) or tuple(W.names())
+        self.workloads = tuple(self.workloads) or W.BUILTINS  # yours run when named
         self.optimizers = tuple(self.optimizers)
         if not self.optimizers:
             raise ValueError("optimizers must name at least one optimizer, got optimizers=()")

@@ -212,12 +212,15 @@ def run_job(cfg: BenchmarkConfig, workload: str, optimizer: str, phase: str, tri
 
 
 # --------------------------------------------------------------------------- workers
-def _take(study, optuna):
+def _take(study, optuna, url: str):
     """A queued trial of ``study`` for this worker, or None when none is waiting."""
+    from optimlab.sweep.runner import ask_lock
+
     S = optuna.trial.TrialState
     if not study.get_trials(deepcopy=False, states=(S.WAITING,)):
         return None
-    trial = study.ask()
+    with ask_lock(url):  # one taker at a time: SQLite would let two take the same trial
+        trial = study.ask()
     if not trial.user_attrs.get("queued"):  # another worker took the last queued trial first
         trial.set_user_attr("unused", True)
         study.tell(trial, state=S.FAIL)
@@ -284,7 +287,7 @@ def worker(cfg: BenchmarkConfig, index: int = 0, *, quiet: bool = True, cpus=Non
                     study = confirm[(w, o)]
                 if len(_finished(study)) < (cfg.trials if phase == "tune" else cfg.seeds):
                     open_work = True
-                trial = _take(study, optuna)
+                trial = _take(study, optuna, cfg.storage_url)
                 if trial is not None:
                     _run_trial(cfg, study, trial, w, o, phase, cpus or (), quiet, optuna)
                     ran, took = ran + 1, True

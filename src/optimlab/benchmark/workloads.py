@@ -53,7 +53,7 @@ from torch import nn
 
 from optimlab.benchmark import nets
 
-__all__ = ["WORKLOADS", "ImageData", "QuadraticData", "StepBatches", "Workload", "get", "mean_output",
+__all__ = ["BUILTINS", "WORKLOADS", "ImageData", "QuadraticData", "StepBatches", "Workload", "get", "mean_output",
            "names", "register"]
 
 METRICS = ("accuracy", "loss")
@@ -549,3 +549,7 @@ for _w in (
 ):
     register(_w)
 del _w
+
+#: The built-in workloads' names, in their fixed order: what a benchmark runs unless told otherwise
+#: (a workload you register runs when you name it).
+BUILTINS: tuple[str, ...] = tuple(WORKLOADS)

@@ -16,6 +16,7 @@ resumes from the trial's checkpoint when the same machine has it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -200,6 +201,27 @@ def open_storage(url: str):
             if attempt == 7:
                 raise
             time.sleep(0.5 + random.random())
+
+
+@contextlib.contextmanager
+def ask_lock(url: str):
+    """Hold while taking a queued trial (``study.ask()``) from an SQLite study: Optuna reads the
+    waiting trial and marks it running in two statements, which SQLite does not lock together,
+    so two processes asking at once could both take the same trial. An exclusive ``flock`` on
+    a file beside the database makes the two steps one. Server databases (PostgreSQL) lock the
+    row themselves (``SELECT ... FOR UPDATE``): nothing to do."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(url[len("sqlite:///"):]).with_suffix(".ask-lock")
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _driver(url: str) -> str:
@@ -415,7 +437,8 @@ def worker(cfg: SweepConfig, index: int = 0, *, quiet: bool = True) -> int:
         waiting = study.get_trials(deepcopy=False, states=(S.WAITING,))
         if not waiting and (cfg.sampler == "grid" or _counted(study) >= total):
             break
-        trial = study.ask()
+        with ask_lock(cfg.storage_url):
+            trial = study.ask()
         if cfg.sampler == "grid" and not trial.user_attrs.get("queued"):
             # another worker took the last queued point between our look and our ask
             trial.set_user_attr("unused", True)
