@@ -375,6 +375,10 @@ ROWS: list[Bad] = [
     Bad("benchmark fraction nan", _benchmark(fraction=float("nan")), ("fraction", "nan")),
     Bad("benchmark workers", _benchmark(workers=999), ("workers", "999")),
     Bad("benchmark threads", _benchmark(threads=0), ("threads", "0")),
+    Bad("benchmark optimizer cannot train", lambda tmp: __import__("optimlab.benchmark.runner", fromlist=["x"])
+        .run_benchmark(__import__("optimlab.benchmark", fromlist=["x"]).BenchmarkConfig(
+            workloads=("quadratic_deep",), optimizers=("adam", "muon"), out=str(tmp / "b"))),
+        ("'muon'", "'quadratic_deep'")),
     Bad("benchmark duplicate", _benchmark(optimizers=("adam", "adam")), ("optimizers", "'adam'")),
     Bad("benchmark preset", lambda tmp: __import__("optimlab.benchmark", fromlist=["x"]).BenchmarkConfig.from_preset(
         "huge"), ("preset", "'huge'")),
@@ -487,6 +491,10 @@ CLI_CASES = [
     (["runs", "--db", "notastore", "show", "abc"], "notastore"),
     (["runs", "--db", "notastore", "export"], "notastore"),
     (["runs", "list", "--limit", "0"], "'0'"),
+    (["runs", "merge", "nothere.sqlite"], "nothere.sqlite"),
+    (["runs", "merge", "notastore"], "notastore"),
+    (["runs", "merge", "adir"], "'adir'"),
+    (["runs", "--db", "afile/x.sqlite", "merge", "notastore"], "afile"),
     (["runs", "list", "--limit", "-3"], "'-3'"),
     (["runs", "list", "--status", "nope"], "'nope'"),
     (["runs", "show"], "run"),
@@ -518,6 +526,7 @@ CLI_CASES = [
     (["benchmark", "--optimizers", "adamm"], "'adamm'"),
     (["benchmark", "--workloads", "mnist_cnnn"], "'mnist_cnnn'"),
     (["benchmark", "--trials", "0"], "'0'"),
+    (["benchmark", "--workloads", "quadratic_deep", "--optimizers", "sgd,muon"], "'muon'"),
     (["benchmark", "--seeds", "0"], "'0'"),
     (["benchmark", "--space", "adam.lr=0:0.1"], "adam.lr"),
     (["benchmark", "--space", "adam.lr=-1:0.1"], "-1"),

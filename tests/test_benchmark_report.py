@@ -146,7 +146,7 @@ def test_what_was_run(built):
     assert facts["Seeds of the selected setting"] == "1, 2, 3"
     assert facts["Workers × threads per worker"] == "1 × 2" and "Test CPU (2 cores)" in facts["CPU"]
     assert facts["Status"].startswith("completed: 36 of 36 runs finished")  # 2 × 3 × (3 + 3); the duplicate once
-    assert facts["Wall time"].startswith("0:02:03") and facts["Hosts that ran the runs (runs)"].endswith("(36)")
+    assert facts["Wall time (invocations that ran to the end)"].startswith("0:02:03") and facts["Hosts that ran the runs (runs)"].endswith("(36)")
     assert "Complete: all 36 runs finished." in built["md"] and "Missing runs" not in built["md"]
     assert "| momentum | lr | 0.0001 … 1 | log | 0.001 |" in built["md"]
     workloads = _table(built["md"], "Workloads")
@@ -225,8 +225,9 @@ def test_incomplete_benchmark_renders_and_says_what_is_missing(tmp_path):
     missing = _table(md, "Missing runs: this benchmark is incomplete")
     assert missing[1:] == [["acc", "adam", "2/3", "3/3"], ["loss", "sgd", "3/3", "0/3"]]
     facts = dict(row for row in _table(md, "What was run")[1:])
-    assert facts["Status"].startswith("running: 32 of 36") and "1 unfinished runs left out" in facts["Status"]
-    assert facts["Wall time"].startswith("—")
+    assert facts["Status"].startswith("running: 32 of 36") and "left out: 1 run that did not finish" in facts["Status"]
+    assert "1 duplicate run of the same trial and seed" in facts["Status"]  # the old 0.99 copy: not read
+    assert facts["Wall time (invocations that ran to the end)"].startswith("—")
     rows = {r[0]: r for r in _table(md, "Results: Loss toy (loss)")[1:]}
     assert rows["sgd"][1] == "lr=0.1, warmup=0 (trial 0), not re-run yet" and rows["sgd"][2] == "—"
     assert list(rows)[-1] == "sgd"  # no test result: last

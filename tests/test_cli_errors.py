@@ -134,3 +134,15 @@ def test_run_list_statuses_cover_the_training_statuses():
 
     assert {history.RUNNING, history.COMPLETED, history.EARLY_STOPPED, history.NONFINITE,
             history.STOPPED} <= set(STATUSES)
+
+
+@pytest.mark.parametrize("command", sorted(__import__("optimlab.cli", fromlist=["COMMANDS"]).COMMANDS))
+def test_every_commands_help_prints_and_exits_0(command, capsys):
+    """argparse formats help texts with %: a bare "10%" in one crashed `optimlab benchmark --help`."""
+    from optimlab import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: optimlab {command}")

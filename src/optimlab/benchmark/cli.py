@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from optimlab.benchmark.config import PRESETS
 
     parser.add_argument("--preset", default="laptop", choices=list(PRESETS),
-                        help="; ".join(f"{k}: {p.description}" for k, p in PRESETS.items()) + " (default laptop)")
+                        help=("; ".join(f"{k}: {p.description}" for k, p in PRESETS.items())
+                              + " (default laptop)").replace("%", "%%"))  # argparse formats help with %
     parser.add_argument("--workloads", type=name_list, default=None,
                         help="comma-separated workload names (default: the preset's; `--list` shows them)")
     parser.add_argument("--optimizers", type=name_list, default=None, help="comma-separated optimizer names")
@@ -63,8 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _listing(cfg) -> str:
-    lines = ["Workloads:"]
+    lines = [f"Workloads (at the {cfg.preset} preset's share of each declared budget, {cfg.fraction:g}):"]
     for name in cfg.workloads:
         w = cfg.workload(name)
         lines.append(f"  {name:<16} {w.title}: {w.metric} ({w.mode}), batch {w.batch_size}, {w.steps} steps, "
@@ -98,10 +103,14 @@ def run(args: argparse.Namespace) -> int:
         check_storage_reachable(cfg.storage_url)
     bid = cfg.benchmark_id
     if not args.report_only:
+        from optimlab.benchmark.runner import check_buildable
+
+        check_buildable(cfg)  # an optimizer that cannot train a workload: said before anything is written
         if not args.quiet:
-            print(f"benchmark {bid}: {len(cfg.workloads)} workloads x {len(cfg.optimizers)} optimizers, "
-                  f"{cfg.trials} trials + {cfg.seeds} seeds each, {cfg.workers} worker(s) x "
-                  f"{cfg.threads_per_worker} thread(s)", file=sys.stderr)
+            print(f"benchmark {bid} (preset {cfg.preset}): {_count(len(cfg.workloads), 'workload')} x "
+                  f"{_count(len(cfg.optimizers), 'optimizer')}, {_count(cfg.trials, 'trial')} + "
+                  f"{_count(cfg.seeds, 'seed')} each, {_count(cfg.workers, 'worker')} x "
+                  f"{_count(cfg.threads_per_worker, 'thread')}", file=sys.stderr)
         try:
             run_benchmark(cfg, quiet=args.quiet)
         except KeyboardInterrupt:

@@ -35,7 +35,7 @@ class Preset:
 
 
 PRESETS = {
-    "quick": Preset("a smoke run of about a minute: the two cheapest workloads, three optimizers, 2 trials, "
+    "quick": Preset("a smoke run, under two minutes: the two cheapest workloads, three optimizers, 2 trials, "
                     "2 seeds, 5% of each budget", ("adam", "momentum", "sgd"), trials=2, seeds=2, fraction=0.05,
                     workloads=("quadratic_deep", "mnist_logreg"), all_cores=False),
     "laptop": Preset("the lecture's six plus AdamW, RAdam, Lion and Schedule-Free AdamW on every workload, "
@@ -121,7 +121,12 @@ class BenchmarkConfig:
         self.spaces = {o: {k: tuple(v) for k, v in r.items()} for o, r in (self.spaces or {}).items()}
         for name in self.spaces:
             if name not in self.optimizers:
-                raise ValueError(f"spaces: {name!r} is not one of the benchmark's optimizers ({', '.join(self.optimizers)})")
+                import difflib
+
+                close = difflib.get_close_matches(name, self.optimizers, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"spaces: {name!r} is not one of the benchmark's optimizers "
+                                 f"({', '.join(self.optimizers)}){hint}")
         for name in self.optimizers:
             self.space(name)  # a bad bound: the parameter and the value, before anything runs
         if self.preset is not None and self.preset not in PRESETS:

@@ -146,13 +146,17 @@ def _what_was_run(r: Report, bm: Benchmark) -> str:
         ("Load average at the end (1, 5, 15 min)", ", ".join(_num(x, 3) for x in end_load) if end_load else "—"),
         ("1-minute load when runs started (median, max)",
          f"{statistics.median(loads):.2f}, {max(loads):.2f}" if loads else "—"),
-        ("Wall time", _duration(bm.summary.get("wall_s")) if bm.summary.get("wall_s") is not None
-         else "— (the benchmark has not finished)"),
+        ("Wall time (invocations that ran to the end)", _duration(bm.summary.get("wall_s"))
+         if bm.summary.get("wall_s") is not None else "— (the benchmark has not finished)"),
+        ("Elapsed, first run started to last run finished", _duration(bm.span)),
         ("Training time, all runs", _duration(compute)),
         ("Hosts that ran the runs (runs)", ", ".join(f"{h} ({n})" for h, n in sorted(hosts.items())) or "—"),
         ("Status", f"{bm.status}: {done} of {expected} runs finished "
                    f"({W} workloads × {O} optimizers × ({T} trials + {S} seeds))"
-                   + (f"; {bm.unfinished} unfinished runs left out" if bm.unfinished else "")),
+                   + (f"; left out: {bm.unfinished} run{'' if bm.unfinished == 1 else 's'} that did not finish "
+                      "(killed, or still running; a killed trial is run again)" if bm.unfinished else "")
+                   + (f"; {bm.duplicates} duplicate run{'' if bm.duplicates == 1 else 's'} of the same trial and "
+                      "seed (e.g. merged stores of two independent runs): the newest kept" if bm.duplicates else "")),
     ]
     missing = []
     for w in bm.workloads:
@@ -222,13 +226,13 @@ def _workload(r: Report, bm: Benchmark, w: dict) -> str:
             secs = f"{row.median_seconds:.3g} s" if math.isfinite(row.median_seconds) else "—"
         table.append([row.optimizer, setting, _ci(row.test), _ci(row.val), steps, secs,
                       f"{row.diverged}/{row.seeds}" if row.seeds else "—"])
-    note = _target_note(w, tgt) + (" Sorted by the mean test result, best first. Steps and seconds: medians over the "
+    note = _target_note(w, tgt, bm.optimizers) + (" Sorted by the mean test result, best first. Steps and seconds: medians over the "
                                    "confirm seeds, a seed that did not reach the target counting as never.")
     title = f"{w.get('title') or w['name']} ({w['name']})"
     if w.get("description"):
         r.text(f"**{title}**: {w['description']}")
     r.table(f"Results: {title}", header, table, note=note)
-    return f"## {title}\n\n{_markdown_table(header, table)}\n\n{_target_note(w, tgt)}"
+    return f"## {title}\n\n{_markdown_table(header, table)}\n\n{_target_note(w, tgt, bm.optimizers)}"
 
 
 def _summary(r: Report, bm: Benchmark) -> str:
@@ -256,12 +260,13 @@ def _summary(r: Report, bm: Benchmark) -> str:
     return f"## Summary across workloads\n\n{_markdown_table(header, rows)}\n\n{note}"
 
 
-def _target_note(w: dict, tgt) -> str:
+def _target_note(w: dict, tgt, optimizers) -> str:
     if tgt is None:
         return "Target: none yet (no confirm run finished with a result)."
     op = "≥" if w["mode"] == "max" else "≤"
-    where = (f"the median final validation {_metric_name(w)} of tuned {tgt.source}'s confirm seeds, the better of "
-             f"{' and '.join(BASELINES)}" if tgt.from_baselines else
+    present = [b for b in BASELINES if b in optimizers]
+    where = (f"the median final validation {_metric_name(w)} of tuned {tgt.source}'s confirm seeds"
+             + (f", the better of {' and '.join(present)}" if len(present) > 1 else "") if tgt.from_baselines else
              f"the best median final validation {_metric_name(w)} over all optimizers ({tgt.source}), since neither "
              f"{' nor '.join(BASELINES)} has one")
     return f"Target: validation {_metric_name(w)} {op} {tgt.value:.6g}, {where} (AlgoPerf's rule)."

@@ -54,6 +54,8 @@ class Benchmark:
     summary: dict
     runs: list[Run]
     unfinished: int  # runs of this benchmark left out: running, dead, stale, interrupted, incomplete
+    duplicates: int = 0  # finished runs of a trial and seed already read (the newest is kept)
+    span: float | None = None  # seconds from the first run's start to the last finished run's last write
 
     @property
     def workloads(self) -> list[dict]:
@@ -123,7 +125,7 @@ def load(store_path, benchmark: str | None = None) -> Benchmark:
         optimizers = config.get("optimizers", [])
         mine = [r for r in every if r["run_id"] != meta["run_id"] and r["config"].get("benchmark") == bid
                 and r["config"].get("workload") in keys and r["config"].get("optimizer") in optimizers]
-        finished, seen = [], set()
+        finished, seen, duplicates = [], set(), 0
         for r in mine:
             if r["status"] not in FINISHED:
                 continue
@@ -132,11 +134,14 @@ def load(store_path, benchmark: str | None = None) -> Benchmark:
             if key not in seen:  # newest first: a trial run again keeps its newest finished run
                 seen.add(key)
                 finished.append(r)
+            else:
+                duplicates += 1
         rows = _epochs(store, [r["run_id"] for r in finished])
         runs = [_run(r, [e for e in rows[r["run_id"]] if not e.get("partial")], keys[r["config"]["workload"]])
                 for r in finished]
         unfinished = sum(r["status"] not in FINISHED for r in mine)
-        return Benchmark(bid, store.path, config, meta["status"], meta["summary"], runs, unfinished)
+        span = (max(r["updated"] for r in finished) - min(r["created"] for r in mine)) if finished else None
+        return Benchmark(bid, store.path, config, meta["status"], meta["summary"], runs, unfinished, duplicates, span)
     finally:
         store.close()
 

@@ -312,6 +312,27 @@ def _meta(cfg: BenchmarkConfig) -> dict:
             "machine": machine(cfg)}
 
 
+def check_buildable(cfg: BenchmarkConfig) -> None:
+    """Build every optimizer on every workload's model (at its defaults, and at its first Sobol
+    point): an optimizer that cannot train a workload (Muon on a model without 2-D weights, ...)
+    is a ``ValueError`` naming both, before anything is written. The caller's RNG is untouched."""
+    import torch
+
+    from optimlab.benchmark import space
+
+    with torch.random.fork_rng(devices=[]):
+        for name in cfg.workloads:
+            w = cfg.workload(name)
+            model = w.model()
+            for o in cfg.optimizers:
+                for point in (space.defaults(o), *tune_points(cfg, o)[:1]):
+                    try:
+                        space.build(o, point, model.parameters(), w.steps, one_shot=cfg.budget == "one-shot")
+                    except (ValueError, TypeError) as err:
+                        raise ValueError(f"optimizer {o!r} cannot train workload {name!r} "
+                                         f"(with {point}): {err}") from None
+
+
 def start(cfg: BenchmarkConfig) -> str:
     """Record the benchmark in the run store and create its tuning studies; returns its id."""
     from optimlab.store import RunStore
@@ -346,6 +367,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, quiet: bool = True) -> str:
     """Run every trial and confirm run left (``cfg.workers`` processes, each on its own cores);
     returns the benchmark id. Interrupted, the same call continues where it stopped."""
     started = time.perf_counter()
+    check_buildable(cfg)
     bid = start(cfg)
     cores, t = _cores(), cfg.threads_per_worker
     slots = [cores[i * t:(i + 1) * t] for i in range(cfg.workers)]

@@ -111,7 +111,11 @@ def space(name: str, ranges: dict[str, tuple[float, float]] | None = None) -> tu
     known = {p.name for p in params}
     for key in ranges:
         if key not in known:
-            raise ValueError(f"search space of {name}: no parameter {key!r} (it has {', '.join(sorted(known))})")
+            import difflib
+
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"search space of {name}: no parameter {key!r} (it has {', '.join(sorted(known))}){hint}")
     out = []
     for p in params:
         if p.name in ranges:
