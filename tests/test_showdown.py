@@ -252,9 +252,9 @@ def test_rows_beyond_the_lecture_build_the_report(tmp_path, monkeypatch):
                  "--quiet", "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     lecture, beyond = md.split("Beyond the lecture")
-    lion = [line.split("|")[1:-1] for line in lecture.splitlines() if line.startswith("| lion ")]
+    lion = [line.split("|")[1:-1] for line in lecture.splitlines() if line.startswith("| Lion ")]
     assert len(lion) == 1 and [lion[0][i].strip() for i in (1, 3, 5, 13)] == ["—"] * 4  # no lecture numbers
-    lion = [line.split("|")[1:-1] for line in beyond.splitlines() if line.startswith("| lion ")]
+    lion = [line.split("|")[1:-1] for line in beyond.splitlines() if line.startswith("| Lion ")]
     assert len(lion) == 1 and lion[0][1].strip() == "Lion + warm-up + cosine"  # lion's own recipe
 
     # a BEYOND entry for a row the lecture does not have, and a row with no known recipe
@@ -269,8 +269,8 @@ def test_rows_beyond_the_lecture_build_the_report(tmp_path, monkeypatch):
                            quiet=True)
     assert set(results["beyond"]) == {"adafactor"}
     _, rows = beyond_table(results["lecture"], results["beyond"])
-    assert [row[:2] for row in rows] == [["adafactor", "Adafactor, lr 1e-2"]]
-    assert "No known recipe for lion" in " ".join(beyond_notes(results["lecture"], results["beyond"]))
+    assert [row[:2] for row in rows] == [["Adafactor", "Adafactor, lr 1e-2"]]
+    assert "No known recipe for Lion" in " ".join(beyond_notes(results["lecture"], results["beyond"]))
 
 
 def test_every_registered_optimizer_is_a_row_that_builds(tmp_path):

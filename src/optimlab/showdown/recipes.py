@@ -129,6 +129,14 @@ class Recipe:
         return self.spec() + (f" — {self.describe}" if self.describe else "")
 
 
+def class_label(key: str) -> str:
+    """A row outside the lecture's six is named after its class (``lion`` -> ``Lion``)."""
+    try:
+        return oo.get(key).__name__
+    except ValueError:
+        return key
+
+
 def lecture_recipe(key: str, convention: str = "keras") -> Recipe:
     """The lecture's row ``key`` at the library defaults of ``convention`` ("keras" as the lecture).
 
@@ -136,7 +144,7 @@ def lecture_recipe(key: str, convention: str = "keras") -> Recipe:
     them builds on the lecture's CNN (the rows whose optimizer needs more than the defaults
     say so below).
     """
-    label = LECTURE[key][0] if key in LECTURE else key
+    label = LECTURE[key][0] if key in LECTURE else class_label(key)
     if key == "momentum":
         return Recipe(key, label, "sgd", convention, {"momentum": 0.9})
     if key == "nag" and convention == "keras":  # Keras's NAG: its SGD with nesterov=True

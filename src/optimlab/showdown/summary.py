@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from optimlab.report import Report
-from optimlab.showdown.recipes import LECTURE, PLACEHOLDERS
+from optimlab.showdown.recipes import LECTURE, class_label, PLACEHOLDERS
 
 THRESHOLDS = (0.98, 0.99)
 
@@ -106,7 +106,7 @@ def _row_label(key: str, lecture: dict) -> str:
     """A row's name in the lecture table: its label there, the lecture's, or its key."""
     if lecture.get(key):
         return lecture[key][0]["label"]
-    return LECTURE[key][0] if key in LECTURE else key
+    return LECTURE[key][0] if key in LECTURE else class_label(key)
 
 
 def beyond_table(lecture: dict, beyond: dict) -> tuple[list[str], list[list[str]]]:

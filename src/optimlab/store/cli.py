@@ -107,13 +107,22 @@ def _merge(args) -> int:
     return 0
 
 
+def _lr(config: dict):
+    """The run's learning rate: what a sweep or benchmark trial was given (a warm-up starts the
+    optimizer's own ``lr`` at 0), else the optimizer's at the start."""
+    for source in (config.get("params") or {}, config):
+        if isinstance(source.get("lr"), (int, float)):
+            return source["lr"]
+    return (config.get("hyper") or {}).get("lr")
+
+
 def _list(store: RunStore, args) -> int:
     runs = store.runs(status=args.status, limit=args.limit)
     rows = []
     for r in runs:
         c, s = r["config"], r["summary"]
         rows.append([r["run_id"], _when(r["created"]), r["name"] or "-", r["status"], str(r["epochs"]),
-                     c.get("model", "-"), c.get("optimizer", "-"), _num((c.get("hyper") or {}).get("lr"), "g"),
+                     c.get("model", "-"), c.get("optimizer", "-"), _num(_lr(c), "g"),
                      _num(s.get("train_loss")), _num(s.get("val_loss")), _num(s.get("val_acc")),
                      str(len(r["diagnoses"]))])
     print(_table(["run", "created", "name", "status", "epochs", "model", "optimizer", "lr", "train_loss",
