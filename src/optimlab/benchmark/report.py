@@ -137,7 +137,10 @@ def _what_was_run(r: Report, bm: Benchmark) -> str:
         hosts[x.host or "?"] = hosts.get(x.host or "?", 0) + 1
     facts = [
         ("Benchmark", bm.bid), ("Run store", str(bm.store)), ("Preset", _text(c.get("preset"))),
-        ("Budget", _text(c.get("budget"))), ("Trials per optimizer and workload", str(T)),
+        ("Budget", _text(c.get("budget"))),
+        ("Share of each workload's declared step budget run", _text(c.get("fraction"))
+         + " (the workloads table below gives the steps run)"),
+        ("Trials per optimizer and workload", str(T)),
         ("Seeds of the selected setting", ", ".join(map(str, bm.seeds)) or "—"),
         ("Sampler", _text(c.get("sampler"))), ("Learning-rate schedule (tuned trials)", _text(c.get("schedule"))),
         ("CPU", f"{_text(m.get('cpu'))} ({_text(m.get('cores'))} cores) on {_text(m.get('host'))}"),
