@@ -23,7 +23,7 @@ from optimlab import optim
 from optimlab.benchmark import nets
 from optimlab.benchmark import workloads as W
 from optimlab.train import _data, checkpoint, fit
-from tests.train_synth import blobs, isolated, same_weights  # noqa: F401 (isolated: autouse fixture)
+from tests.train_synth import StopAt, blobs, isolated, same_weights  # noqa: F401 (isolated: autouse fixture)
 
 BUILT_INS = ["mnist_cnn", "mnist_logreg", "fmnist_mlp", "fmnist_2c2d", "mnist_vae", "quadratic_deep"]
 VOLATILE = {"time_s", "samples_per_s", "val_time_s"}
@@ -282,15 +282,6 @@ def test_step_batches_refuse_bad_arguments(kwargs, match):
     args = {"train": (torch.zeros(10, 2), torch.zeros(10)), "batch_size": 4, "chunk": 3, **kwargs}
     with pytest.raises(ValueError, match=match):
         W.StepBatches(args["train"], args["batch_size"], args["chunk"])
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer):
-        if trainer.step == self.step:
-            trainer.stop_training = True
 
 
 def _resume_run(**kwargs):

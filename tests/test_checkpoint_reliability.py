@@ -19,7 +19,7 @@ from torch import nn
 from optimlab import optim
 from optimlab import schedules as S
 from optimlab.train import CheckpointError, checkpoint, fit
-from tests.train_synth import blobs, isolated, mlp, same_weights  # noqa: F401 (isolated: autouse fixture)
+from tests.train_synth import StopAt, blobs, isolated, mlp, same_weights  # noqa: F401 (isolated: autouse fixture)
 
 DATA = blobs()[0]  # 512 samples: 16 steps per epoch of 32
 
@@ -257,15 +257,6 @@ def test_changed_schedule_is_refused_and_a_failed_override_changes_nothing(tmp_p
     assert [d.split(":")[0] for d in err.differences] == ["schedule"]
     # the checkpoint is 16 steps into its schedule: a 10-step one cannot take that position
     refused(path, model, opt, "could not be loaded", schedule=S.OneCycle(0.1, 10), resume="override")
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer):
-        if trainer.step == self.step:
-            trainer.stop_training = True
 
 
 def test_a_schedule_moving_the_learning_rate_is_not_a_change(tmp_path):

@@ -14,6 +14,7 @@ from torch.func import functional_call
 from optimlab.train import fit
 from optimlab.train.sharpness import (SharpnessTracker, plot_sharpness, sharpness_figure, sharpness_series,
                                       top_eigenvalue)
+from tests.train_synth import StopAt
 
 
 def _quadratic(eigenvalues, seed=0):
@@ -277,15 +278,6 @@ def test_runs_show_draws_the_stored_sharpness_against_two_over_lr(tmp_path, caps
     assert "no sharpness measurements" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
 
 
-class _StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer):
-        if trainer.step == self.step:
-            trainer.stop_training = True
-
-
 def test_a_mid_epoch_resume_keeps_the_measurements_before_the_checkpoint(tmp_path):
     tracker = lambda: SharpnessTracker(3, iters=3000, tol=1e-7)  # noqa: E731
     x, y = _data()
@@ -293,7 +285,7 @@ def test_a_mid_epoch_resume_keeps_the_measurements_before_the_checkpoint(tmp_pat
     run = lambda **kw: _run(tracker(), model=_noisy_model().double(), data=data, epochs=2,  # noqa: E731
                             checkpoint_every=4, **kw)
     whole_model, whole = run(checkpoint=tmp_path / "a.pt")
-    run(checkpoint=tmp_path / "b.pt", callbacks=[_StopAt(18)])
+    run(checkpoint=tmp_path / "b.pt", callbacks=[StopAt(18)])
     model, resumed = run(checkpoint=tmp_path / "b.pt", resume=True)
     assert resumed.config["resumed_from_step"] == 16  # mid-epoch 2: steps 15 was measured before it
     got = [(r["step"], r["sharpness"]) for r in resumed.steps if "sharpness" in r]

@@ -61,16 +61,19 @@ def test_runs_every_row_and_seed_and_writes_the_report(tmp_path):
         assert (tmp_path / "sd" / f"{chart}.png").stat().st_size > 1000 and f"({chart}.png)" in md
 
 
+class InterruptAt:
+    """A fit callback that raises KeyboardInterrupt at its ``step``-th step (Ctrl-C mid-run)."""
+
+    def __init__(self, step):
+        self.step, self.calls = step, 0
+
+    def on_step_end(self, trainer):
+        self.calls += 1
+        if self.calls == self.step:
+            raise KeyboardInterrupt
+
+
 def test_interrupted_showdown_resumes_and_skips_finished_runs(tmp_path, monkeypatch):
-    class InterruptAt:
-        def __init__(self, step):
-            self.step, self.calls = step, 0
-
-        def on_step_end(self, trainer):
-            self.calls += 1
-            if self.calls == self.step:
-                raise KeyboardInterrupt
-
     cfg = config(tmp_path)
     # adam runs 16 steps (2 epochs x 8 batches); interrupt sgd in its second epoch
     with pytest.raises(KeyboardInterrupt):
@@ -221,15 +224,6 @@ def test_an_edited_recipe_does_not_resume_the_old_recipes_checkpoint(tmp_path, m
     from dataclasses import replace
 
     from optimlab.showdown import runner
-
-    class InterruptAt:
-        def __init__(self, step):
-            self.step, self.calls = step, 0
-
-        def on_step_end(self, trainer):
-            self.calls += 1
-            if self.calls == self.step:
-                raise KeyboardInterrupt
 
     cfg = config(tmp_path, optimizers=("sgd",))
     with pytest.raises(KeyboardInterrupt):  # sgd stops in its second epoch, a checkpoint on disk

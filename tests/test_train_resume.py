@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from optimlab.store import RunStore
 from optimlab.train import checkpoint, fit
 from tests import train_resume_child as child
-from tests.train_synth import blobs, isolated, same_weights  # noqa: F401 (isolated: autouse fixture)
+from tests.train_synth import StopAt, blobs, isolated, same_weights  # noqa: F401 (isolated: autouse fixture)
 
 VOLATILE = {"time_s", "samples_per_s", "val_time_s"}
 
@@ -77,15 +77,6 @@ def test_checkpoint_holds_everything_needed(tmp_path):
 
 
 # ------------------------------------------------------------- exact resume
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer):
-        if trainer.step == self.step:
-            trainer.stop_training = True
-
-
 @pytest.mark.parametrize("loader", [False, True], ids=["tensors", "dataloader"])
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, loader):
     data = DataLoader(TensorDataset(*blobs()[0]), batch_size=32, shuffle=True) if loader else None

@@ -46,3 +46,15 @@ def mlp(dim: int = 20, hidden: int = 32, classes: int = 3, seed: int = 0, depth:
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+class StopAt:
+    """A fit callback that stops training after optimizer step ``step`` (an interruption that a
+    checkpoint resumes from)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, trainer):
+        if trainer.step == self.step:
+            trainer.stop_training = True
