@@ -27,7 +27,8 @@ BAD_HYPER = [
     ("adadelta", dict(rho=1.5), "rho"), ("adagrad", dict(lr_decay=-1), "lr_decay"),
     ("adagrad", dict(initial_accumulator_value=-0.1), "initial_accumulator_value"),
     ("nadam", dict(momentum_decay=-1), "momentum_decay"), ("adamax", dict(betas=(0.9, 1.2)), "betas[1]"),
-    ("adam", dict(differentiable=True), "differentiable"), ("rmsprop", dict(capturable=True), "capturable"),
+    ("adam", dict(differentiable="yes"), "differentiable"), ("adam", dict(differentiable=True, fused=True), "differentiable"),
+    ("rmsprop", dict(capturable=True), "capturable"),
     ("adam", dict(skip_nonfinite="no"), "skip_nonfinite"),
 ]
 

@@ -128,8 +128,18 @@ class Optimizer(torch.optim.Optimizer):
     _common_checks: ClassVar[dict[str, Callable[[str, Any], None]]] = {
         "lr": check.non_negative, "weight_decay": check.non_negative, "maximize": check.boolean,
         "foreach": check.optional_boolean, "fused": check.optional_boolean,
-        "differentiable": check.must_be_false, "capturable": check.must_be_false,
+        "differentiable": check.boolean, "capturable": check.must_be_false,
     }
+    #: The readable rule: ``rule(param, grad, state, group)`` updates one tensor ``param`` and
+    #: its ``state`` (this optimizer's state dict for it, as :meth:`_init_state` made it, the
+    #: step counter included, or empty where ``lazy_state``) in place from ``grad`` with the
+    #: hyperparameters of ``group``: plain per-tensor torch code following the paper, the update
+    #: the docs show. It is the maths written once: every implementation (foreach, the
+    #: single-pass kernels, the single-tensor path) is tested against it in float64
+    #: (tests/test_optim_conformance.py), and ``differentiable=True`` runs it under autograd.
+    #: Complex tensors reach it as real views (``torch.view_as_real``); group-level counters
+    #: (Schedule-Free's) are advanced before it runs. A staticmethod; None for wrappers.
+    rule: ClassVar[Callable[[Tensor, Tensor, dict, dict], None] | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -218,10 +228,20 @@ class Optimizer(torch.optim.Optimizer):
     def _check_implementation(self, group: dict[str, Any]) -> None:
         """Settings torch.optim refuses together (UnsupportedSettingError: a ValueError, and the
         RuntimeError or ValueError torch raises): ``fused=True`` with ``foreach=True``, and
-        tensors where ``foreach=True`` needs numbers (``foreach_scalar_only``)."""
+        tensors where ``foreach=True`` needs numbers (``foreach_scalar_only``);
+        ``differentiable=True`` with ``fused=True`` or ``foreach=True`` (it runs the readable
+        rule, one tensor at a time, as torch's single-tensor path)."""
         if group.get("fused") is True and group.get("foreach") is True:
             raise check.UnsupportedSettingError("fused=True and foreach=True cannot be set together: "
                                                 "fused runs one kernel per step, foreach the multi-tensor ops")
+        if group.get("differentiable") is True:
+            if self.rule is None:
+                raise check.UnsupportedSettingError(f"differentiable=True is not supported by {type(self).__name__}")
+            for key in ("fused", "foreach"):
+                if group.get(key) is True:
+                    raise check.UnsupportedSettingError(
+                        f"`{key}` does not support `differentiable`: differentiable=True runs the readable rule "
+                        f"one tensor at a time (as torch); leave {key} unset")
         if group.get("foreach") is True:
             for key in self.foreach_scalar_only:
                 values = group.get(key)
@@ -460,6 +480,9 @@ class Optimizer(torch.optim.Optimizer):
         return states
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        if group.get("differentiable") or self._by_rule:
+            self._step_by_rule(group, params, grads)
+            return
         states = self._states(group, params)
         dense_one_dtype = not any(map(_is_sparse, grads)) and len(set(map(_dtype_of, params))) == 1
         on_cpu = all(map(_is_cpu, params))
@@ -476,6 +499,28 @@ class Optimizer(torch.optim.Optimizer):
                     self._run_update(group, [p], [p.grad], [s], "single-tensor")
             else:
                 self._update_in_chunks(group, ps, [grads[i] for i in indices], ss)
+
+    #: Run every group's step through :attr:`rule` (what ``differentiable=True`` does; the
+    #: conformance tests set it to run the readable rule inside the real optimizer).
+    _by_rule: bool = False
+
+    def _step_by_rule(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        """The readable rule, one tensor at a time: under autograd where ``group`` is
+        ``differentiable`` (as torch's single-tensor path then runs), and without it otherwise."""
+        rule = type(self).rule
+        if rule is None:
+            raise check.UnsupportedSettingError(f"{type(self).__name__} has no readable rule")
+        if not self._amp_unscale(grads):
+            return
+        with torch.set_grad_enabled(bool(group.get("differentiable"))):
+            for p, g, state in zip(params, grads, self._states(group, params)):
+                if p.is_complex():
+                    _rule_on_real_views(rule, p, g, state, group)
+                else:
+                    rule(p, g, state, group)
+        self._amp_rewind([s["step"] for s in map(self.state.get, params)
+                          if s and isinstance(s.get("step"), Tensor)])
+        self._ran.add("rule")
 
     def _run_update(self, group, params, grads, states, path: str = "foreach") -> None:
         """``_update``, noting which path it took (see :meth:`path_for`)."""
@@ -709,6 +754,20 @@ class Optimizer(torch.optim.Optimizer):
                                                             if expected != param.shape else ""))
             if (param.is_complex() or value.is_complex()) and value.dtype != param.dtype:
                 raise ValueError(f"{where} has dtype {value.dtype} but the parameter has dtype {param.dtype}")
+
+
+def _rule_on_real_views(rule: Callable, param: Tensor, grad: Tensor, state: dict[str, Any],
+                        group: dict[str, Any]) -> None:
+    """A complex tensor through a rule for real ones: its real and imaginary parts as
+    independent elements (torch's convention); what the rule creates is kept complex."""
+    real_param = torch.view_as_real(param)
+    real = {k: torch.view_as_real(v) if isinstance(v, Tensor) and v.is_complex() else v for k, v in state.items()}
+    rule(real_param, torch.view_as_real(grad), real, group)
+    for k, v in real.items():
+        if isinstance(v, Tensor) and v.shape == real_param.shape and not (k in state and state[k].is_complex()):
+            state[k] = torch.view_as_complex(v)  # created by the rule (e.g. SGD's momentum buffer)
+        elif not isinstance(state.get(k), Tensor) or not isinstance(v, Tensor):
+            state[k] = v  # numbers the rule keeps
 
 
 def _all_finite(grads: list[Tensor]) -> bool:

@@ -19,6 +19,72 @@ def _zeros(param: Tensor) -> Tensor:
     return torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
+def _adam_grad(param: Tensor, grad: Tensor, group: dict[str, Any]) -> Tensor:
+    """The gradient Adam's family sees: ``g = −∇`` if maximize; then L2 decay ``g ← g + λθ``,
+    or, decoupled (AdamW), ``θ ← θ(1 − γλ)`` before the moments."""
+    g = -grad if group["maximize"] else grad
+    wd = group["weight_decay"]
+    if wd != 0:
+        if group.get("decoupled_weight_decay", False):
+            param.mul_(1 - group["lr"] * wd)                   # θ ← θ(1 − γλ)
+        else:
+            g = g + wd * param                                 # g ← g + λθ
+    return g
+
+
+def adam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One Adam step on one tensor (Kingma & Ba 2015, Algorithm 1; AMSGrad: Reddi et al.
+    2018; AdamW: Loshchilov & Hutter 2019; ``torch.optim.Adam``/``AdamW``)."""
+    state["step"] += 1
+    t = state["step"].item()
+    g = _adam_grad(param, grad, group)
+    beta1, beta2 = group["betas"]
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m.mul_(beta1).add_((1 - beta1) * g)                        # m ← β1·m + (1 − β1)·g
+    v.mul_(beta2).add_((1 - beta2) * g * g)                    # v ← β2·v + (1 − β2)·g²
+    if group["amsgrad"]:
+        v_max = state.setdefault("max_exp_avg_sq", torch.zeros_like(param))
+        v_max.copy_(torch.maximum(v_max.clone(), v))           # v_max ← max(v_max, v) (a copy: autograd)
+        v = v_max
+    m_hat = m / (1 - beta1**t)                                 # m̂ = m / (1 − β1ᵗ)
+    v_hat = v / (1 - beta2**t)                                 # v̂ = v / (1 − β2ᵗ)
+    param.sub_(group["lr"] * m_hat / (v_hat.sqrt() + group["eps"]))  # θ ← θ − γ·m̂/(√v̂ + ε)
+
+
+def adamax_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One Adamax step on one tensor (Kingma & Ba 2015, Algorithm 2; ``torch.optim.Adamax``,
+    which adds ε inside the max)."""
+    state["step"] += 1
+    t = state["step"].item()
+    g = _adam_grad(param, grad, group)
+    beta1, beta2 = group["betas"]
+    m, u = state["exp_avg"], state["exp_inf"]
+    m.mul_(beta1).add_((1 - beta1) * g)                        # m ← β1·m + (1 − β1)·g
+    u.copy_(torch.maximum(beta2 * u, g.abs() + group["eps"]))  # u ← max(β2·u, |g| + ε)
+    param.sub_(group["lr"] / (1 - beta1**t) * m / u)           # θ ← θ − γ/(1 − β1ᵗ)·m/u
+
+
+def nadam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One NAdam step on one tensor (Dozat 2016, with the momentum schedule
+    μ_t = β1(1 − ½·0.96^{tψ}); ``torch.optim.NAdam``)."""
+    state["step"] += 1
+    t = state["step"].item()
+    g = _adam_grad(param, grad, group)
+    beta1, beta2 = group["betas"]
+    psi = group["momentum_decay"]
+    mu = beta1 * (1 - 0.5 * 0.96 ** (t * psi))                 # μ_t
+    mu_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))      # μ_{t+1}
+    state["mu_product"].mul_(mu)                               # Π_{s≤t} μ_s, a tensor as torch keeps it
+    prod = state["mu_product"].item()
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m.mul_(beta1).add_((1 - beta1) * g)                        # m ← β1·m + (1 − β1)·g
+    v.mul_(beta2).add_((1 - beta2) * g * g)                    # v ← β2·v + (1 − β2)·g²
+    den = (v / (1 - beta2**t)).sqrt() + group["eps"]           # √v̂ + ε
+    lr = group["lr"]
+    param.sub_(lr * (1 - mu) / (1 - prod) * g / den)           # θ ← θ − γ(1 − μ_t)/(1 − Πμ)·g/den
+    param.sub_(lr * mu_next / (1 - prod * mu_next) * m / den)  #     − γμ_{t+1}/(1 − Πμ·μ_{t+1})·m/den
+
+
 class Adam(Optimizer):
     r"""Adam (Kingma & Ba 2015), a twin of ``torch.optim.Adam``.
 
@@ -34,6 +100,7 @@ class Adam(Optimizer):
     """
 
     registry_name = "adam"  # registered by this (see _registry)
+    rule = staticmethod(adam_rule)
 
     hyper_checks = {"betas": check.betas, "eps": check.positive, "amsgrad": check.boolean,
                     "decoupled_weight_decay": check.boolean}
@@ -145,6 +212,7 @@ class Adamax(Optimizer):
     """
 
     registry_name = "adamax"  # registered by this (see _registry)
+    rule = staticmethod(adamax_rule)
 
     hyper_checks = {"betas": check.betas, "eps": check.positive}
     state_keys = frozenset({"step", "exp_avg", "exp_inf"})
@@ -200,6 +268,7 @@ class NAdam(Optimizer):
     """
 
     registry_name = "nadam"  # registered by this (see _registry)
+    rule = staticmethod(nadam_rule)
 
     hyper_checks = {"betas": check.betas, "eps": check.positive, "momentum_decay": check.non_negative,
                     "decoupled_weight_decay": check.boolean}

@@ -15,6 +15,58 @@ from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
 
 
+def _effective_grad(param: Tensor, grad: Tensor, group: dict[str, Any]) -> Tensor:
+    """``g = (−∇ if maximize else ∇) + λθ``: the gradient the torch-convention rules see."""
+    g = -grad if group["maximize"] else grad
+    return g + group["weight_decay"] * param if group["weight_decay"] != 0 else g
+
+
+def adagrad_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One AdaGrad step on one tensor (Duchi et al. 2011; ``torch.optim.Adagrad``)."""
+    state["step"] += 1
+    t = state["step"].item()
+    g = _effective_grad(param, grad, group)
+    lr_t = group["lr"] / (1 + (t - 1) * group["lr_decay"])    # γ_t = γ / (1 + (t − 1)·decay)
+    s = state["sum"]
+    s.add_(g * g)                                              # s ← s + g²
+    param.sub_(lr_t * g / (s.sqrt() + group["eps"]))           # θ ← θ − γ_t·g / (√s + ε)
+
+
+def rmsprop_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One RMSprop step on one tensor (Hinton's lecture 6e, 2012; centred: Graves 2013;
+    ``torch.optim.RMSprop``)."""
+    state["step"] += 1
+    g = _effective_grad(param, grad, group)
+    alpha, eps = group["alpha"], group["eps"]
+    v = state["square_avg"]
+    v.mul_(alpha).add_((1 - alpha) * g * g)                    # v ← αv + (1 − α)g²
+    if group["centered"]:
+        g_avg = state.setdefault("grad_avg", torch.zeros_like(param))
+        g_avg.mul_(alpha).add_((1 - alpha) * g)                # ḡ ← αḡ + (1 − α)g
+        rms = (v - g_avg * g_avg).sqrt() + eps                 # √(v − ḡ²) + ε
+    else:
+        rms = v.sqrt() + eps                                   # √v + ε
+    if group["momentum"] > 0:
+        b = state.setdefault("momentum_buffer", torch.zeros_like(param))
+        b.mul_(group["momentum"]).add_(g / rms)                # b ← μb + g/rms
+        param.sub_(group["lr"] * b)                            # θ ← θ − γb
+    else:
+        param.sub_(group["lr"] * g / rms)                      # θ ← θ − γ·g/rms
+
+
+def adadelta_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One Adadelta step on one tensor (Zeiler 2012, Algorithm 1; ``torch.optim.Adadelta``,
+    whose ``lr`` scales the step, 1.0 in the paper)."""
+    state["step"] += 1
+    g = _effective_grad(param, grad, group)
+    rho, eps = group["rho"], group["eps"]
+    v, u = state["square_avg"], state["acc_delta"]
+    v.mul_(rho).add_((1 - rho) * g * g)                        # E[g²] ← ρE[g²] + (1 − ρ)g²
+    delta = (u + eps).sqrt() / (v + eps).sqrt() * g            # Δ = RMS[Δ]_{t−1} / RMS[g]_t · g
+    u.mul_(rho).add_((1 - rho) * delta * delta)                # E[Δ²] ← ρE[Δ²] + (1 − ρ)Δ²
+    param.sub_(group["lr"] * delta)                            # θ ← θ − γΔ
+
+
 class Adagrad(Optimizer):
     r"""AdaGrad (Duchi et al. 2011), a twin of ``torch.optim.Adagrad``.
 
@@ -30,6 +82,7 @@ class Adagrad(Optimizer):
     """
 
     registry_name = "adagrad"  # registered by this (see _registry)
+    rule = staticmethod(adagrad_rule)
 
     hyper_checks = {"lr_decay": check.non_negative, "initial_accumulator_value": check.non_negative,
                     "eps": check.positive}
@@ -115,6 +168,7 @@ class RMSprop(Optimizer):
     """
 
     registry_name = "rmsprop"  # registered by this (see _registry)
+    rule = staticmethod(rmsprop_rule)
 
     hyper_checks = {"alpha": check.unit_interval, "eps": check.positive, "momentum": check.non_negative,
                     "centered": check.boolean}
@@ -193,6 +247,7 @@ class Adadelta(Optimizer):
     """
 
     registry_name = "adadelta"  # registered by this (see _registry)
+    rule = staticmethod(adadelta_rule)
 
     hyper_checks = {"rho": check.closed_unit_interval, "eps": check.positive}
     state_keys = frozenset({"step", "square_avg", "acc_delta"})

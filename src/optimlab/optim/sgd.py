@@ -13,6 +13,24 @@ from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
 
 
+def sgd_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One step of SGD on one tensor, torch's convention (``torch.optim.SGD``): plain
+    (Robbins & Monro 1951), with heavy-ball momentum (Polyak 1964) or in the Nesterov form
+    of Sutskever et al. 2013. State: ``momentum_buffer``, made from the first gradient."""
+    g = -grad if group["maximize"] else grad
+    if group["weight_decay"] != 0:
+        g = g + group["weight_decay"] * param              # L2: g ← g + λθ
+    mu = group["momentum"]
+    if mu != 0:
+        b = state.get("momentum_buffer")
+        if b is None:                                      # b₁ = g₁ (undamped, as torch)
+            b = state["momentum_buffer"] = torch.clone(g).detach()
+        else:
+            b.mul_(mu).add_((1 - group["dampening"]) * g)  # b ← μb + (1 − τ)g
+        g = g + mu * b if group["nesterov"] else b         # d = g + μb (Nesterov) or b
+    param.sub_(group["lr"] * g)                            # θ ← θ − γd
+
+
 class SGD(Optimizer):
     r"""Stochastic gradient descent, torch's convention (a twin of ``torch.optim.SGD``).
 
@@ -30,6 +48,7 @@ class SGD(Optimizer):
     """
 
     registry_name = "sgd"  # registered by this (see _registry)
+    rule = staticmethod(sgd_rule)
 
     hyper_checks = {"momentum": check.non_negative, "dampening": check.non_negative,
                     "nesterov": check.boolean}
