@@ -6,8 +6,9 @@ an optimizer is adding its row (docs/contributing.md).
 
 Oracles: torch.optim (RAdam, Adafactor, Muon), lion-pytorch (Lion), the schedulefree
 package's fast and reference classes (Schedule-Free), pytorch-optimizer (ADOPT), the papers'
-algorithms in tests/reference/modern.py (LAMB, LARS, Lookahead), themselves cross-checked
-against pytorch-optimizer. Every run: 120 steps, scalars to 4-D tensors, two param groups, weight
+algorithms (LAMB, LARS: their modules' readable rules, cross-checked against pytorch-optimizer
+through the package's documented departures in tests/reference/modern.py; Lookahead: the
+paper's loop there). Every run: 120 steps, scalars to 4-D tensors, two param groups, weight
 decay on and off, the learning rate cut mid-run, zero and None gradients, float32 and float64.
 """
 
@@ -106,6 +107,20 @@ def _adopt(params, hyper):
     return pytorch_optimizer.ADOPT(params, **kw)
 
 
+def class_rule(cls):
+    """``cls.rule`` (the module's readable rule) as a reference rule ``(theta, g, state, h)``:
+    its group is the class's defaults updated with ``h``, its state starts as the class's."""
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    def rule(theta, g, state, h):
+        group = {**defaults, **h}
+        if not state:
+            state.update(cls([torch.zeros(1, dtype=theta.dtype)], lr=h["lr"])._init_state(theta, group))
+        cls.rule(theta, g, state, group)
+    return rule
+
+
 def _adopt_rule(param, grad, state, h):
     from optimlab.optim.adopt import adopt_rule
 
@@ -126,7 +141,8 @@ class Row:
     oracle: "torch" (``oracles[0]`` is torch.optim's class, same keywords), "package" (factories
     ``(params, hyper) -> optimizer`` of independent packages, fed negated gradients for
     ``maximize``), "paper" (``oracles[0]`` a per-tensor reference rule from tests/reference),
-    or None (tested by hand further down)."""
+    or None (tested by hand further down). The papers' algorithms are the modules' readable
+    rules (``class_rule``), cross-checked against a package further down."""
 
     name: str                                   # its registry name
     cls: type
@@ -191,13 +207,13 @@ ROWS = [
     ], state_keys=["z"], group_keys=("k", "weight_sum", "lr_max", "scheduled_lr"),
         make=lambda ps: oo.ScheduleFreeSGD(ps, lr=0.1), complex_rejected=True,
         bad=[(dict(momentum=1.0), "momentum"), (dict(r=-1), "r")]),
-    Row("lamb", oo.LAMB, "paper", [ref.lamb], [
+    Row("lamb", oo.LAMB, "paper", [class_rule(oo.LAMB)], [
         dict(lr=0.01),
         dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-8, maximize=True),
         dict(lr=0.01, weight_decay=0.01, bias_correction=False),
     ], make=lambda ps: oo.LAMB(ps, lr=0.01, weight_decay=0.01), complex_rejected=True,
         bad=[(dict(eps=0.0), "eps"), (dict(bias_correction="yes"), "bias_correction")]),
-    Row("lars", oo.LARS, "paper", [ref.lars], [
+    Row("lars", oo.LARS, "paper", [class_rule(oo.LARS)], [
         dict(lr=1.0),
         dict(lr=2.0, weight_decay=1e-2, momentum=0.8, trust_coefficient=0.01, maximize=True),
         dict(lr=1.0, weight_decay=1e-3, exclude_1d=True),
@@ -214,7 +230,10 @@ ROWS = [
              (dict(weight_decay=-0.1), "weight_decay"), (dict(clip_exponent=-1.0), "clip_exponent")]),
     # no oracle row: checked by hand below (Lookahead against the paper's loop; Muon + AdamW against torch's pair)
     Row("lookahead", oo.Lookahead, make=lambda ps: oo.Lookahead(oo.RAdam(ps, lr=0.01), k=3)),
-    Row("muon_adamw", oo.MuonWithAuxAdamW, make=lambda ps: oo.MuonWithAuxAdamW(ps, lr=0.02), documented=False),
+    Row("muon_adamw", oo.MuonWithAuxAdamW, None, [], [  # its oracle: Muon + AdamW, tested by hand below
+        dict(lr=0.02),
+        dict(lr=0.02, nesterov=False, weight_decay=0.05, adamw_lr=3e-3, adamw_betas=(0.8, 0.99), amsgrad=True),
+    ], shapes=[(4, 3), (5,), (3, 3), (2,)], make=lambda ps: oo.MuonWithAuxAdamW(ps, lr=0.02), documented=False),
 ]
 BY_NAME = {row.name: row for row in ROWS}
 # registered elsewhere-tested names: torch/Keras twins (tests/optim_cases.py) and SAM (tests/test_sam.py)
@@ -338,8 +357,7 @@ def test_class_is_its_readable_rule_bit_for_bit(name):
             ps = row.params(torch.float64)
             run(row.cls(two_groups(ps, hyper), **hyper, **impl), ps, grads, lr_change_at=20)
             theta = [p.detach().clone() for p in row.params(torch.float64)]
-            run_reference(lambda p, g, st, h, variant: row.rule(p, g, st, h), theta, grads,
-                          group_hypers(hyper), lr_change_at=20)
+            run_reference(row.rule, theta, grads, group_hypers(hyper), lr_change_at=20)
             assert_params_close(ps, theta, dict(rtol=0, atol=0))
 
 
@@ -400,7 +418,7 @@ PAPER_PARAMS = variant_ids("paper")
 PAPER_TOL = {torch.float64: dict(rtol=1e-11, atol=1e-13), torch.float32: dict(rtol=2e-5, atol=2e-6)}
 
 
-def run_reference(rule, params, grads_seq, groups_hyper, variant="paper", lr_change_at=STEPS // 2):
+def run_reference(rule, params, grads_seq, groups_hyper, lr_change_at=STEPS // 2):
     """The reference rule on each tensor; group ``i`` of ``groups_hyper`` holds tensors ``ids``."""
     states = [{} for _ in params]
     hypers = [dict(h) for _, h in groups_hyper]
@@ -413,7 +431,7 @@ def run_reference(rule, params, grads_seq, groups_hyper, variant="paper", lr_cha
             for i in ids:
                 if grads[i] is not None:
                     with torch.no_grad():
-                        rule(params[i], grads[i], states[i], h, variant=variant)
+                        rule(params[i], grads[i], states[i], h)
     return states
 
 
@@ -442,15 +460,17 @@ def test_matches_the_papers_algorithm(name, variant, dtype):
 
 @pytest.mark.parametrize("hyper", [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99))])
 def test_lamb_reference_cross_checked_with_pytorch_optimizer(hyper):
+    """pytorch-optimizer's Lamb is the paper's algorithm (``LAMB.rule``) with the departures
+    ``ref.lamb_pytorch_optimizer`` transcribes, and they are real."""
     grads = gradient_sequence(STEPS, SHAPES, torch.float64)
     qs = make_params(torch.float64)
     theirs = pytorch_optimizer.Lamb(two_groups(qs, hyper), weight_decouple=False, **hyper)
     run(theirs, qs, grads)
     theta = [p.detach().clone() for p in make_params(torch.float64)]
-    run_reference(ref.lamb, theta, grads, group_hypers(hyper), variant="pytorch_optimizer")
+    run_reference(ref.lamb_pytorch_optimizer, theta, grads, group_hypers(hyper))
     assert_params_close(qs, theta, PAPER_TOL[torch.float64])
     paper = [p.detach().clone() for p in make_params(torch.float64)]
-    run_reference(ref.lamb, paper, grads, group_hypers(hyper))
+    run_reference(class_rule(oo.LAMB), paper, grads, group_hypers(hyper))
     assert (paper[2] - theta[2]).abs().max() > 1e-3  # the departures are real
 
 
@@ -460,7 +480,7 @@ def test_lars_reference_cross_checked_with_pytorch_optimizer(hyper):
     qs = make_params(torch.float64)
     run(pytorch_optimizer.LARS(two_groups(qs, hyper), **hyper), qs, grads)
     theta = [p.detach().clone() for p in make_params(torch.float64)]
-    run_reference(ref.lars, theta, grads, group_hypers(hyper), variant="pytorch_optimizer")
+    run_reference(ref.lars_pytorch_optimizer, theta, grads, group_hypers(hyper))
     assert_params_close(qs, theta, PAPER_TOL[torch.float64])
     # under a constant rate the package is the paper's rule with exclude_1d (b = v/γ)
     ps, qs = make_params(torch.float64), make_params(torch.float64)

@@ -238,22 +238,28 @@ def test_sparse_adagrad_and_sgd_match_torch(maximize):
 
 
 def test_momentum_conventions_agree_at_constant_lr_and_differ_after_a_change():
-    """The lectures' two momentum forms: ``v ← γv + η∇, w ← w − v`` and torch's ``b ← μb + g, w ← w − ηb``."""
-    from tests.reference.optimizers import keras_style_momentum
+    """The lectures' two momentum forms: ``v ← γv + η∇, w ← w − v`` and torch's ``b ← μb + g, w ← w − ηb``.
+
+    The first is Keras's SGD rule (its velocity is −v: ``v ← μ·v − η·g, w ← w + v``), run here
+    on its own; it holds η as Keras's float32 variable, so torch's side is given the same number."""
+    from optimlab.optim.keras import as_keras_lr
+    from optimlab.optim.keras.sgd import sgd_rule
 
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(5, generator=gen, dtype=torch.float64) for _ in range(40)]
+    lr0, lr1 = as_keras_lr(0.1), as_keras_lr(0.01)
 
     def run(change_at):
         w = torch.zeros(5, dtype=torch.float64, requires_grad=True)
-        opt = oo.Momentum([w], lr=0.1, momentum=0.9)
-        v_w, state, lr = torch.zeros(5, dtype=torch.float64), {}, 0.1
+        opt = oo.Momentum([w], lr=lr0, momentum=0.9)
+        v_w, lr = torch.zeros(5, dtype=torch.float64), lr0
+        state = {"momentum": torch.zeros(5, dtype=torch.float64)}
         for t, g in enumerate(grads):
             if t == change_at:
-                lr = opt.param_groups[0]["lr"] = 0.01
+                lr = opt.param_groups[0]["lr"] = lr1
             w.grad = g.clone()
             opt.step()
-            keras_style_momentum(v_w, g, state, {"lr": lr, "momentum": 0.9})
+            sgd_rule(v_w, g, state, {"lr": lr, "momentum": 0.9, "nesterov": False})
         return w.detach(), v_w
 
     torch_form, lecture_form = run(change_at=None)

@@ -6,10 +6,13 @@ from typing import Any
 
 from torch import Tensor
 
+from optimlab.optim._validation import UnsupportedSettingError
+
 
 class RealOnly:
     """Mixin for optimizers whose reference defines no complex update: complex tensors are
-    rejected when the group is added (a ``ValueError`` naming the tensor), not mid-training."""
+    rejected when the group is added (an ``UnsupportedSettingError`` naming the tensor: a
+    ``ValueError``, and the ``RuntimeError`` torch's Adafactor and Muon raise), not mid-training."""
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         raw = param_group.get("params") if isinstance(param_group, dict) else None
@@ -17,7 +20,7 @@ class RealOnly:
         for i, p in enumerate(tensors):
             p = p[1] if isinstance(p, tuple) else p
             if isinstance(p, Tensor) and p.is_complex():
-                raise ValueError(f"{type(self).__name__} does not support complex parameters: params[{i}] "
+                raise UnsupportedSettingError(f"{type(self).__name__} does not support complex parameters: params[{i}] "
                                  f"of param group {len(self.param_groups)} has dtype {p.dtype}")
         if isinstance(param_group, dict) and raw is not None and not isinstance(raw, Tensor):
             param_group = {**param_group, "params": tensors}  # a generator is consumed once, above

@@ -34,6 +34,37 @@ def _at_least_one(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
 
 
+def adafactor_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One Adafactor step on one tensor (Shazeer & Stern 2018, Algorithms 4 and 5, with
+    relative step and update clipping), in place, as ``torch.optim.Adafactor``."""
+    state["step"] += 1
+    t = state["step"].item()
+    lr, wd, d = float(group["lr"]), group["weight_decay"], group["d"]
+    eps1, eps2 = group["eps"]
+    if eps1 is None:
+        eps1 = torch.finfo(param.dtype).eps
+
+    def rms(x: Tensor) -> float:                               # RMS(x) = ‖x‖/√n
+        return x.norm().item() / x.numel() ** 0.5
+
+    g = -grad if group["maximize"] else grad
+    beta2_t = 1 - t ** group["beta2_decay"]                    # β̂2_t = 1 − t^τ
+    rho_t = min(lr, 1 / t**0.5)                                # ρ_t = min(γ, 1/√t)
+    alpha_t = max(eps2, rms(param)) * rho_t                    # α_t = max(ε2, RMS(θ_{t−1}))·ρ_t
+    if wd != 0:
+        param.mul_(1 - lr * wd)                                # θ ← θ(1 − γλ)
+    if param.dim() > 1:                                        # factored over the last two dims (n×m)
+        R, C = state["row_var"], state["col_var"]
+        R.lerp_((g * g).mean(dim=-1, keepdim=True), 1 - beta2_t)  # R_t = β̂2·R + (1 − β̂2)·mean_cols(g²)  (n×1)
+        C.lerp_((g * g).mean(dim=-2, keepdim=True), 1 - beta2_t)  # C_t = β̂2·C + (1 − β̂2)·mean_rows(g²)  (1×m)
+        v_hat = R * C / R.mean(dim=-2, keepdim=True).clamp(min=eps1)  # V̂_t = R_t·C_t / max(mean(R_t), ε1)
+    else:
+        v_hat = state["variance"]
+        v_hat.lerp_(g * g, 1 - beta2_t)                        # V̂_t = β̂2·V̂_{t−1} + (1 − β̂2)·g²
+    U = g * v_hat.clamp(min=eps1 * eps1).rsqrt()               # U_t = g / max(√V̂_t, ε1)  (as torch)
+    param.sub_(alpha_t * U / max(1.0, rms(U) / d))             # θ_t = θ − α_t·U_t / max(1, RMS(U_t)/d)
+
+
 class Adafactor(RealOnly, Optimizer):
     r"""Adafactor (Shazeer & Stern 2018, "Adafactor: Adaptive Learning Rates with Sublinear
     Memory Cost"), a twin of ``torch.optim.Adafactor`` (torch's reading of the paper).
@@ -61,6 +92,7 @@ class Adafactor(RealOnly, Optimizer):
     """
 
     registry_name = "adafactor"  # registered by this (see _registry)
+    rule = staticmethod(adafactor_rule)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"beta2_decay": _non_positive, "eps": _eps_pair, "d": _at_least_one}

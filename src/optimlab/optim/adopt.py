@@ -44,6 +44,17 @@ def _clip_exponent(name: str, value: Any) -> None:
         check.non_negative(name, value)
 
 
+def adopt_state_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """:func:`adopt_rule` in the form every optimizer declares (``ADOPT.rule``): this tensor's
+    state (``step``, ``exp_avg``, ``exp_avg_sq``) and the group's hyperparameters."""
+    state["step"] += 1
+    beta1, beta2 = group["betas"]
+    adopt_rule(param, grad, state["exp_avg"], state["exp_avg_sq"], int(state["step"].item()),
+               lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
+               weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
+               clip_exponent=group["clip_exponent"], maximize=group["maximize"])
+
+
 class ADOPT(RealOnly, Optimizer):
     r"""ADOPT (Taniguchi et al. 2024, "ADOPT: Modified Adam Can Converge with Any β2 with the
     Optimal Rate"); the rule of ``pytorch_optimizer.ADOPT`` and the authors' code.
@@ -68,6 +79,7 @@ class ADOPT(RealOnly, Optimizer):
     """
 
     registry_name = "adopt"  # registered by this (see _registry)
+    rule = staticmethod(adopt_state_rule)
 
     hyper_checks = {"betas": check.betas, "eps": check.positive, "decoupled_weight_decay": check.boolean,
                     "clip_exponent": _clip_exponent}

@@ -13,6 +13,19 @@ from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 from optimlab.optim._modern import RealOnly
 
 
+def lion_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One Lion step on one tensor (Chen et al. 2023, Algorithm 2), in place."""
+    beta1, beta2 = map(float, group["betas"])
+    lr, wd = float(group["lr"]), group["weight_decay"]
+    m = state["exp_avg"]
+    g = -grad if group["maximize"] else grad
+    if wd != 0:
+        param.mul_(1 - lr * wd)                    # θ ← θ(1 − γλ), with θ_{t−1}
+    c = m.mul(beta1).add_(g, alpha=1 - beta1)     # c_t = β1·m_{t−1} + (1 − β1)·g_t
+    param.add_(c.sign_(), alpha=-lr)               # θ_t = θ − γ·sign(c_t)   (sign(0) = 0)
+    m.mul_(beta2).add_(g, alpha=1 - beta2)        # m_t = β2·m_{t−1} + (1 − β2)·g_t
+
+
 class Lion(RealOnly, Optimizer):
     r"""Lion, "EvoLved Sign Momentum" (Chen et al. 2023, "Symbolic Discovery of Optimization
     Algorithms", Algorithm 2); the maths of the ``lion-pytorch`` package.
@@ -33,6 +46,7 @@ class Lion(RealOnly, Optimizer):
     """
 
     registry_name = "lion"  # registered by this (see _registry)
+    rule = staticmethod(lion_rule)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas}

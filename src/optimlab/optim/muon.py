@@ -41,6 +41,17 @@ _NOT_2D = ("Muon orthogonalises 2-D weight matrices only; {where} has a paramete
            "optimlab.optim.muon_param_groups and MuonWithAuxAdamW")
 
 
+def muon_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One Muon step on one 2-D weight (Jordan et al. 2024; ``torch.optim.Muon``), in place."""
+    lr, wd, mu = float(group["lr"]), group["weight_decay"], group["momentum"]
+    B = state["momentum_buffer"]
+    B.lerp_(grad, 1 - mu)                                      # B_t = μ·B_{t−1} + (1 − μ)·g_t
+    U = grad.lerp(B, mu) if group["nesterov"] else B           # U_t = (1 − μ)·g_t + μ·B_t  (Nesterov), or B_t
+    O = _rules_modern.newton_schulz(U, group["ns_coefficients"], group["ns_steps"], group["eps"])  # O_t = NS_k(U_t)
+    param.mul_(1 - lr * wd)                                    # θ ← θ(1 − γλ)
+    param.sub_(O, alpha=_rules_modern.muon_lr(lr, group["adjust_lr_fn"], param.shape))  # θ_t = θ − γ'·O_t
+
+
 class Muon(RealOnly, Optimizer):
     r"""Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks";
     Liu et al. 2025, "Muon is Scalable for LLM Training"), a twin of ``torch.optim.Muon``.
@@ -67,6 +78,7 @@ class Muon(RealOnly, Optimizer):
     """
 
     registry_name = "muon"  # registered by this (see _registry)
+    rule = staticmethod(muon_rule)
 
     hyper_checks = {**_MUON_CHECKS}
     state_keys = frozenset({"momentum_buffer"})
@@ -87,6 +99,9 @@ class Muon(RealOnly, Optimizer):
         return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        if self._by_rule:
+            self._step_by_rule(group, params, grads)
+            return
         states = [self.state[p] for p in params]
         for p, s in zip(params, states):
             if not s:
@@ -142,6 +157,30 @@ def muon_param_groups(model: nn.Module, *, exclude: Iterable[str] = (), muon: di
     return groups
 
 
+def _adamw_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One AdamW step on one tensor (Loshchilov & Hutter 2019; ``torch.optim.AdamW``), in place."""
+    state["step"] += 1
+    t = state["step"].item()
+    beta1, beta2 = map(float, group["betas"])
+    lr, wd, eps = float(group["lr"]), group["weight_decay"], group["eps"]
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    if wd != 0:
+        param.mul_(1 - lr * wd)                                # θ ← θ(1 − γλ)
+    m.lerp_(grad, 1 - beta1)                                   # m_t = β1·m_{t−1} + (1 − β1)·g_t
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)        # v_t = β2·v_{t−1} + (1 − β2)·g_t²
+    if group["amsgrad"]:
+        v_max = state["max_exp_avg_sq"]
+        torch.maximum(v_max, v, out=v_max)                     # v_max = max(v_max, v_t)  (AMSGrad)
+        v = v_max
+    m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)      # m̂ = m/(1 − β1ᵗ), v̂ = v/(1 − β2ᵗ)
+    param.sub_(lr * m_hat / (v_hat.sqrt() + eps))              # θ_t = θ − γ·m̂/(√v̂ + ε)
+
+
+def muon_adamw_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """Muon's rule in the ``use_muon`` groups, AdamW's in the others."""
+    (muon_rule if group["use_muon"] else _adamw_rule)(param, grad, state, group)
+
+
 class MuonWithAuxAdamW(Optimizer):
     r"""Muon for the hidden 2-D weights and AdamW for the rest, as one optimizer.
 
@@ -164,6 +203,7 @@ class MuonWithAuxAdamW(Optimizer):
     """
 
     registry_name, registry_aliases = "muon_adamw", ("muon-adamw",)  # registered by this (see _registry)
+    rule = staticmethod(muon_adamw_rule)
 
     hyper_checks = {**_MUON_CHECKS, "use_muon": check.boolean, "betas": check.betas, "amsgrad": check.boolean}
     state_keys = frozenset({"momentum_buffer", "step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
@@ -210,7 +250,7 @@ class MuonWithAuxAdamW(Optimizer):
         return state
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        if not group["use_muon"]:
+        if not group["use_muon"] or self._by_rule:
             super()._step_group(group, params, grads)
             return
         states = [self.state[p] for p in params]

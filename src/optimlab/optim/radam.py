@@ -13,6 +13,33 @@ from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 
 
+def radam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One RAdam step on one tensor (Liu et al. 2020, Algorithm 2), in place, as torch's
+    single-tensor RAdam (so ``differentiable=True`` runs it under autograd)."""
+    state["step"] += 1
+    t = state["step"].item()
+    beta1, beta2 = map(float, group["betas"])
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    g = -grad if group["maximize"] else grad
+    if wd != 0:
+        if group["decoupled_weight_decay"]:
+            param.mul_(1 - lr * wd)                    # θ ← θ(1 − γλ)
+        else:
+            g = g.add(param, alpha=wd)                 # g ← g + λθ
+    m.lerp_(g, 1 - beta1)                              # m_t = β1·m_{t−1} + (1 − β1)·g_t
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)      # v_t = β2·v_{t−1} + (1 − β2)·g_t²
+    m_hat = m / (1 - beta1**t)                         # m̂_t = m_t/(1 − β1ᵗ)
+    rho_inf = 2 / (1 - beta2) - 1                      # ρ∞ = 2/(1 − β2) − 1
+    rho_t = rho_inf - 2 * t * beta2**t / (1 - beta2**t)  # ρ_t = ρ∞ − 2tβ2ᵗ/(1 − β2ᵗ)
+    if rho_t > 5:                                      # the variance of the adaptive rate is tractable
+        r_t = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        l_t = (1 - beta2**t) ** 0.5 / (v.sqrt() + eps)  # l_t = √(1 − β2ᵗ)/(√v_t + ε)  (torch's ε)
+        param.sub_(m_hat * lr * l_t * r_t)             # θ_t = θ_{t−1} − γ·r_t·l_t·m̂_t
+    else:
+        param.sub_(m_hat * lr)                         # θ_t = θ_{t−1} − γ·m̂_t  (momentum SGD)
+
+
 class RAdam(Optimizer):
     r"""RAdam (Liu et al. 2020, "On the Variance of the Adaptive Learning Rate and Beyond"),
     a twin of ``torch.optim.RAdam``.
@@ -35,6 +62,7 @@ class RAdam(Optimizer):
     """
 
     registry_name = "radam"  # registered by this (see _registry)
+    rule = staticmethod(radam_rule)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas, "eps": check.positive, "decoupled_weight_decay": check.boolean}

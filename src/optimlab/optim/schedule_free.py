@@ -94,6 +94,33 @@ class _ScheduleFree(RealOnly, Optimizer):
         super()._step_group(group, params, grads)
 
 
+def _schedule_free_step(y: Tensor, z: Tensor, d: Tensor, group: dict[str, Any], beta1: float) -> None:
+    """z ← z − γ_t·d; x ← (1 − c_t)·x + c_t·z; y = (1 − β1)·z + β1·x, on the parameter y and
+    the state z (x implicit: x = (y − (1 − β1)·z)/β1). Reads the group's counters, which
+    :meth:`_ScheduleFree._step_group` has advanced for this step (k = t)."""
+    lr = group["scheduled_lr"]                                 # γ_t = γ·min(1, t/warmup)
+    w_t = group["k"] ** group["r"] * group["lr_max"] ** group["weight_lr_power"]  # w_t = t^r·(max_{s≤t} γ_s)^p
+    c_t = w_t / group["weight_sum"] if group["weight_sum"] != 0 else 0.0  # c_t = w_t / Σ_{s≤t} w_s
+    y.lerp_(z, c_t)                                            # y ← (1 − c)·y + c·z_{t−1} ...
+    y.add_(d, alpha=lr * (beta1 * (1 - c_t) - 1))              # ... − γ(1 − β1(1 − c))·d: y_t = (1 − β1)z_t + β1x_t
+    z.sub_(d, alpha=lr)                                        # z_t = z_{t−1} − γ_t·d
+
+
+def schedule_free_adamw_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One Schedule-Free AdamW step on one tensor (Defazio et al. 2024, Algorithm 1), in place:
+    the parameter is y, the state holds z and v."""
+    t = group["k"]                                             # this step (the group's counter, advanced)
+    beta1, beta2 = map(float, group["betas"])
+    wd, eps = group["weight_decay"], group["eps"]
+    y, z, v = param, state["z"], state["exp_avg_sq"]
+    g = -grad if group["maximize"] else grad                   # g_t, taken at y_{t−1}
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)              # v_t = β2·v_{t−1} + (1 − β2)·g_t²
+    d = g / ((v / (1 - beta2**t)).sqrt() + eps)                # d_t = g_t/(√(v_t/(1 − β2ᵗ)) + ε)
+    if wd != 0:
+        d = d + wd * (z if group["decay_at_z"] else y)         #       + λ·y_{t−1}  (decay_at_z: λ·z_{t−1})
+    _schedule_free_step(y, z, d, group, beta1)
+
+
 class ScheduleFreeAdamW(_ScheduleFree):
     r"""Schedule-Free AdamW (Defazio et al. 2024, "The Road Less Scheduled"); the maths of
     the ``schedulefree`` package's ``AdamWScheduleFree`` (and of its reference class).
@@ -124,6 +151,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
     """
 
     registry_name, registry_aliases = "schedulefree_adamw", ("schedulefree-adamw",)
+    rule = staticmethod(schedule_free_adamw_rule)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": _betas_open, "eps": check.positive, "decay_at_z": check.boolean, **_COMMON}
@@ -156,6 +184,14 @@ class ScheduleFreeAdamW(_ScheduleFree):
         _rules_modern.schedule_free_step(params, zs, directions, lr=lr, ckp1=ckp1, beta1=float(beta1))
 
 
+def schedule_free_sgd_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One Schedule-Free SGD step on one tensor (Defazio et al. 2024), in place: the parameter
+    is y, the state holds z."""
+    g = -grad if group["maximize"] else grad                   # g_t, taken at y_{t−1}
+    d = g + group["weight_decay"] * param if group["weight_decay"] != 0 else g  # d_t = g_t + λ·y_{t−1}
+    _schedule_free_step(param, state["z"], d, group, group["momentum"])
+
+
 class ScheduleFreeSGD(_ScheduleFree):
     r"""Schedule-Free SGD (Defazio et al. 2024, "The Road Less Scheduled"); the maths of the
     ``schedulefree`` package's ``SGDScheduleFree`` (and of its reference class).
@@ -173,6 +209,7 @@ class ScheduleFreeSGD(_ScheduleFree):
     """
 
     registry_name, registry_aliases = "schedulefree_sgd", ("schedulefree-sgd",)  # registered by this (see _registry)
+    rule = staticmethod(schedule_free_sgd_rule)
 
     hyper_checks = {"momentum": _open_unit_interval, **_COMMON}
     state_keys = frozenset({"z"})

@@ -13,6 +13,28 @@ from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 from optimlab.optim._modern import RealOnly
 
 
+def lamb_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One LAMB step on one tensor (You et al. 2020, Algorithm 2, φ = identity), in place."""
+    state["step"] += 1
+    t = state["step"].item()
+    beta1, beta2 = map(float, group["betas"])
+    lr, wd, eps = float(group["lr"]), group["weight_decay"], group["eps"]
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    g = -grad if group["maximize"] else grad
+    m.lerp_(g, 1 - beta1)                              # m_t = β1·m_{t−1} + (1 − β1)·g_t
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)      # v_t = β2·v_{t−1} + (1 − β2)·g_t²
+    if group["bias_correction"]:
+        m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)  # m̂ = m/(1 − β1ᵗ), v̂ = v/(1 − β2ᵗ)
+    else:
+        m_hat, v_hat = m, v
+    r = m_hat / (v_hat.sqrt() + eps)                   # r_t = m̂/(√v̂ + ε)
+    if wd != 0:
+        r = r + wd * param                             #       + λ·θ_{t−1}
+    w_norm, r_norm = param.norm(), r.norm()            # ‖θ_{t−1}‖, ‖r_t‖
+    trust = torch.where((w_norm > 0) & (r_norm > 0), w_norm / r_norm, 1.0)  # 1 when either norm is 0
+    param.sub_(lr * trust * r)                         # θ_t = θ_{t−1} − γ·‖θ‖/‖r‖·r_t
+
+
 class LAMB(RealOnly, Optimizer):
     r"""LAMB (You et al. 2020, "Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes", Algorithm 2): Adam's direction, rescaled per tensor ("layer") so that its
@@ -34,6 +56,7 @@ class LAMB(RealOnly, Optimizer):
     """
 
     registry_name = "lamb"  # registered by this (see _registry)
+    rule = staticmethod(lamb_rule)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas, "eps": check.positive, "bias_correction": check.boolean}
@@ -56,6 +79,25 @@ class LAMB(RealOnly, Optimizer):
         _rules_modern.lamb(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                            steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
                            weight_decay=group["weight_decay"], bias_correction=group["bias_correction"])
+
+
+def lars_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One LARS step on one tensor (You, Gitman & Ginsburg 2017, Algorithm 1 with eq. 6), in place."""
+    lr, mu, wd = float(group["lr"]), group["momentum"], group["weight_decay"]
+    eta = group["trust_coefficient"]
+    g = -grad if group["maximize"] else grad
+    if group["exclude_1d"] and param.dim() <= 1:
+        d = lr * g                                     # biases and gains: plain momentum SGD, γ·g
+    else:
+        w_norm, g_norm = param.norm(), g.norm()        # ‖θ‖, ‖g‖
+        den = g_norm + wd * w_norm
+        local = torch.where((w_norm > 0) & (den > 0), eta * w_norm / den, 1.0)  # λ = η‖θ‖/(‖g‖ + β‖θ‖)
+        d = lr * local * (g + wd * param)              # γ·λ·(g + βθ)
+    if mu != 0:
+        v = state["momentum_buffer"]
+        v.mul_(mu).add_(d)                             # v_t = μ·v_{t−1} + γ·λ·(g + βθ)
+        d = v
+    param.sub_(d)                                      # θ_t = θ_{t−1} − v_t
 
 
 class LARS(RealOnly, Optimizer):
@@ -81,6 +123,7 @@ class LARS(RealOnly, Optimizer):
     """
 
     registry_name = "lars"  # registered by this (see _registry)
+    rule = staticmethod(lars_rule)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"momentum": check.unit_interval, "trust_coefficient": check.positive,

@@ -388,7 +388,18 @@ class KerasOptimizer(Optimizer):
             if decayed:  # Keras's torch backend: θ *= 1 − λ·η, in float32
                 factor = 1 - group["weight_decay"] * torch.tensor(lr, dtype=LEARNING_RATE_DTYPE)
                 torch._foreach_mul_(decayed, factor.item())
-            self._update(group, ps, gs, [states[i] for i in indices], lr=lr, step=step)
+            if self._by_rule:  # the readable rule, one tensor at a time (Optimizer._by_rule)
+                view = self._rule_group(group, ps, step)
+                for i in indices:
+                    type(self).rule(params[i], grads[i], states[i], view)
+            else:
+                self._update(group, ps, gs, [states[i] for i in indices], lr=lr, step=step)
+
+    def _rule_group(self, group: dict[str, Any], params: list[Tensor], step: int) -> dict[str, Any]:
+        """``group`` as :attr:`rule` reads it: with the optimizer-wide counter ``iterations``
+        (steps completed before this one; Keras's ``t = iterations + 1``). Decay and clipping
+        are done before the rule runs, as before ``_update``."""
+        return {**group, "iterations": step - 1}
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                 states: list[dict[str, Any]], *, lr: float, step: int) -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from optimlab.optim.keras._base import as_keras_lr
+
 Tensors = list[Tensor]
 
 
@@ -179,3 +181,27 @@ def nadam(params: Tensors, grads: Tensors, momentums: Tensors, velocities: Tenso
         torch._foreach_div(torch._foreach_mul(m_hats, lr_), torch._foreach_add(torch._foreach_sqrt(v_hats), epsilon)),
         alpha=-1)
     return u_product_t
+
+
+# ------------------------------------------------------------------ for the readable rules
+# The classes' ``rule`` functions (one tensor at a time; see ``optimlab.optim._base.Optimizer.rule``)
+# live next to their classes and use these to read what Keras's ``update_step`` takes from
+# ``self``: the learning rate, cast to the variable's dtype, and the global step.
+def keras_lr(group: dict, dtype: torch.dtype) -> float:
+    """``ops.cast(learning_rate, dtype)``: the group's ``lr`` as Keras's float32 learning-rate
+    variable holds it (``as_keras_lr``), cast to ``dtype`` (a number)."""
+    return _cast(as_keras_lr(group["lr"]), dtype).item()
+
+
+def local_step(group: dict) -> int:
+    """Keras's ``local_step = iterations + 1``. A rule's ``group`` is the param group seen
+    with the optimizer-wide counter ``iterations`` (steps completed before this one, the
+    class's ``KerasOptimizer.iterations``): Keras counts steps per optimizer, not per tensor."""
+    return group["iterations"] + 1
+
+
+def nadam_momentum(beta_1: float, step: int, dtype: torch.dtype) -> Tensor:
+    """Nadam's momentum schedule ``u_t = β1·(1 − ½·0.96ᵗ)`` in ``dtype`` (a 0-dim tensor), as
+    torch_nadam.py evaluates it (the same expression as :func:`nadam`)."""
+    decay, beta_1_ = _cast(0.96, dtype), _cast(beta_1, dtype)
+    return beta_1_ * (1.0 - 0.5 * torch.pow(decay, _cast(float(step), dtype)))

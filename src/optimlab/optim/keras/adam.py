@@ -10,11 +10,79 @@ from torch import Tensor
 
 from optimlab.optim import _validation as check
 from optimlab.optim.keras import _rules
-from optimlab.optim.keras._base import KerasOptimizer, check_learning_rate, optional_non_negative
+from optimlab.optim.keras._base import KerasOptimizer, as_keras_lr, check_learning_rate, optional_non_negative
 
 
 def _zeros(param: Tensor) -> Tensor:
     return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+# The readable rules: one tensor at a time, Keras 3's update in the order of its torch backend
+# (keras/src/backend/torch/optimizers/torch_<name>.py, the code Keras runs under KERAS_BACKEND=torch,
+# transcribed for lists of tensors in _rules). ``grad`` is the clipped gradient and ``param`` is
+# already decayed: clipping and decoupled weight decay are Keras's ``apply`` (the base class).
+# Keras counts steps per optimizer: ``group`` is the param group seen with the optimizer's
+# ``iterations`` (steps completed before this one), and t = iterations + 1 (_rules.local_step).
+# The scalars (η, the β-powers, Nadam's schedule) are evaluated in the parameter's dtype, as Keras.
+def adam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One step of ``keras.optimizers.Adam`` (and ``AdamW``) on one tensor (torch_adam.py; ε
+    before the bias correction). State: ``momentum``, ``velocity``; ``velocity_hat`` (amsgrad),
+    made here on first use. Reads ``group["iterations"]``: no per-tensor step counter."""
+    dtype = param.dtype
+    t = _rules.local_step(group)
+    beta_1, beta_2, eps = float(group["beta_1"]), float(group["beta_2"]), float(group["epsilon"])
+    lr = _rules._cast(as_keras_lr(group["lr"]), dtype)     # η: float32, cast to θ's dtype (0-dim)
+    beta_1_power, beta_2_power = _rules._power(beta_1, t, dtype), _rules._power(beta_2, t, dtype)
+    alpha = (lr * torch.sqrt(1 - beta_2_power) / (1 - beta_1_power)).item()  # α = η·√(1 − β2ᵗ)/(1 − β1ᵗ)
+    m, v = state["momentum"], state["velocity"]
+    m.mul_(beta_1).add_(grad, alpha=1 - beta_1)            # m ← β1·m + (1 − β1)·g
+    v.mul_(beta_2).add_(grad * grad, alpha=1 - beta_2)     # v ← β2·v + (1 − β2)·g·g
+    if group["amsgrad"]:
+        if "velocity_hat" not in state:
+            state["velocity_hat"] = _zeros(param)
+        v_hat = state["velocity_hat"]
+        torch.maximum(v_hat, v, out=v_hat)                 # v̂ ← max(v̂, v)
+        v = v_hat                                          # used for v
+    param.sub_((m * alpha) / (v.sqrt() + eps))             # θ ← θ − (m·α)/(√v + ε)
+
+
+def adamax_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One step of ``keras.optimizers.Adamax`` on one tensor (torch_adamax.py; ε after the max).
+    State: ``momentum``, ``norm``. Reads ``group["iterations"]``: no per-tensor step counter."""
+    dtype = param.dtype
+    t = _rules.local_step(group)
+    beta_1, beta_2, eps = float(group["beta_1"]), float(group["beta_2"]), float(group["epsilon"])
+    lr = _rules.keras_lr(group, dtype)                     # η: float32, cast to θ's dtype
+    bias_correction = (1 - _rules._power(beta_1, t, dtype)).item()  # 1 − β1ᵗ
+    m, u = state["momentum"], state["norm"]
+    m.mul_(beta_1).add_(grad, alpha=1 - beta_1)            # m ← β1·m + (1 − β1)·g
+    u.mul_(beta_2)                                         # u ← β2·u
+    torch.maximum(u, grad.abs(), out=u)                    # u ← max(u, |g|)
+    param.sub_((m * lr) / ((u + eps) * bias_correction))   # θ ← θ − (m·η)/((u + ε)·(1 − β1ᵗ))
+
+
+def nadam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One step of ``keras.optimizers.Nadam`` on one tensor (torch_nadam.py). State:
+    ``momentum``, ``velocity``. Reads two optimizer-wide values from ``group``: ``iterations``
+    and ``u_product``, the momentum product ``U_{t−1}`` before this step (Keras's ``_u_product``
+    variable: a 0-dim tensor in the first parameter's dtype; :class:`Nadam` keeps it as
+    ``u_product`` and advances it to ``U_t = U_{t−1}·u_t`` once per step)."""
+    dtype = param.dtype
+    t = _rules.local_step(group)
+    beta_1, beta_2, eps = float(group["beta_1"]), float(group["beta_2"]), float(group["epsilon"])
+    lr = _rules.keras_lr(group, dtype)                     # η: float32, cast to θ's dtype
+    u_t = _rules.nadam_momentum(beta_1, t, dtype)          # u_t = β1·(1 − ½·0.96ᵗ)
+    u_t_1 = _rules.nadam_momentum(beta_1, t + 1, dtype)    # u_{t+1}
+    u_product_t = group["u_product"] * u_t                 # U_t = U_{t−1}·u_t
+    u_product_t_1 = u_product_t * u_t_1                    # U_t·u_{t+1}
+    beta_2_power = _rules._power(beta_2, t, dtype)         # β2ᵗ
+    m, v = state["momentum"], state["velocity"]
+    m.mul_(beta_1).add_(grad, alpha=1 - beta_1)            # m ← β1·m + (1 − β1)·g
+    v.mul_(beta_2).add_(grad * grad, alpha=1 - beta_2)     # v ← β2·v + (1 − β2)·g·g
+    m_hat = ((m * u_t_1.item()) / (1 - u_product_t_1).item()          # m̂ = (m·u_{t+1})/(1 − U_t·u_{t+1})
+             + (grad * (1 - u_t).item()) / (1 - u_product_t).item())  #     + (g·(1 − u_t))/(1 − U_t)
+    v_hat = v / (1 - beta_2_power).item()                  # v̂ = v/(1 − β2ᵗ)
+    param.sub_((m_hat * lr) / (v_hat.sqrt() + eps))        # θ ← θ − (m̂·η)/(√v̂ + ε)
 
 
 _ADAM_CHECKS = {"lr": check_learning_rate, "beta_1": check.unit_interval, "beta_2": check.unit_interval,
@@ -37,6 +105,7 @@ class Adam(KerasOptimizer):
     """
 
     registry_name, registry_convention = "adam", "keras"  # registered by this (see _registry)
+    rule = staticmethod(adam_rule)
 
     hyper_checks = {**_ADAM_CHECKS, "amsgrad": check.boolean}
     state_keys = frozenset({"momentum", "velocity", "velocity_hat"})
@@ -80,6 +149,7 @@ class AdamW(Adam):
     """
 
     registry_name, registry_convention = "adamw", "keras"  # registered by this (see _registry)
+    rule = staticmethod(adam_rule)
 
     def __init__(self, params: Any, learning_rate: float = 0.001, *, weight_decay: float = 0.004,
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
@@ -108,6 +178,7 @@ class Adamax(KerasOptimizer):
     """
 
     registry_name, registry_convention = "adamax", "keras"  # registered by this (see _registry)
+    rule = staticmethod(adamax_rule)
 
     hyper_checks = dict(_ADAM_CHECKS)
     state_keys = frozenset({"momentum", "norm"})
@@ -147,6 +218,7 @@ class Nadam(KerasOptimizer):
     """
 
     registry_name, registry_convention = "nadam", "keras"  # registered by this (see _registry)
+    rule = staticmethod(nadam_rule)
 
     hyper_checks = dict(_ADAM_CHECKS)
     state_keys = frozenset({"momentum", "velocity"})
@@ -180,6 +252,14 @@ class Nadam(KerasOptimizer):
                                  epsilon=float(group["epsilon"]), step=step,
                                  u_product=torch.tensor(self.u_product, dtype=dtype))
         self._next_u_product = u_product.item()
+
+    def _rule_group(self, group, params, step):
+        """As the base, with ``u_product`` (U_{t−1}, in the first parameter's dtype, as
+        ``_update`` passes it); U_t for ``_finish_step`` is computed as ``_update`` does."""
+        u_product = torch.tensor(self.u_product, dtype=self.param_groups[0]["params"][0].dtype)
+        u_t = _rules.nadam_momentum(float(group["beta_1"]), step, params[0].dtype)
+        self._next_u_product = (u_product * u_t).item()
+        return {**super()._rule_group(group, params, step), "u_product": u_product}
 
     def _finish_step(self) -> None:
         self.u_product, self._next_u_product = self._next_u_product, None

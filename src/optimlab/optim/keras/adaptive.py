@@ -24,6 +24,64 @@ def _slot(params: list[Tensor], states: list[dict[str, Any]], key: str) -> list[
     return [s[key] for s in states]
 
 
+def _state_slot(param: Tensor, state: dict[str, Any], key: str) -> Tensor:
+    """``state[key]``, made (zeros) where a group switched it on mid-run (as :func:`_slot`)."""
+    if key not in state:
+        state[key] = _zeros(param)
+    return state[key]
+
+
+# The readable rules: one tensor at a time, Keras 3's update in the order of its torch backend
+# (keras/src/backend/torch/optimizers/torch_<name>.py, the code Keras runs under KERAS_BACKEND=torch,
+# transcribed for lists of tensors in _rules). ``grad`` is the clipped gradient and ``param`` is
+# already decayed: clipping and decoupled weight decay are Keras's ``apply`` (the base class).
+def adagrad_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One step of ``keras.optimizers.Adagrad`` on one tensor (torch_adagrad.py; ε inside the
+    root). State: ``accumulator``, started at ``initial_accumulator_value``. No step counter."""
+    lr = _rules.keras_lr(group, param.dtype)               # η: float32, cast to θ's dtype
+    eps = float(group["epsilon"])
+    a = state["accumulator"]
+    a.add_(grad * grad)                                    # a ← a + g·g
+    param.sub_((grad * lr) / (a + eps).sqrt())             # θ ← θ − (g·η)/√(a + ε)
+
+
+def rmsprop_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One step of ``keras.optimizers.RMSprop`` on one tensor (torch_rmsprop.py). State:
+    ``velocity``; ``average_gradient`` (centered) and ``momentum`` (μ > 0), made here on first
+    use. No step counter. Centred, the denominator is ``(v + ε) − ḡ²`` as in the torch backend
+    (rmsprop.py's ``update_step`` writes ``(v − ḡ²) + ε``: the order decides the result once v
+    and ḡ² have converged, see _rules)."""
+    lr = _rules.keras_lr(group, param.dtype)               # η: float32, cast to θ's dtype
+    rho, momentum, eps = float(group["rho"]), float(group["momentum"]), float(group["epsilon"])
+    v = state["velocity"]
+    v.mul_(rho).add_(grad * grad, alpha=1 - rho)           # v ← ρ·v + (1 − ρ)·g·g
+    denominator = v + eps                                  # v + ε
+    if group["centered"]:
+        avg = _state_slot(param, state, "average_gradient")
+        avg.mul_(rho).add_(grad, alpha=1 - rho)            # ḡ ← ρ·ḡ + (1 − ρ)·g
+        denominator.sub_(avg * avg)                        # (v + ε) − ḡ·ḡ
+    denominator.sqrt_()                                    # d = √(...)
+    increment = (grad * lr) / denominator                  # i = (g·η)/d
+    if momentum > 0:
+        b = _state_slot(param, state, "momentum")
+        b.mul_(momentum).add_(increment)                   # b ← μ·b + i   (η inside b)
+        param.sub_(b)                                      # θ ← θ − b
+    else:
+        param.sub_(increment)                              # θ ← θ − i
+
+
+def adadelta_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One step of ``keras.optimizers.Adadelta`` on one tensor (torch_adadelta.py). State:
+    ``accumulated_grad``, ``accumulated_delta_var``. No step counter."""
+    lr = _rules.keras_lr(group, param.dtype)               # η: float32, cast to θ's dtype
+    rho, eps = float(group["rho"]), float(group["epsilon"])
+    a, u = state["accumulated_grad"], state["accumulated_delta_var"]
+    a.mul_(rho).add_(grad * grad, alpha=1 - rho)           # a ← ρ·a + (1 − ρ)·g·g
+    delta = -((u + eps).sqrt() * grad / (a + eps).sqrt())  # Δ = −(√(u + ε)·g)/√(a + ε)
+    u.mul_(rho).add_(delta * delta, alpha=1 - rho)         # u ← ρ·u + (1 − ρ)·Δ·Δ
+    param.add_(delta, alpha=lr)                            # θ ← θ + η·Δ
+
+
 class Adagrad(KerasOptimizer):
     r"""``keras.optimizers.Adagrad`` on torch parameters: Keras 3's names, defaults and maths.
 
@@ -38,6 +96,7 @@ class Adagrad(KerasOptimizer):
     """
 
     registry_name, registry_convention = "adagrad", "keras"  # registered by this (see _registry)
+    rule = staticmethod(adagrad_rule)
 
     hyper_checks = {"lr": check_learning_rate, "initial_accumulator_value": check.non_negative,
                     "epsilon": check.non_negative, "weight_decay": optional_non_negative}
@@ -77,6 +136,7 @@ class RMSprop(KerasOptimizer):
     """
 
     registry_name, registry_convention = "rmsprop", "keras"  # registered by this (see _registry)
+    rule = staticmethod(rmsprop_rule)
 
     hyper_checks = {"lr": check_learning_rate, "rho": check.closed_unit_interval,
                     "momentum": check.closed_unit_interval, "epsilon": check.non_negative,
@@ -121,6 +181,7 @@ class Adadelta(KerasOptimizer):
     """
 
     registry_name, registry_convention = "adadelta", "keras"  # registered by this (see _registry)
+    rule = staticmethod(adadelta_rule)
 
     hyper_checks = {"lr": check_learning_rate, "rho": check.closed_unit_interval, "epsilon": check.non_negative,
                     "weight_decay": optional_non_negative}

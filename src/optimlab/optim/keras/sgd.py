@@ -9,11 +9,37 @@ from torch import Tensor
 
 from optimlab.optim import _validation as check
 from optimlab.optim.keras import _rules
-from optimlab.optim.keras._base import KerasOptimizer, check_keras_momentum, check_learning_rate, optional_non_negative
+from optimlab.optim.keras._base import (KerasOptimizer, as_keras_lr, check_keras_momentum, check_learning_rate,
+                                        optional_non_negative)
 
 
 def _zeros(param: Tensor) -> Tensor:
     return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+def sgd_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """One step of ``keras.optimizers.SGD`` on one tensor: Keras 3's update, in the order of its
+    torch backend (``torch_sgd.py``, ``_parallel_update_step``; ``sgd.py``'s ``update_step`` has
+    the same maths). State: ``momentum`` (the velocity, which carries the learning rate), made
+    here if a group switched momentum on mid-run. No step counter.
+
+    ``grad`` is the clipped gradient and ``param`` is already decayed: clipping and the
+    decoupled weight decay ``θ ← θ·(1 − λ·η)`` are Keras's ``apply`` (the base class), not the
+    update. η is Keras's float32 learning rate, not cast to the parameter's dtype (as Keras)."""
+    lr = as_keras_lr(group["lr"])                          # η: Keras's float32 variable
+    momentum = group["momentum"]
+    if momentum != 0:
+        v = state.get("momentum")
+        if v is None:
+            v = state["momentum"] = _zeros(param)
+        v.mul_(momentum).add_(grad, alpha=-lr)             # v ← μ·v − η·g
+        if group["nesterov"]:
+            param.add_(grad, alpha=-lr)                    # θ ← θ − η·g
+            param.add_(v, alpha=momentum)                  #     + μ·v
+        else:
+            param.add_(v)                                  # θ ← θ + v
+    else:
+        param.add_(grad, alpha=-lr)                        # θ ← θ − η·g
 
 
 class SGD(KerasOptimizer):
@@ -34,6 +60,7 @@ class SGD(KerasOptimizer):
     """
 
     registry_name, registry_convention = "sgd", "keras"  # registered by this (see _registry)
+    rule = staticmethod(sgd_rule)
 
     hyper_checks = {"lr": check_learning_rate, "momentum": check_keras_momentum, "nesterov": check.boolean,
                     "weight_decay": optional_non_negative}

@@ -1,0 +1,192 @@
+"""Every implementation of every registered optimizer against its readable rule.
+
+The registry is the list: each class's ``rule`` (plain per-tensor torch code in its module,
+the maths written once) is the oracle of the class's every path: the default (which picks
+torch's fused kernels or optimlab's single-pass kernels where they are exact), ``foreach=True``,
+``foreach=False`` (the single-tensor path) and ``fused=True``, in float64 to 1e-12 relative,
+and in float32 loosely (the kernels have float32 code of their own), on CPU and, where
+there is one, on CUDA. The hyperparameter variants come from the optimizers' test tables
+(``tests/optim_cases.py`` for torch's twins, ``ROWS`` of tests/test_optim_modern.py for the
+others, ``CASES`` of tests/test_keras.py for the Keras twins); a registered optimizer with
+no row fails :func:`test_every_registered_optimizer_has_a_rule_and_a_row`.
+
+The rule runs inside a real instance with ``_by_rule = True`` (what ``differentiable=True``
+runs), so state creation, param groups and step counting are the class's own.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from optimlab.optim import _registry
+from optimlab.optim._modern import RealOnly
+from tests.optim_cases import CASES, gradient_sequence
+from tests.test_keras import CASES as KERAS_CASES
+from tests.test_optim_modern import ROWS
+
+#: Registered classes with no rule of their own: they wrap another optimizer, whose rule is checked.
+WRAPPERS = {"lookahead", "sam"}
+STEPS = 60
+TOL = {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+SHAPES = [(), (7,), (5, 3), (2, 3, 4, 1)]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _keras_variants(name: str) -> list[dict]:
+    cls_name = _registry.get(name, convention="keras").__name__
+    return [h for n, h in KERAS_CASES if n == cls_name]
+
+
+def _table() -> list[tuple[str, str, type, list[dict], list]]:
+    """(convention, name, class, variants, shapes) for every registered optimizer."""
+    rows = {r.name: r for r in ROWS}
+    table = []
+    for convention in ("torch", "keras"):
+        for name in _registry.available(convention):
+            cls = _registry.get(name, convention=convention)
+            if name in WRAPPERS:
+                continue
+            if convention == "keras":
+                variants, shapes = _keras_variants(name), SHAPES
+            elif name in CASES:
+                variants, shapes = CASES[name][3], SHAPES
+            elif name in rows:
+                variants, shapes = rows[name].variants, rows[name].shapes
+            else:
+                variants, shapes = [], SHAPES
+            table.append((convention, name, cls, variants, shapes))
+    return table
+
+
+TABLE = _table()
+
+
+def test_every_registered_optimizer_has_a_rule_and_a_row():
+    for convention, name, cls, variants, _ in TABLE:
+        assert cls.rule is not None, f"{convention} {name} ({cls.__name__}) declares no readable rule"
+        assert variants, f"{convention} {name}: no row of hyperparameter variants in the test tables"
+    assert {n for n in _registry.available()} - {n for c, n, *_ in TABLE if c == "torch"} == WRAPPERS
+
+
+def implementations(cls) -> list[dict]:
+    """Every path the constructor can force, and the default."""
+    sig = inspect.signature(cls.__init__).parameters
+    impls = [{}]
+    if "foreach" in sig:
+        impls += [{"foreach": True}, {"foreach": False}]
+    if "fused" in sig:
+        impls.append({"fused": True})
+    return impls
+
+
+def _params(shapes, dtype, device, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=dtype).to(device) for s in shapes]
+
+
+def _groups(params, hyper):
+    """Two groups, the second with half the learning rate (under its torch or Keras name)."""
+    key = "learning_rate" if "learning_rate" in hyper else "lr"
+    second = {"params": params[2:]}
+    if key in hyper:
+        second["lr"] = hyper[key] * 0.5
+    return [{"params": params[:2]}, second]
+
+
+def _run(cls, hyper, impl, shapes, dtype, device, by_rule):
+    params = _params(shapes, dtype, device)
+    opt = cls(_groups(params, hyper), **hyper, **impl)
+    opt._by_rule = by_rule
+    for t, grads in enumerate(gradient_sequence(STEPS, shapes, dtype)):
+        if t == STEPS // 2:
+            for g in opt.param_groups:
+                g["lr"] = g["lr"] * 0.3
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.to(device)
+        opt.step()
+    return opt, params
+
+
+def _cases():
+    for convention, name, cls, variants, shapes in TABLE:
+        for i, hyper in enumerate(variants):
+            for impl in implementations(cls):
+                label = ",".join(f"{k}={v}" for k, v in impl.items()) or "default"
+                yield pytest.param(cls, hyper, impl, shapes, id=f"{convention}-{name}-{i}-{label}")
+
+
+CONFORMANCE = list(_cases())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cls,hyper,impl,shapes", CONFORMANCE)
+def test_implementation_equals_the_readable_rule(cls, hyper, impl, shapes, dtype, device):
+    ours, ours_params = _run(cls, hyper, impl, shapes, dtype, device, by_rule=False)
+    rule, rule_params = _run(cls, hyper, {}, shapes, dtype, device, by_rule=True)
+    tol = TOL[dtype]
+    for a, b in zip(ours_params, rule_params):
+        torch.testing.assert_close(a, b, **tol)
+    for p, q in zip(ours_params, rule_params):
+        s, r = ours.state[p], rule.state[q]
+        assert set(s) == set(r), f"state keys differ: {sorted(s)} vs the rule's {sorted(r)}"
+        for key, value in r.items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(s[key].float() if dtype == torch.float32 else s[key],
+                                           value.float() if dtype == torch.float32 else value, **tol,
+                                           msg=lambda m, key=key: f"state[{key!r}]: {m}")
+    for g, h in zip(ours.param_groups, rule.param_groups):
+        assert {k: v for k, v in g.items() if k not in ("params", "foreach", "fused")} == \
+               {k: v for k, v in h.items() if k not in ("params", "foreach", "fused")}
+
+
+def _complex_capable():
+    for convention, name, cls, variants, shapes in TABLE:
+        if issubclass(cls, RealOnly) or convention == "keras" or not variants:
+            continue
+        yield pytest.param(cls, variants[-1], id=f"{convention}-{name}")
+
+
+@pytest.mark.parametrize("cls,hyper", list(_complex_capable()))
+def test_complex_parameters_follow_the_rule_on_real_and_imaginary_parts(cls, hyper):
+    """Complex tensors reach the rule as real views (torch's convention for complex
+    parameters); the default path must agree with it."""
+    shapes = [(3,), (2, 2), (4,), (1,)]
+    try:
+        ours, ours_params = _run(cls, hyper, {}, shapes, torch.complex128, "cpu", by_rule=False)
+    except ValueError as err:  # a class that refuses complex tensors says so at construction
+        pytest.skip(f"{cls.__name__} refuses complex parameters: {err}")
+    rule, rule_params = _run(cls, hyper, {}, shapes, torch.complex128, "cpu", by_rule=True)
+    for a, b in zip(ours_params, rule_params):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    for p, q in zip(ours_params, rule_params):
+        for key, value in rule.state[q].items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(ours.state[p][key], value, **TOL[torch.float64])
+
+
+def test_the_docs_show_the_rules_the_tests_use():
+    """docs/rules.md is ``optimlab optimizers --rules-markdown``: the rules' own source."""
+    from pathlib import Path
+
+    from optimlab.optim.cli import rules_markdown
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "rules.md"
+    assert page.read_text(encoding="utf-8") == rules_markdown() + "\n", \
+        "docs/rules.md is stale: optimlab optimizers --rules-markdown > docs/rules.md"
+
+
+def test_the_cli_prints_a_rule_and_refuses_a_wrapper_or_an_unknown_name(capsys):
+    from optimlab.cli import main
+
+    assert main(["optimizers", "--rule", "nag"]) == 0
+    out = capsys.readouterr().out
+    assert "def sgd_rule(" in out and "optimlab.optim.sgd.NAG" in out
+    assert main(["optimizers", "--rule", "adam", "--convention", "keras"]) == 0
+    assert "optimlab.optim.keras.adam" in capsys.readouterr().out
+    assert main(["optimizers", "--rule", "lookahead"]) == 2
+    assert main(["optimizers", "--rule", "adamm"]) == 2
+    assert "adam" in capsys.readouterr().err
