@@ -273,7 +273,10 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", default=None, help="comma-separated torch.set_num_threads values, each "
                     "timed in turn (default 1,2; with --quick 1; 0: torch's own setting)")
     args = ap.parse_args(argv)
-    specs = SPECS if not args.only else [s for s in SPECS if s.name in args.only.split(",")]
+    wanted = {n.strip().lower() for n in args.only.split(",")} if args.only else None
+    specs = SPECS if wanted is None else [s for s in SPECS if s.name.lower() in wanted]
+    if not specs:
+        ap.error(f"--only {args.only!r} names no optimizer here; known: {', '.join(s.name for s in SPECS)}")
     threads = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",") if t.strip()] or [0]
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -147,3 +147,14 @@ def test_the_default_step_is_not_differentiable_and_records_no_graph():
     p.grad = torch.ones(3)
     oo.Adam([p], lr=0.1).step()
     assert p.grad_fn is None and p.is_leaf
+
+
+def test_a_differentiable_step_reports_the_rule_path_and_builds_a_graph():
+    w0 = torch.ones(3, requires_grad=True)
+    w = w0.clone()
+    w.grad = torch.ones(3)
+    opt = oo.Adam([w], lr=0.1, differentiable=True)
+    opt.step()
+    assert opt.path_for(0) == "rule" and w.grad_fn is not None
+    (d,) = torch.autograd.grad(w.sum(), w0)
+    torch.testing.assert_close(d, torch.ones(3))  # θ₁ = θ₀ − γ·sign-like(g): ∂θ₁/∂θ₀ = 1 without decay

@@ -349,7 +349,8 @@ class Optimizer(torch.optim.Optimizer):
         """The implementation the last ``step()`` ran for ``group`` (a param group or its
         index): "fused" (a single-pass kernel: torch's fused kernel or optimlab's), "foreach"
         (the multi-tensor rule), "single-tensor" (one tensor at a time: ``foreach=False``,
-        sparse gradients, gradients in another dtype), several joined by "+" where a group's
+        sparse gradients, gradients in another dtype), "rule" (the readable rule:
+        ``differentiable=True``), several joined by "+" where a group's
         tensors took different paths; None if the group had no gradient in that step."""
         if isinstance(group, int):
             group = self.param_groups[group]
