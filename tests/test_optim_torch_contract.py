@@ -265,3 +265,15 @@ def test_grad_scaler_on_the_fallback_path_unscales_and_skips_as_the_kernel(name,
     got, opt = run(getattr(oo, name), transpose=True)
     assert opt.path_for(0) != "fused"
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_every_torch_twin_takes_torchs_constructor_as_torchs_own_tests_build_it():
+    """tests/torch_suite.py runs PyTorch's TestOptimRenewed with these classes patched in; a
+    class whose signature drifted from torch's would silently drop out of that run."""
+    from tests.torch_suite import twin_problems, twins
+
+    expected = {"SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax", "NAdam", "RAdam",
+                "Adafactor", "Muon"}
+    for name in expected:
+        assert twin_problems(getattr(torch.optim, name), getattr(oo, name)) == [], name
+    assert set(twins()) == expected
