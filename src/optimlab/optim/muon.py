@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from optimlab.optim import _rules, _rules_modern
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
+from optimlab.optim.adam import adam_rule
 from optimlab.optim._modern import RealOnly
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Jordan's quintic: the largest slope at zero
@@ -157,28 +158,13 @@ def muon_param_groups(model: nn.Module, *, exclude: Iterable[str] = (), muon: di
     return groups
 
 
-def _adamw_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-    """One AdamW step on one tensor (Loshchilov & Hutter 2019; ``torch.optim.AdamW``), in place."""
-    state["step"] += 1
-    t = state["step"].item()
-    beta1, beta2 = map(float, group["betas"])
-    lr, wd, eps = float(group["lr"]), group["weight_decay"], group["eps"]
-    m, v = state["exp_avg"], state["exp_avg_sq"]
-    if wd != 0:
-        param.mul_(1 - lr * wd)                                # θ ← θ(1 − γλ)
-    m.lerp_(grad, 1 - beta1)                                   # m_t = β1·m_{t−1} + (1 − β1)·g_t
-    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)        # v_t = β2·v_{t−1} + (1 − β2)·g_t²
-    if group["amsgrad"]:
-        v_max = state["max_exp_avg_sq"]
-        torch.maximum(v_max, v, out=v_max)                     # v_max = max(v_max, v_t)  (AMSGrad)
-        v = v_max
-    m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)      # m̂ = m/(1 − β1ᵗ), v̂ = v/(1 − β2ᵗ)
-    param.sub_(lr * m_hat / (v_hat.sqrt() + eps))              # θ_t = θ − γ·m̂/(√v̂ + ε)
-
-
 def muon_adamw_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-    """Muon's rule in the ``use_muon`` groups, AdamW's in the others."""
-    (muon_rule if group["use_muon"] else _adamw_rule)(param, grad, state, group)
+    """Muon's rule in the ``use_muon`` groups, AdamW's (:func:`~optimlab.optim.adam.adam_rule`
+    with decoupled decay) in the others."""
+    if group["use_muon"]:
+        muon_rule(param, grad, state, group)
+    else:
+        adam_rule(param, grad, state, {**group, "decoupled_weight_decay": True, "maximize": False})
 
 
 class MuonWithAuxAdamW(Optimizer):
