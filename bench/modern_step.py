@@ -1,14 +1,17 @@
 """Time ``step()`` of the post-Adam optimizers against their peers; state bytes of all.
 
-    python bench/modern_step.py [--case big|small|both] [--steps N] [--quick]
+    python bench/modern_step.py [--case big|small|both] [--steps N] [--quick] [--threads 1,2]
                                 [--only RAdam,Lion] [--state-only]
 
 The sibling of ``bench/optim_step.py`` (same cases, same round-robin timing, same
 fused-Adam bandwidth yardstick measured in each block). Each optimlab optimizer (its
-default path) is stepped beside the peer the tests use as its oracle, where that peer is
+default path: the single-pass kernel where it has one, see docs/performance.md) is stepped
+beside its own foreach path (``foreach=True``; ``fused=False`` for the Keras twins, which take
+no ``foreach``) and beside the peer the tests use as its oracle, where that peer is
 installed (the ``test`` extra): torch.optim.RAdam / Adafactor / Muon (``foreach=True``
 where torch has it), ``lion-pytorch`` (its foreach class and its loop; the faster
-counts), ``pytorch-optimizer``'s Lamb, LARS and Lookahead, ``schedulefree``'s fast classes.
+counts), ``pytorch-optimizer``'s Lamb, LARS, ADOPT and Lookahead, ``schedulefree``'s fast
+classes. The Keras-convention twins (``optimlab.optim.keras``) have no peer here.
 
 Effective GB/s counts the bytes one update must move per parameter (float32); where the
 rule needs a reduction first (LAMB's and LARS's norms, Adafactor's row and column means)
@@ -21,9 +24,13 @@ that extra read is counted:
     Lookahead(Adam), k = 5    Adam's 28 B + every k steps read θ, φ; write θ, φ  ≈31 B
     Schedule-Free AdamW       read y, g, z, v; write y, z, v                    28 B
     Schedule-Free SGD         read y, g, z; write y, z                          20 B
+    ADOPT                     read θ, g, m, v; write θ, m, v                    28 B
     Adafactor                 read g (row/col means); read θ, g; write θ        16 B
     Muon                      matrix products (Newton–Schulz in bfloat16): no bandwidth figure;
                               timed on the small case only (the big one takes minutes a step)
+    Keras SGD (momentum)      read θ, g, v; write θ, v                          20 B
+    Keras Adagrad, RMSprop    read θ, g, a; write θ, a                          20 B
+    Keras Adadelta, Adam(W), Adamax, Nadam: read θ, g and two states; write θ, the states  28 B
 
 A last table lists the state every optimizer in the library keeps (both conventions),
 in bytes per parameter, measured from the state after two steps (0-dim counters included).
@@ -79,6 +86,7 @@ class ModernSpec:
     peers: dict[str, Callable]  # label -> factory(params); absent packages leave it empty
     bytes_per_param: int | None  # None: compute-bound (no bandwidth figure)
     matrices_only: bool = False
+    foreach: Callable | None = None  # ours forced onto its foreach path (None: it has one path)
 
 
 def _specs() -> list[ModernSpec]:
@@ -89,26 +97,48 @@ def _specs() -> list[ModernSpec]:
         lion_peers["lion-pytorch"] = lambda ps: lion_pytorch.Lion(ps, lr=LR)
     po = pytorch_optimizer
     sf = schedulefree
+    fe = dict(foreach=True)
     return [
         ModernSpec("RAdam", lambda ps: oo.RAdam(ps, lr=LR),
-                   {"torch foreach": lambda ps: torch.optim.RAdam(ps, lr=LR, foreach=True)}, 28),
-        ModernSpec("Lion", lambda ps: oo.Lion(ps, lr=LR), lion_peers, 20),
+                   {"torch foreach": lambda ps: torch.optim.RAdam(ps, lr=LR, foreach=True)}, 28,
+                   foreach=lambda ps: oo.RAdam(ps, lr=LR, **fe)),
+        ModernSpec("Lion", lambda ps: oo.Lion(ps, lr=LR), lion_peers, 20, foreach=lambda ps: oo.Lion(ps, lr=LR, **fe)),
         ModernSpec("LAMB", lambda ps: oo.LAMB(ps, lr=LR),
-                   {"pytorch-optimizer": lambda ps: po.Lamb(ps, lr=LR, weight_decouple=False)} if po else {}, 40),
+                   {"pytorch-optimizer": lambda ps: po.Lamb(ps, lr=LR, weight_decouple=False)} if po else {}, 40,
+                   foreach=lambda ps: oo.LAMB(ps, lr=LR, **fe)),
         ModernSpec("LARS", lambda ps: oo.LARS(ps, lr=LR),
-                   {"pytorch-optimizer": lambda ps: po.LARS(ps, lr=LR)} if po else {}, 28),
+                   {"pytorch-optimizer": lambda ps: po.LARS(ps, lr=LR)} if po else {}, 28,
+                   foreach=lambda ps: oo.LARS(ps, lr=LR, **fe)),
+        ModernSpec("ADOPT", lambda ps: oo.ADOPT(ps, lr=LR),
+                   {"pytorch-optimizer": lambda ps: po.ADOPT(ps, lr=LR)} if po else {}, 28,
+                   foreach=lambda ps: oo.ADOPT(ps, lr=LR, **fe)),
         ModernSpec("Lookahead", lambda ps: oo.Lookahead(oo.Adam(ps, lr=LR, fused=True), k=5),
                    {"pytorch-optimizer": lambda ps: po.Lookahead(torch.optim.Adam(ps, lr=LR, fused=True), k=5)}
                    if po else {}, 31),
         ModernSpec("SF AdamW", lambda ps: _trained(oo.ScheduleFreeAdamW)(ps, lr=LR),
-                   {"schedulefree": lambda ps: _trained(sf.AdamWScheduleFree)(ps, lr=LR)} if sf else {}, 28),
+                   {"schedulefree": lambda ps: _trained(sf.AdamWScheduleFree)(ps, lr=LR)} if sf else {}, 28,
+                   foreach=lambda ps: _trained(oo.ScheduleFreeAdamW)(ps, lr=LR, **fe)),
         ModernSpec("SF SGD", lambda ps: _trained(oo.ScheduleFreeSGD)(ps, lr=LR),
-                   {"schedulefree": lambda ps: _trained(sf.SGDScheduleFree)(ps, lr=LR)} if sf else {}, 20),
+                   {"schedulefree": lambda ps: _trained(sf.SGDScheduleFree)(ps, lr=LR)} if sf else {}, 20,
+                   foreach=lambda ps: _trained(oo.ScheduleFreeSGD)(ps, lr=LR, **fe)),
         ModernSpec("Adafactor", lambda ps: oo.Adafactor(ps, lr=LR),
                    {"torch foreach": lambda ps: torch.optim.Adafactor(ps, lr=LR, foreach=True)}, 16),
         ModernSpec("Muon", lambda ps: oo.Muon(ps, lr=LR),
                    {"torch": lambda ps: torch.optim.Muon(ps, lr=LR)}, None, matrices_only=True),
-    ]
+    ] + [ModernSpec(f"keras {label}", lambda ps, cls=cls, kw=kw: cls(ps, **kw), {}, nbytes,
+                    foreach=lambda ps, cls=cls, kw=kw: cls(ps, **kw, fused=False))
+         for label, cls, kw, nbytes in _KERAS]
+
+
+#: The Keras-convention twins: (label, class, hyperparameters, bytes per parameter).
+_KERAS = [("SGD m", ok.SGD, dict(learning_rate=LR, momentum=0.9), 20),
+          ("Adagrad", ok.Adagrad, dict(learning_rate=LR), 20),
+          ("RMSprop", ok.RMSprop, dict(learning_rate=LR), 20),
+          ("Adadelta", ok.Adadelta, dict(learning_rate=LR), 28),
+          ("Adam", ok.Adam, dict(learning_rate=LR), 28),
+          ("AdamW", ok.AdamW, dict(learning_rate=LR), 28),
+          ("Adamax", ok.Adamax, dict(learning_rate=LR), 28),
+          ("Nadam", ok.Nadam, dict(learning_rate=LR), 28)]
 
 
 def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = False) -> None:
@@ -116,8 +146,8 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
     print(f"\n=== case {case}: {n_all / 1e6:.2f}M float32 parameters in {len(shapes)} tensors "
           f"(Muon: the {sum(len(s) == 2 for s in shapes)} matrices); median of {steps} steps after "
           f"{warmup} warm-up; {torch.get_num_threads()} threads ===")
-    head = (f"{'optimizer':<10} {'B/p':>3} {'peer':<22} {'peer ms':>8} {'ours ms':>8} {'ours/peer':>9} "
-            f"{'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}")
+    head = (f"{'optimizer':<14} {'B/p':>3} {'peer':<22} {'peer ms':>8} {'ours fe':>8} {'ours ms':>8} {'path':<7} "
+            f"{'ours/fe':>7} {'ours/peer':>9} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}")
     print(head)
     print("-" * len(head), flush=True)
     gen = torch.Generator().manual_seed(123)
@@ -126,7 +156,7 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
         if spec.matrices_only and case == "big" and not quick:
             # torch's Muon (and ours, its twin) run Newton–Schulz in bfloat16: without bf16 matrix
             # units a CPU takes minutes per step on these 24M parameters (198 s measured here)
-            print(f"{spec.name:<10} {'-':>3} (bfloat16 Newton–Schulz: minutes a step on this CPU; see the small case)",
+            print(f"{spec.name:<14} {'-':>3} (bfloat16 Newton–Schulz: minutes a step on this CPU; see the small case)",
                   flush=True)
             continue
         if spec.matrices_only:
@@ -136,7 +166,10 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
         sub_shapes = [shapes[i] for i in picked]
         grads = [all_grads[i] for i in picked]
         n = numel(sub_shapes)
-        runners = {"ours": Runner("ours", spec.ours(make_params(sub_shapes, grads, seed=0)).step)}
+        ours_opt = spec.ours(make_params(sub_shapes, grads, seed=0))
+        runners = {"ours": Runner("ours", ours_opt.step)}
+        if spec.foreach is not None:
+            runners["ours foreach"] = Runner("ours foreach", spec.foreach(make_params(sub_shapes, grads, seed=7)).step)
         for i, (label, factory) in enumerate(spec.peers.items()):
             runners[label] = Runner(label, factory(make_params(sub_shapes, grads, seed=i + 1)).step)
         adam_ref = Runner("ref", torch.optim.Adam(make_params(shapes, all_grads, seed=99), lr=LR, fused=True).step)
@@ -144,7 +177,11 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
         run_block(list(runners.values()) + [adam_ref], warmup, spec_steps)
         ours = runners["ours"].median_ms()
         ref_gbps = gbps(28, n_all, adam_ref.median_ms())
-        peers = {k: r.median_ms() for k, r in runners.items() if k != "ours"}
+        peers = {k: r.median_ms() for k, r in runners.items() if k not in ("ours", "ours foreach")}
+        path = ours_opt.path_for(0) if hasattr(ours_opt, "path_for") else "-"
+        fe = runners["ours foreach"].median_ms() if "ours foreach" in runners else None
+        fe_cells = f"{fe:>8.2f} {ours:>8.2f} {path or '-':<7} {ours / fe:>7.2f}" if fe else \
+            f"{'-':>8} {ours:>8.2f} {path or '-':<7} {'-':>7}"
         if spec.bytes_per_param:
             eff = gbps(spec.bytes_per_param, n, ours)
             bw = f"{eff:>6.1f} {ref_gbps:>9.1f} {100 * eff / ref_gbps:>5.0f}%"
@@ -152,10 +189,11 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
             bw = f"{'-':>6} {ref_gbps:>9.1f} {'-':>6}"
         if peers:
             label, best = min(peers.items(), key=lambda kv: kv[1])
-            cells = f"{label:<22} {best:>8.2f} {ours:>8.2f} {ours / best:>9.2f}"
+            cells = f"{label:<22} {best:>8.2f} {fe_cells} {ours / best:>9.2f}"
         else:
-            cells = f"{'(not installed)':<22} {'-':>8} {ours:>8.2f} {'-':>9}"
-        print(f"{spec.name:<10} {spec.bytes_per_param or '-':>3} {cells} {bw}", flush=True)
+            none = "(none)" if spec.name.startswith("keras") else "(not installed)"
+            cells = f"{none:<22} {'-':>8} {fe_cells} {'-':>9}"
+        print(f"{spec.name:<14} {spec.bytes_per_param or '-':>3} {cells} {bw}", flush=True)
 
 
 # ------------------------------------------------------------------------ state bytes
@@ -228,7 +266,9 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 15 big, 40 small; "
                     "Muon a third of that); the median is reported")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1/10 of the cases, 3 steps")
-    ap.add_argument("--only", default=None, help="comma-separated optimizer names (as in the table)")
+    ap.add_argument("--only", default=None, help="comma-separated optimizer names (as in the table; any case)")
+    ap.add_argument("--threads", default=None, help="comma-separated torch.set_num_threads values, each timed "
+                    "in turn (default: torch's own setting)")
     ap.add_argument("--state-only", action="store_true", help="print only the state-bytes table")
     args = ap.parse_args(argv)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -237,12 +277,22 @@ def main(argv=None) -> None:
     if not args.state_only:
         specs = _specs()
         if args.only:
-            specs = [s for s in specs if s.name in args.only.split(",")]
-        for case in (["big", "small"] if args.case == "both" else [args.case]):
-            steps = args.steps or (3 if args.quick else (15 if case == "big" else 40))
-            start = time.perf_counter()
-            bench_case(case, CASES[case](0.1 if args.quick else 1.0), steps, 1 if args.quick else 3, specs, args.quick)
-            print(f"({time.perf_counter() - start:.0f} s)")
+            wanted = {w.strip().lower() for w in args.only.split(",")}
+            unknown = wanted - {s.name.lower() for s in specs}
+            if unknown:
+                ap.error(f"--only: unknown {sorted(unknown)}; the table has {[s.name for s in specs]}")
+            specs = [s for s in specs if s.name.lower() in wanted]
+        own = torch.get_num_threads()
+        threads = [int(t) for t in args.threads.split(",") if t.strip()] if args.threads else [own]
+        for n_threads in threads:
+            torch.set_num_threads(n_threads or own)
+            for case in (["big", "small"] if args.case == "both" else [args.case]):
+                steps = args.steps or (3 if args.quick else (15 if case == "big" else 40))
+                start = time.perf_counter()
+                bench_case(case, CASES[case](0.1 if args.quick else 1.0), steps, 1 if args.quick else 3, specs,
+                           args.quick)
+                print(f"({time.perf_counter() - start:.0f} s)")
+        torch.set_num_threads(own)
     state_table()
     if load:
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")

@@ -1,32 +1,53 @@
-"""Single-pass CPU kernels for the optimizers torch has no fused kernel for.
+"""Single-pass CPU kernels, generated from the descriptions in :mod:`._kernel_specs`.
 
-RMSprop, Adadelta, Adamax and NAdam land here with ``fused=True`` and by default (``fused=None``,
-``foreach=None``: see ``Optimizer._wants_kernel``) on float32/float64 CPU tensors. The foreach rules in
-:mod:`optimlab.optim._rules` make one pass over memory per arithmetic operation; the C
-loops in ``_kernels.c`` make one pass in all, reading each operand once and writing each
-result once, and split the elements over ``torch.get_num_threads()`` threads.
+The elementwise optimizers torch has no fused CPU kernel for (RMSprop, Adadelta, Adamax,
+NAdam, RAdam, Lion, ADOPT, Schedule-Free AdamW and SGD, LAMB, LARS and the Keras-convention
+twins) land here with ``fused=True`` and by default (``fused=None``, ``foreach=None``: see
+``Optimizer._wants_kernel``; the Keras twins: ``KerasOptimizer._wants_kernel_here``) on
+float32/float64 CPU tensors. Their foreach rules make one pass over memory per arithmetic
+operation; these loops make one pass in all (LAMB and LARS two: their per-tensor norms
+first), reading each operand once and writing each result once, and split the elements over
+``torch.get_num_threads()`` threads.
+
+Where the loops come from: each optimizer's kernel is a *description*
+(:mod:`._kernel_specs`, in the language of :mod:`._kernelgen`); :class:`._kernelgen.Library`
+traces every description once per combination of its flags and emits a C loop for each
+(a *variant*), for float32 and float64, with the table that dispatches them, into the
+hand-written runtime ``_kernel_runtime.c`` (threads, chunking, step counters). A variant's id
+is its index in that table, and the numbers its loop reads (``h`` per call, ``ts`` per
+tensor) are packed by name by functions generated from the same trace: no id, constant or
+formula is kept in step by hand between Python and C. :func:`launch` runs a description.
 
 The arithmetic is the rule's, operation by operation, in the tensor's dtype (scalars
 computed in double here, rounded to the dtype in C, as torch does; fused multiply-adds
-exactly where torch's vectorised kernels use them), so the fused path agrees with the
-foreach path to within an ulp or two per step.
+exactly where torch's vectorised kernels use them): a kernel without square roots matches
+the foreach path bit for bit. Square roots are the C library's (correctly rounded; torch's
+CPU ``sqrt``, MKL's vector routine in torch's wheels, is not always, so these kernels agree
+with the foreach path to an ulp or two per step), except in the descriptions marked
+``torch_sqrt`` (the Keras twins, which must be Keras bit for bit, and ADOPT, its readable rule
+bit for bit), which call torch's own routine on blocks of elements: found in libtorch and
+checked against ``torch.sqrt`` when the library loads (:func:`sqrt_is_torchs`); where that
+check fails they use the C library's and decline calls that ask for ``exact`` results.
 
 Building: on the first step that uses them (any default CPU step of the optimizers above,
-and of torch-kernel ones, whose step counters advance here) ``_kernels.c`` is compiled with
-the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``; about a second) into
-``$OPTIMLAB_KERNEL_CACHE`` or ``$XDG_CACHE_HOME/optimlab/kernels`` (default
+and of torch-kernel ones, whose step counters advance here) the generated source is
+compiled with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``; a few seconds)
+into ``$OPTIMLAB_KERNEL_CACHE`` or ``$XDG_CACHE_HOME/optimlab/kernels`` (default
 ``~/.cache/optimlab/kernels``), named by a hash of the source, the flags and the CPU, and
 written atomically (concurrent processes each build and rename; one wins, all load a
-complete file); later processes load it in milliseconds. A process builds or loads at most
-once (under a lock); a failure is remembered, so it is not retried step after step. ``OPTIMLAB_FUSED_KERNELS=0``
-turns the kernels off. :func:`available` builds ahead of time.
+complete file); later processes load it in milliseconds (and check, through a signature
+compiled into it, that it is the library of these descriptions). A process builds or loads
+at most once (under a lock); a failure is remembered, so it is not retried step after step.
+``OPTIMLAB_FUSED_KERNELS=0`` turns the kernels off; ``OPTIMLAB_KERNEL_SQRT=ieee`` makes
+them use the C library's (correctly rounded) square root. :func:`available` builds ahead of time.
 
-Each public function performs the complete update, maximize and weight decay included, and
-returns True; it returns False, having changed nothing, when no kernel applies (a dtype
-other than float32/float64, any tensor that differs from its parameter in dtype, device,
-layout, number of elements or memory order, no C compiler, ...): the caller then runs the
-foreach rule. The first failure to build is reported with one warning. :func:`fits` makes
-the same checks for torch's fused kernels, which trust their inputs as these do.
+:func:`launch` (and the wrappers below) perform the complete update, maximize and weight
+decay included, and return True; they return False, having changed nothing, when no kernel
+applies (a dtype other than float32/float64, any tensor that differs from its parameter in
+dtype, device, layout, number of elements or memory order, no C compiler, ...): the caller
+then runs the foreach rule. The first failure to build is reported with one warning.
+:func:`fits` makes the same checks for torch's fused kernels, which trust their inputs as
+these do.
 """
 
 from __future__ import annotations
@@ -44,35 +65,52 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version as _increment_version
 
+from optimlab.optim import _kernel_specs as specs
+from optimlab.optim._kernelgen import Kernel, Library
 from optimlab.optim._rules import nadam_momentum
 
-__all__ = ["rmsprop", "adadelta", "adamax", "nadam", "advance_steps", "increment", "available", "fits"]
-
-# Kernel ids and flags: keep in sync with _kernels.c.
-_K_RMSPROP, _K_ADADELTA, _K_ADAMAX, _K_NADAM = 0, 1, 2, 3
-_F_MAXIMIZE, _F_WD, _F_CENTERED, _F_MOMENTUM, _F_DECOUPLED = 1, 2, 4, 8, 16
+__all__ = ["launch", "prepare", "rmsprop", "adadelta", "adamax", "nadam", "advance_steps", "increment",
+           "available", "fits", "library", "sqrt_is_torchs"]
 
 #: Below this many elements in a call, one thread: waking a second costs more than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 16
 #: Elements per unit of work a thread takes (a multiple of 16: whole cache lines).
 CHUNK_ELEMENTS = 1 << 15
 
-_SOURCE = Path(__file__).with_name("_kernels.c")
+_RUNTIME = Path(__file__).with_name("_kernel_runtime.c")
 _CFLAGS = ["-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", "-ffp-contract=off",
            "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-fvisibility=hidden",
            "-pthread"]
 _NATIVE = ["-march=native"]
+#: The mode torch passes to MKL's vector maths (VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE).
+_VML_MODE = 0x2 | 0x140000 | 0x100
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _failed = False
+_sqrt_exact = False
+_library: Library | None = None
 _DTYPES = {torch.float32: 0, torch.float64: 1}
+
+
+def library() -> Library:
+    """The generated kernel library (every variant of every description in
+    :data:`._kernel_specs.KERNELS`, its C source and its table), built once per process."""
+    global _library
+    lib = _library
+    if lib is None:
+        with _lock:
+            if _library is None:
+                _library = Library(specs.KERNELS, _RUNTIME.read_text(encoding="utf-8"))
+            lib = _library
+    return lib
 
 
 # --------------------------------------------------------------------------- building
@@ -150,12 +188,12 @@ def _build(source: bytes, cache: Path) -> Path:
                 continue
             os.close(fd)
             try:
-                proc = subprocess.run([*cc.split(), *flags, "-x", "c", "-o", tmp, str(_SOURCE), "-lm"],
-                                      capture_output=True, text=True, timeout=120)
+                proc = subprocess.run([*cc.split(), *flags, "-x", "c", "-o", tmp, "-", "-lm"], input=source,
+                                      capture_output=True, timeout=300)
                 if proc.returncode == 0:
                     os.replace(tmp, target)  # atomic: a concurrent process sees all or nothing
                     return target
-                errors.append(f"{cc} {' '.join(flags)}: {proc.stderr.strip()[-2000:]}")
+                errors.append(f"{cc} {' '.join(flags)}: {proc.stderr.decode(errors='replace').strip()[-2000:]}")
             except (OSError, subprocess.SubprocessError) as err:
                 errors.append(f"{cc}: {err}")
             finally:
@@ -165,47 +203,123 @@ def _build(source: bytes, cache: Path) -> Path:
     raise RuntimeError("compiling the fused kernels failed:\n" + "\n".join(errors))
 
 
-def _open(path: Path) -> ctypes.CDLL:
+def _open(path: Path, expected: Library) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
-    vp, i32, i64, dbl = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
-    lib.ol_step.argtypes = [i32, i32, i32, i32, i64, i64, vp, vp, vp, i32, vp]
+    vp, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    lib.ol_signature.restype = ctypes.c_char_p
+    if lib.ol_signature().decode() != expected.signature:
+        raise RuntimeError(f"{path} is not the library of these kernel descriptions")
+    lib.ol_step.argtypes = [i32, i32, i32, i64, i64, vp, vp, vp, i32, vp]
     lib.ol_step.restype = i32
-    lib.ol_nadam_scalars.argtypes = [i64, vp, vp, vp, vp, vp, dbl, vp]
-    lib.ol_nadam_scalars.restype = None
     lib.ol_advance.argtypes = [i64, vp, vp, vp]
     lib.ol_advance.restype = None
-    lib.ol_version.restype = i32
-    if lib.ol_version() != 3:
-        raise RuntimeError(f"{path} is not this version's kernel library")
+    lib.ol_scale.argtypes = [i64, vp, vp, vp, vp]
+    lib.ol_scale.restype = None
+    lib.ol_set_sqrt.argtypes = [vp, vp, i64, vp]
+    lib.ol_set_sqrt.restype = None
+    lib.ol_sqrt.argtypes = [i32, i64, vp]
+    lib.ol_sqrt.restype = None
+    lib.ol_variant_count.restype = i32
+    if lib.ol_variant_count() != len(expected.variants):
+        raise RuntimeError(f"{path} has another table of kernels than these descriptions")
     return lib
+
+
+def _torch_sqrt_routines() -> tuple[int, int, int | None] | None:
+    """Addresses of the vector square roots torch's CPU ``sqrt`` calls (MKL's, exported by
+    libtorch_cpu in torch's wheels) and of MKL's per-thread thread count setter, or None
+    where there are none."""
+    lib_dir = Path(torch.__file__).resolve().parent / "lib"
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
+        path = lib_dir / name
+        if not path.exists():
+            continue
+        try:
+            torch_lib = ctypes.CDLL(str(path))  # already loaded by torch: the same handle
+        except OSError:
+            return None
+        fs, fd = getattr(torch_lib, "VMSSQRT_", None), getattr(torch_lib, "VMDSQRT_", None)
+        serial = getattr(torch_lib, "MKL_Set_Num_Threads_Local", None)  # (int) -> int, by value
+        if fs is None or fd is None:
+            return None
+        address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+        return address(fs), address(fd), (address(serial) if serial is not None else None)
+    return None
+
+
+def _sqrt_matches_torch(lib: ctypes.CDLL, serial: int | None = None) -> bool:
+    """Whether the kernels' square root gives torch.sqrt's bits (float32 and float64, on
+    values of every magnitude, in runs of every length the blocks make). ``serial``: MKL's
+    per-thread thread count setter, to keep torch's sqrt here from starting MKL's OpenMP team
+    (which would make a forked child's next threaded torch op hang)."""
+    if serial is None:
+        return _sqrt_check(lib)
+    setter = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(serial)
+    previous = setter(1)
+    try:
+        return _sqrt_check(lib)
+    finally:
+        setter(previous)
+
+
+def _sqrt_check(lib: ctypes.CDLL) -> bool:
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.random(5000) * 10, np.exp(rng.standard_normal(3000) * 30),
+                             [0.0, 1e-40, 1e-310, np.inf, 4.0, 2.0]])
+    for is_double, dtype in enumerate((torch.float32, torch.float64)):
+        with np.errstate(over="ignore"):  # (float32: the largest values become inf)
+            x = torch.from_numpy(values.astype(np.float64 if is_double else np.float32))
+        # torch.sqrt in pieces below its parallel grain: on this thread (serial, see above)
+        expected = torch.cat([torch.sqrt(piece) for piece in x.split(1024)])
+        got = x.clone()
+        lib.ol_sqrt(is_double, got.numel(), got.data_ptr())
+        if not torch.equal(got, expected):
+            return False
+    return True
+
+
+def _use_torch_sqrt(lib: ctypes.CDLL) -> bool:
+    """Point the kernels' square root at torch's routine if it reproduces torch.sqrt, else at
+    the C library's; True if the kernels' square roots are torch's, bit for bit."""
+    routines = _torch_sqrt_routines()
+    serial = routines[2] if routines is not None else None
+    if routines is not None and os.environ.get("OPTIMLAB_KERNEL_SQRT", "").strip().lower() != "ieee":
+        lib.ol_set_sqrt(routines[0], routines[1], _VML_MODE, serial)
+        if _sqrt_matches_torch(lib, serial):
+            return True
+    lib.ol_set_sqrt(None, None, 0, None)
+    return _sqrt_matches_torch(lib, serial)
 
 
 def _load() -> ctypes.CDLL | None:
     """The kernel library, built on first use; None (after one warning) if it cannot be."""
-    global _lib, _failed
+    global _lib, _failed, _sqrt_exact
     if _lib is not None or _failed:
         return _lib
+    if os.environ.get("OPTIMLAB_FUSED_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+        with _lock:
+            _failed = True
+        return None
+    generated = library()
     with _lock:
         if _lib is not None or _failed:
             return _lib
-        if os.environ.get("OPTIMLAB_FUSED_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
-            _failed = True
-            return None
         try:
             if sys.byteorder != "little" or ctypes.sizeof(ctypes.c_void_p) != 8:
                 raise RuntimeError("the kernels need a 64-bit little-endian platform")
-            source = _SOURCE.read_bytes()
+            source = generated.source.encode()
             path = _build(source, _cache_dir())
             try:
-                lib = _open(path)
+                lib = _open(path, generated)
             except OSError:  # a damaged cache entry: build it again, once
                 path.unlink(missing_ok=True)
-                lib = _open(_build(source, _cache_dir()))
+                lib = _open(_build(source, _cache_dir()), generated)
+            _sqrt_exact = _use_torch_sqrt(lib)
         except Exception as err:  # noqa: BLE001 - any failure means: fall back, say so once
             _failed = True
-            warnings.warn(f"optimlab: fused CPU kernels unavailable; RMSprop, Adadelta, Adamax and NAdam "
-                          f"(fused=True, and the default) fall back to the foreach path ({err})",
-                          RuntimeWarning, stacklevel=4)
+            warnings.warn(f"optimlab: fused CPU kernels unavailable; the optimizers that use optimlab's "
+                          f"single-pass kernels (RMSprop, Adadelta, Adamax, NAdam, ...; fused=True, and the "
+                          f"default) fall back to the foreach path ({err})", RuntimeWarning, stacklevel=4)
             return None
         _lib = lib
         return lib
@@ -214,6 +328,12 @@ def _load() -> ctypes.CDLL | None:
 def available() -> bool:
     """Build (or load) the kernels now; True if ``fused=True`` will use them."""
     return _load() is not None
+
+
+def sqrt_is_torchs() -> bool:
+    """True if the kernels are built and their square roots are torch.sqrt's, bit for bit
+    (then every kernel matches its foreach rule exactly)."""
+    return _load() is not None and _sqrt_exact
 
 
 # ------------------------------------------------------------------------- marshalling
@@ -332,31 +452,22 @@ def _per_tensor(steps: Sequence[float], fn) -> array.array:
     return out
 
 
-def _run(kind: int, lists, flags: int, hyper: list[float], per_tensor: array.array | None = None,
-         nts: int = 0, gathered=None, params: Sequence[Tensor] = ()) -> bool:
+def _run(kind: int, gathered, h: array.array, ts: array.array | None, nts: int,
+         params: Sequence[Tensor]) -> bool:
+    """One C call: variant ``kind`` over the tensors ``gathered`` describes."""
     lib = _load()
     if lib is None:
         return False
-    if gathered is None:
-        gathered = _gather(lists)
-        if gathered is None:
-            return False
-        params = lists[0]
     ptrs, numels, is_double, total = gathered
-    h = array.array("d", hyper)
-    ts = _address(per_tensor) if per_tensor is not None and len(per_tensor) else None
-    rc = lib.ol_step(kind, is_double, flags, _threads(total), CHUNK_ELEMENTS, len(numels), _address(numels),
-                     _address(ptrs), ts, nts, _address(h))
+    ts_address = _address(ts) if ts is not None and len(ts) else None
+    rc = lib.ol_step(kind, is_double, _threads(total), CHUNK_ELEMENTS, len(numels), _address(numels),
+                     _address(ptrs), ts_address, nts, _address(h) if len(h) else None)
     if rc != 0:
         raise RuntimeError(f"optimlab fused kernel {kind} failed with code {rc}")
     # The parameters changed behind autograd's back: bump their version counters, as an
     # in-place torch op would, so a graph that saved them notices.
     _increment_version(params)
     return True
-
-
-def _common_flags(maximize: bool, weight_decay: float) -> int:
-    return (_F_MAXIMIZE if maximize else 0) | (_F_WD if weight_decay != 0 else 0)
 
 
 def _scalar_pointers(tensors: Sequence[Tensor]):
@@ -401,45 +512,139 @@ def increment(steps: Sequence[Tensor]) -> None:
         torch._foreach_add_(steps, 1)
 
 
+def scale_scalars(tensors: Sequence[Tensor], factors: Sequence[float], pointers=None) -> list[float]:
+    """``torch._foreach_mul_(tensors, factors)`` on 0-dim float32/float64 CPU tensors (each in
+    its own dtype) and their new values, in one C call; the caller has checked them with
+    :func:`_scalar_pointers` (``pointers``)."""
+    lib = _load()
+    ptrs, is_double = pointers if pointers is not None else _scalar_pointers(tensors)
+    n = len(tensors)
+    out = array.array("d", [0.0]) * n
+    factors = factors if isinstance(factors, array.array) else array.array("d", factors)  # (kept alive)
+    lib.ol_scale(n, _address(ptrs), _address(is_double), _address(factors), _address(out))
+    _increment_version(tensors)
+    return out.tolist()
+
+
+# ------------------------------------------------------------------------- launching
+class Launch:
+    """A kernel call checked and ready (:func:`prepare`): every tensor fits; calling it runs
+    the kernel with the per-tensor inputs given then (merged with those given to prepare)."""
+
+    __slots__ = ("kernel", "hyper", "parts", "per_tensor", "params")
+
+    def __init__(self, kernel: Kernel, hyper, parts, per_tensor, params):
+        self.kernel, self.hyper, self.parts, self.per_tensor, self.params = kernel, hyper, parts, per_tensor, params
+
+    def __call__(self, per_tensor: Mapping[str, Sequence[float]] | None = None) -> bool:
+        inputs = {**self.per_tensor, **(per_tensor or {})}
+        for variant, indices, gathered, params in self.parts:
+            pack_h, pack_ts = variant.packers_cached
+            h = array.array("d", pack_h(self.hyper))
+            ts = None
+            if pack_ts is not None:
+                ts = _pack_per_tensor(pack_ts, self.hyper, inputs, indices, len(params), variant.tensor_inputs)
+            if not _run(variant.id, gathered, h, ts, len(variant.tensor_slots), params):
+                return False
+        return True
+
+
+def _pack_per_tensor(pack, hyper, inputs, indices, n, names) -> array.array:
+    """The ``ts`` array: ``pack(hyper, t)`` for each tensor's inputs ``t`` (usually all equal:
+    one evaluation)."""
+    columns = [inputs[name] if indices is None else [inputs[name][i] for i in indices] for name in names]
+    if all(len(c) == n for c in columns) and all(c.count(c[0]) == n for c in columns if n):
+        if not n:
+            return array.array("d")
+        return array.array("d", pack(hyper, {name: c[0] for name, c in zip(names, columns)})) * n
+    out = array.array("d")
+    cache: dict[tuple, list[float]] = {}
+    for row in zip(*columns):
+        values = cache.get(row)
+        if values is None:
+            values = cache[row] = pack(hyper, dict(zip(names, row)))
+        out.extend(values)
+    return out
+
+
+def prepare(kernel: Kernel, arrays: Mapping[str, Sequence[Tensor]], hyper: Mapping[str, Any],
+            per_tensor: Mapping[str, Sequence[float]] | None = None, *, exact: bool = False) -> Launch | None:
+    """Check that ``kernel`` can run on these tensors; a :class:`Launch` if so, else None
+    (nothing changed). ``arrays``: the description's arrays by name (lists of tensors, one per
+    parameter; an array the flags do not use may be missing or empty); ``hyper``: its
+    hyperparameters and whatever its flags read, by name; ``per_tensor``: its per-tensor
+    inputs by name (one number per parameter; tensor flags are decided from these). ``exact``:
+    only where the kernel is bit-identical to the foreach ops (its square roots torch's)."""
+    if _load() is None:
+        return None
+    params = arrays["param"]
+    per_tensor = dict(per_tensor or {})
+    if not params:
+        return Launch(kernel, hyper, [], per_tensor, [])
+    lib = library()
+    flags = kernel.group_flags(hyper)
+    if kernel.tensor_flags:
+        groups: dict[tuple[bool, ...], list[int]] = {}
+        names = [n for n in kernel.per_tensor if n in per_tensor]
+        for i in range(len(params)):
+            tf = kernel.tensor_flag_values({name: per_tensor[name][i] for name in names})
+            groups.setdefault(tf, []).append(i)
+        split = [(flags + tf, idx if len(groups) > 1 else None) for tf, idx in groups.items()]
+    else:
+        split = [(flags, None)]
+    parts = []
+    for all_flags, indices in split:
+        variant = lib.variant(kernel, all_flags)
+        if exact and variant.uses_sqrt and not (kernel.torch_sqrt and _sqrt_exact):
+            return None
+        lists = []
+        for name in variant.arrays:
+            given = arrays.get(name)
+            if given is None or len(given) != len(params):
+                raise ValueError(f"kernel {kernel.name} (flags {variant.flag_dict}) needs the array {name!r} "
+                                 f"for each of the {len(params)} parameters")
+            lists.append(given if indices is None else [given[i] for i in indices])
+        gathered = _gather(lists)
+        if gathered is None:
+            return None
+        parts.append((variant, indices, gathered, lists[0]))
+    return Launch(kernel, hyper, parts, per_tensor, params)
+
+
+def launch(kernel: Kernel, arrays: Mapping[str, Sequence[Tensor]], hyper: Mapping[str, Any],
+           per_tensor: Mapping[str, Sequence[float]] | None = None, *, exact: bool = False) -> bool:
+    """Run ``kernel`` (a description of :mod:`._kernel_specs`) on these tensors: True if it did
+    the update, False (nothing changed) if it cannot serve them. See :func:`prepare`."""
+    ready = prepare(kernel, arrays, hyper, per_tensor, exact=exact)
+    return ready is not None and ready()
+
+
+# ------------------------------------------------------------------------ the kernels
 def rmsprop(*, params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor],
             grad_avgs: list[Tensor], momentum_buffers: list[Tensor], lr: float, alpha: float,
             eps: float, momentum: float, centered: bool, maximize: bool, weight_decay: float) -> bool:
     """:func:`_rules.rmsprop` after :func:`_rules.effective_grads`, in one pass."""
-    if not params:
-        return True
-    flags = _common_flags(maximize, weight_decay)
-    lists = [params, grads, square_avgs]
-    if centered:
-        flags |= _F_CENTERED
-        lists.append(grad_avgs)
-    if momentum > 0:
-        flags |= _F_MOMENTUM
-        lists.append(momentum_buffers)
-    hyper = [lr, alpha, eps, momentum, weight_decay, 1 - alpha, -1.0 if maximize else 1.0]
-    return _run(_K_RMSPROP, lists, flags, hyper)
+    return launch(specs.rmsprop, dict(param=params, grad=grads, square_avg=square_avgs, grad_avg=grad_avgs,
+                                      momentum_buffer=momentum_buffers),
+                  dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, centered=centered, maximize=maximize,
+                       weight_decay=weight_decay))
 
 
 def adadelta(*, params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor],
              acc_deltas: list[Tensor], lr: float, rho: float, eps: float, maximize: bool,
              weight_decay: float) -> bool:
     """:func:`_rules.adadelta` after :func:`_rules.effective_grads`, in one pass."""
-    if not params:
-        return True
-    hyper = [lr, rho, eps, weight_decay, 1 - rho, -1.0 if maximize else 1.0]
-    return _run(_K_ADADELTA, [params, grads, square_avgs, acc_deltas],
-                _common_flags(maximize, weight_decay), hyper)
+    return launch(specs.adadelta, dict(param=params, grad=grads, square_avg=square_avgs, acc_delta=acc_deltas),
+                  dict(lr=lr, rho=rho, eps=eps, maximize=maximize, weight_decay=weight_decay))
 
 
 def adamax(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_infs: list[Tensor],
            steps: Sequence[float], lr: float, beta1: float, beta2: float, eps: float, maximize: bool,
            weight_decay: float) -> bool:
     """:func:`_rules.adamax` after :func:`_rules.effective_grads`, in one pass."""
-    if not params:
-        return True
-    step_sizes = _per_tensor(steps, lambda t: -lr / (1 - beta1**t))
-    hyper = [beta2, eps, weight_decay, 1 - beta1, -1.0 if maximize else 1.0]
-    return _run(_K_ADAMAX, [params, grads, exp_avgs, exp_infs], _common_flags(maximize, weight_decay),
-                hyper, step_sizes, 1)
+    return launch(specs.adamax, dict(param=params, grad=grads, exp_avg=exp_avgs, exp_inf=exp_infs),
+                  dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, maximize=maximize, weight_decay=weight_decay),
+                  dict(step=steps))
 
 
 def nadam(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
@@ -448,26 +653,18 @@ def nadam(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
           decoupled: bool = False) -> bool:
     """:func:`_rules.nadam` after :func:`_rules.effective_grads` (or, ``decoupled``,
     :func:`_rules.decoupled_decay`), in one pass; ``mu_products`` are updated in place."""
-    if not params:
-        return True
-    lib = _load()
-    if lib is None:
+    if len(mu_products) != len(params):
         return False
-    gathered = _gather([params, grads, exp_avgs, exp_avg_sqs])
-    if gathered is None or len(mu_products) != len(params):
+    ready = prepare(specs.nadam, dict(param=params, grad=grads, exp_avg=exp_avgs, exp_avg_sq=exp_avg_sqs),
+                    dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, maximize=maximize, weight_decay=weight_decay,
+                         decoupled_weight_decay=decoupled))
+    if ready is None:
         return False
     mu = _scalar_pointers(mu_products)  # in their own dtype, not necessarily the params'
     if mu is None:
         return False
-    mu_ptrs, mu_is_double = mu
-    n = len(params)
+    steps = list(steps)
     mus = _per_tensor(steps, lambda t: nadam_momentum(beta1, t, momentum_decay))
     mu_nexts = _per_tensor(steps, lambda t: nadam_momentum(beta1, t + 1, momentum_decay))
-    bc2 = _per_tensor(steps, lambda t: 1 - beta2**t)
-    scalars = array.array("d", [0.0]) * (3 * n)
-    lib.ol_nadam_scalars(n, _address(mu_ptrs), _address(mu_is_double), _address(mus),
-                         _address(mu_nexts), _address(bc2), lr, _address(scalars))
-    flags = _common_flags(maximize, weight_decay) | (_F_DECOUPLED if decoupled else 0)
-    hyper = [beta2, eps, weight_decay, 1 - beta1, 1 - beta2, 1 - lr * weight_decay,
-             -1.0 if maximize else 1.0]
-    return _run(_K_NADAM, None, flags, hyper, scalars, 3, gathered=gathered, params=params)
+    products = scale_scalars(mu_products, mus, mu)  # Π ← Π·μ_t, as torch._foreach_mul_
+    return ready(dict(step=steps, mu=mus.tolist(), mu_next=mu_nexts.tolist(), mu_product=products))

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
+from optimlab.optim import _fused, _kernel_specs
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
 from optimlab.optim._modern import RealOnly
@@ -84,22 +85,32 @@ class ADOPT(RealOnly, Optimizer):
     hyper_checks = {"betas": check.betas, "eps": check.positive, "decoupled_weight_decay": check.boolean,
                     "clip_exponent": _clip_exponent}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
+    default_kernels = "optimlab"  # _kernel_specs.adopt: adopt_rule bit for bit, in one pass
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.9999),
                  eps: float = 1e-6, weight_decay: float = 0.0, decoupled_weight_decay: bool = False, *,
                  clip_exponent: float | None = 0.25, maximize: bool = False, foreach: bool | None = None,
-                 skip_nonfinite: bool = False):
+                 fused: bool | None = None, skip_nonfinite: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, clip_exponent=clip_exponent,
-                        maximize=maximize, foreach=foreach)
+                        maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return self._adam_moments(param)
 
     def _update(self, group, params, grads, states) -> None:
-        steps = self._advance(states)
+        steps = self._advance(states, self._kernel)
         beta1, beta2 = group["betas"]
+        if self._kernel and _fused.launch(
+                _kernel_specs.adopt, dict(param=params, grad=grads, exp_avg=[s["exp_avg"] for s in states],
+                                          exp_avg_sq=[s["exp_avg_sq"] for s in states]),
+                dict(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
+                     weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
+                     clip_exponent=group["clip_exponent"], maximize=group["maximize"]),
+                dict(step=steps), exact=True):
+            self._kernel_ran = True
+            return
         for p, g, s, t in zip(params, grads, states, steps):
             adopt_rule(p, g, s["exp_avg"], s["exp_avg_sq"], int(t), lr=float(group["lr"]), beta1=float(beta1),
                        beta2=float(beta2), eps=group["eps"], weight_decay=group["weight_decay"],

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimlab.optim import _rules, _rules_modern
+from optimlab.optim import _fused, _kernel_specs, _rules, _rules_modern
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 from optimlab.optim._modern import RealOnly
@@ -52,11 +52,13 @@ class Lion(RealOnly, Optimizer):
     hyper_checks = {"betas": check.betas}
     state_keys = frozenset({"exp_avg"})
     other_dtype_grads = "rules"  # its foreach ops take a gradient in another dtype
+    default_kernels = "optimlab"  # _kernel_specs.lion
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
-                 skip_nonfinite: bool = False):
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach)
+                 fused: bool | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
+                        fused=fused)
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +67,12 @@ class Lion(RealOnly, Optimizer):
     def _update(self, group, params, grads, states) -> None:
         beta1, beta2 = group["betas"]
         lr = float(group["lr"])
+        if self._kernel and _fused.launch(
+                _kernel_specs.lion, dict(param=params, grad=grads, exp_avg=[s["exp_avg"] for s in states]),
+                dict(lr=lr, beta1=float(beta1), beta2=float(beta2), weight_decay=group["weight_decay"],
+                     maximize=group["maximize"])):
+            self._kernel_ran = True
+            return
         grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
         _rules.decoupled_decay(params, lr=lr, weight_decay=group["weight_decay"])
         _rules_modern.lion(params, grads, [s["exp_avg"] for s in states], lr=lr,

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.optim.radam import radam as _torch_radam  # the reference for gradients in another dtype
 
-from optimlab.optim import _rules, _rules_modern
+from optimlab.optim import _fused, _kernel_specs, _rules, _rules_modern
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 
@@ -69,24 +69,33 @@ class RAdam(Optimizer):
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
     load_defaults = {**Optimizer.load_defaults, "decoupled_weight_decay": False}  # as torch's __setstate__
     other_dtype_grads = "torch"  # as torch's RAdam (whose lerp fails unless L2 decay promoted first)
+    default_kernels = "optimlab"  # _kernel_specs.radam
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
-                 differentiable: bool = False, skip_nonfinite: bool = False):
+                 differentiable: bool = False, fused: bool | None = None, skip_nonfinite: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, capturable=capturable, decoupled_weight_decay=decoupled_weight_decay,
-                        differentiable=differentiable)
+                        differentiable=differentiable, fused=fused)
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return self._adam_moments(param)
 
     def _update(self, group, params, grads, states) -> None:
-        steps = self._advance(states)
+        steps = self._advance(states, self._kernel)
         beta1, beta2 = group["betas"]
         lr, wd = float(group["lr"]), group["weight_decay"]
         params, grads = self._real(params), self._real(grads)
+        if self._kernel and _fused.launch(
+                _kernel_specs.radam, dict(param=params, grad=grads, exp_avg=self._real([s["exp_avg"] for s in states]),
+                                          exp_avg_sq=self._real([s["exp_avg_sq"] for s in states])),
+                dict(lr=lr, beta1=float(beta1), beta2=float(beta2), eps=group["eps"], weight_decay=wd,
+                     maximize=group["maximize"], decoupled_weight_decay=group["decoupled_weight_decay"]),
+                dict(step=steps)):
+            self._kernel_ran = True
+            return
         if group["decoupled_weight_decay"]:
             grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
             _rules.decoupled_decay(params, lr=lr, weight_decay=wd)

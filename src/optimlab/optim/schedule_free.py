@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from optimlab.optim import _rules, _rules_modern
+from optimlab.optim import _fused, _kernel_specs, _rules, _rules_modern
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 from optimlab.optim._modern import RealOnly
@@ -156,14 +156,15 @@ class ScheduleFreeAdamW(_ScheduleFree):
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": _betas_open, "eps": check.positive, "decay_at_z": check.boolean, **_COMMON}
     state_keys = frozenset({"z", "exp_avg_sq"})
+    default_kernels = "optimlab"  # _kernel_specs.schedule_free_adamw
 
     def __init__(self, params: Any, lr: float | Tensor = 0.0025, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, warmup_steps: int = 0, r: float = 0.0,
                  weight_lr_power: float = 2.0, decay_at_z: bool = False, *, maximize: bool = False,
-                 foreach: bool | None = None, skip_nonfinite: bool = False):
+                 foreach: bool | None = None, fused: bool | None = None, skip_nonfinite: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
                         weight_lr_power=weight_lr_power, decay_at_z=decay_at_z, maximize=maximize,
-                        foreach=foreach, **self._counters())
+                        foreach=foreach, fused=fused, **self._counters())
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _beta1(self, group):
@@ -177,6 +178,14 @@ class ScheduleFreeAdamW(_ScheduleFree):
         lr, ckp1 = self._now
         beta1, beta2 = group["betas"]
         zs = [s["z"] for s in states]
+        if self._kernel and _fused.launch(
+                _kernel_specs.schedule_free_adamw,
+                dict(param=params, grad=grads, z=zs, exp_avg_sq=[s["exp_avg_sq"] for s in states]),
+                dict(lr=lr, ckp1=ckp1, beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
+                     weight_decay=group["weight_decay"], k=group["k"], maximize=group["maximize"],
+                     decay_at_z=group["decay_at_z"])):
+            self._kernel_ran = True
+            return
         grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
         directions = _rules_modern.schedule_free_adam_direction(
             params, zs, grads, [s["exp_avg_sq"] for s in states], group["k"], beta2=float(beta2),
@@ -213,12 +222,14 @@ class ScheduleFreeSGD(_ScheduleFree):
 
     hyper_checks = {"momentum": _open_unit_interval, **_COMMON}
     state_keys = frozenset({"z"})
+    default_kernels = "optimlab"  # _kernel_specs.schedule_free_sgd
 
     def __init__(self, params: Any, lr: float | Tensor = 1.0, momentum: float = 0.9, weight_decay: float = 0,
                  warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0, *, maximize: bool = False,
-                 foreach: bool | None = None, skip_nonfinite: bool = False):
+                 foreach: bool | None = None, fused: bool | None = None, skip_nonfinite: bool = False):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
-                        weight_lr_power=weight_lr_power, maximize=maximize, foreach=foreach, **self._counters())
+                        weight_lr_power=weight_lr_power, maximize=maximize, foreach=foreach, fused=fused,
+                        **self._counters())
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _beta1(self, group):
@@ -230,6 +241,12 @@ class ScheduleFreeSGD(_ScheduleFree):
     def _update(self, group, params, grads, states) -> None:
         lr, ckp1 = self._now
         zs = [s["z"] for s in states]
+        if self._kernel and _fused.launch(
+                _kernel_specs.schedule_free_sgd, dict(param=params, grad=grads, z=zs),
+                dict(lr=lr, ckp1=ckp1, beta1=group["momentum"], weight_decay=group["weight_decay"],
+                     maximize=group["maximize"])):
+            self._kernel_ran = True
+            return
         directions = _rules.effective_grads(params, grads, maximize=group["maximize"],
                                             weight_decay=group["weight_decay"])
         _rules_modern.schedule_free_step(params, zs, directions, lr=lr, ckp1=ckp1, beta1=group["momentum"])

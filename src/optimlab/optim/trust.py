@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimlab.optim import _rules, _rules_modern
+from optimlab.optim import _fused, _kernel_specs, _rules, _rules_modern
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
 from optimlab.optim._modern import RealOnly
@@ -61,20 +61,30 @@ class LAMB(RealOnly, Optimizer):
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas, "eps": check.positive, "bias_correction": check.boolean}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
+    default_kernels = "optimlab"  # _kernel_specs.lamb: two passes (the norms, then the update)
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, bias_correction: bool = True, *,
-                 maximize: bool = False, foreach: bool | None = None, skip_nonfinite: bool = False):
+                 maximize: bool = False, foreach: bool | None = None, fused: bool | None = None,
+                 skip_nonfinite: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
-                        maximize=maximize, foreach=foreach)
+                        maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return self._adam_moments(param)
 
     def _update(self, group, params, grads, states) -> None:
-        steps = self._advance(states)
+        steps = self._advance(states, self._kernel)
         beta1, beta2 = group["betas"]
+        if self._kernel and _fused.launch(
+                _kernel_specs.lamb, dict(param=params, grad=grads, exp_avg=[s["exp_avg"] for s in states],
+                                         exp_avg_sq=[s["exp_avg_sq"] for s in states]),
+                dict(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
+                     weight_decay=group["weight_decay"], maximize=group["maximize"],
+                     bias_correction=group["bias_correction"]), dict(step=steps)):
+            self._kernel_ran = True
+            return
         grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
         _rules_modern.lamb(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                            steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
@@ -130,20 +140,29 @@ class LARS(RealOnly, Optimizer):
                     "exclude_1d": check.boolean}
     state_keys = frozenset({"momentum_buffer"})
     other_dtype_grads = "rules"  # its foreach ops take a gradient in another dtype
+    default_kernels = "optimlab"  # _kernel_specs.lars: two passes (the norms, then the update)
 
     def __init__(self, params: Any, lr: float | Tensor, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 1e-3, *, exclude_1d: bool = False, maximize: bool = False,
-                 foreach: bool | None = None, skip_nonfinite: bool = False):
+                 foreach: bool | None = None, fused: bool | None = None, skip_nonfinite: bool = False):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
-                        exclude_1d=exclude_1d, maximize=maximize, foreach=foreach)
+                        exclude_1d=exclude_1d, maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"momentum_buffer": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
     def _update(self, group, params, grads, states) -> None:
+        adapt = [not (group["exclude_1d"] and p.dim() <= 1) for p in params]
+        if self._kernel and _fused.launch(
+                _kernel_specs.lars, dict(param=params, grad=grads, momentum_buffer=[s["momentum_buffer"] for s in states]),
+                dict(lr=float(group["lr"]), momentum=group["momentum"], weight_decay=group["weight_decay"],
+                     trust_coefficient=group["trust_coefficient"], maximize=group["maximize"]),
+                dict(adapt=[1.0 if a else 0.0 for a in adapt])):
+            self._kernel_ran = True
+            return
         grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
         _rules_modern.lars(params, grads, [s["momentum_buffer"] for s in states], lr=float(group["lr"]),
                            momentum=group["momentum"], weight_decay=group["weight_decay"],
                            trust_coefficient=group["trust_coefficient"],
-                           adapt=[not (group["exclude_1d"] and p.dim() <= 1) for p in params])
+                           adapt=adapt)

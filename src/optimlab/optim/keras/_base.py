@@ -24,6 +24,7 @@ evaluated in float32, as the torch backend does. ``group["lr"]`` keeps the value
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from typing import Any, Callable, ClassVar
 
@@ -31,10 +32,11 @@ import torch
 from torch import Tensor
 
 from optimlab.optim import _validation as check
-from optimlab.optim._base import Optimizer, UnknownArgumentError, _all_finite
+from optimlab.optim._base import _KERNEL_DTYPES, Optimizer, UnknownArgumentError, _all_finite
 
 FLOATX = torch.float32  # Keras's default floatx
 LEARNING_RATE_DTYPE = FLOATX  # Keras keeps its learning rate in a floatx variable
+_is_cpu = operator.attrgetter("is_cpu")
 _CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
 
 # Keras constructor arguments with no place in a torch optimizer: what to do instead.
@@ -187,7 +189,7 @@ class KerasOptimizer(Optimizer):
         "decoupled_weight_decay": "weight_decay (always decoupled in Keras)",
     }
     _common_checks: ClassVar[dict[str, Callable[[str, Any], None]]] = {
-        "lr": check_learning_rate, "weight_decay": optional_non_negative,
+        "lr": check_learning_rate, "weight_decay": optional_non_negative, "fused": check.optional_boolean,
     }
 
     def __init_subclass__(cls, **kwargs):
@@ -332,6 +334,7 @@ class KerasOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._paths = {}
         groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         params = [p for _, ps in groups for p in ps]
         if not params:
@@ -382,18 +385,48 @@ class KerasOptimizer(Optimizer):
         buckets: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             buckets.setdefault((p.device, p.dtype), []).append(i)
+        ran = set()
         for indices in buckets.values():
             ps, gs = [params[i] for i in indices], [grads[i] for i in indices]
             decayed = self._decayed(group, ps) if group["weight_decay"] else []  # None/0: off
+            factor = None
             if decayed:  # Keras's torch backend: θ *= 1 − λ·η, in float32
-                factor = 1 - group["weight_decay"] * torch.tensor(lr, dtype=LEARNING_RATE_DTYPE)
-                torch._foreach_mul_(decayed, factor.item())
+                factor = (1 - group["weight_decay"] * torch.tensor(lr, dtype=LEARNING_RATE_DTYPE)).item()
+            if not self._by_rule and self._wants_kernel_here(group, ps):
+                # the single-pass kernel, decay folded in (per tensor: 1.0, an exact no-op, where excluded)
+                ids = set(map(id, decayed))
+                decay = [factor if id(p) in ids else 1.0 for p in ps]
+                if self._kernel_update(group, ps, gs, [states[i] for i in indices], lr=lr, step=step, decay=decay,
+                                       exact=group.get("fused") is None):
+                    ran.add("fused")
+                    continue
+            if decayed:
+                torch._foreach_mul_(decayed, factor)
             if self._by_rule:  # the readable rule, one tensor at a time (Optimizer._by_rule)
                 view = self._rule_group(group, ps, step)
                 for i in indices:
                     type(self).rule(params[i], grads[i], states[i], view)
+                ran.add("rule")
             else:
                 self._update(group, ps, gs, [states[i] for i in indices], lr=lr, step=step)
+                ran.add("foreach")
+        self._paths[id(group)] = "+".join(sorted(ran))
+
+    def _wants_kernel_here(self, group: dict[str, Any], params: list[Tensor]) -> bool:
+        """Whether to try the single-pass kernel (:mod:`optimlab.optim._fused`) on one bucket:
+        ``fused=True`` yes, ``fused=False`` no; by default on float32/float64 CPU tensors, where
+        the kernel is Keras's update bit for bit (``exact``: its square roots torch's)."""
+        fused = group.get("fused")
+        if fused is not None:
+            return fused
+        return params[0].dtype in _KERNEL_DTYPES and all(map(_is_cpu, params))
+
+    def _kernel_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                       states: list[dict[str, Any]], *, lr: float, step: int, decay: list[float],
+                       exact: bool) -> bool:
+        """The update with decay ``θ ← θ·decay[i]`` first, in one pass; True if a kernel did it,
+        False (nothing changed) if none applies (then decay and ``_update`` run)."""
+        return False
 
     def _rule_group(self, group: dict[str, Any], params: list[Tensor], step: int) -> dict[str, Any]:
         """``group`` as :attr:`rule` reads it: with the optimizer-wide counter ``iterations``

@@ -110,13 +110,18 @@ def _power(beta: float, step: int, dtype: torch.dtype) -> Tensor:
     return torch.pow(_cast(beta, dtype), _cast(float(step), dtype))
 
 
+def adam_alpha(lr: float, beta_1: float, beta_2: float, step: int, dtype: torch.dtype) -> float:
+    """Adam's step size ``α = η·√(1 − β2ᵗ)/(1 − β1ᵗ)``, computed in the variable's dtype as
+    torch_adam.py does, as a number (also what the single-pass kernel is given)."""
+    return (_cast(lr, dtype) * torch.sqrt(1 - _power(beta_2, step, dtype)) / (1 - _power(beta_1, step, dtype))).item()
+
+
 def adam(params: Tensors, grads: Tensors, momentums: Tensors, velocities: Tensors, velocity_hats: Tensors, *,
          lr: float, beta_1: float, beta_2: float, epsilon: float, amsgrad: bool, step: int) -> None:
     """``m ← β1·m + (1 − β1)·g``; ``v ← β2·v + (1 − β2)·g·g``; AMSGrad ``v̂ ← max(v̂, v)``, used for v;
     ``α = η·√(1 − β2ᵗ)/(1 − β1ᵗ)`` (in the variable's dtype); ``θ ← θ − (m·α)/(√v + ε)``
     (torch_adam.py; ε before the bias correction, unlike torch's Adam)."""
-    dtype = params[0].dtype
-    alpha = _cast(lr, dtype) * torch.sqrt(1 - _power(beta_2, step, dtype)) / (1 - _power(beta_1, step, dtype))
+    alpha = adam_alpha(lr, beta_1, beta_2, step, params[0].dtype)
     torch._foreach_mul_(momentums, beta_1)
     torch._foreach_add_(momentums, grads, alpha=1 - beta_1)
     torch._foreach_mul_(velocities, beta_2)
@@ -126,18 +131,21 @@ def adam(params: Tensors, grads: Tensors, momentums: Tensors, velocities: Tensor
         velocities = velocity_hats
     torch._foreach_add_(
         params,
-        torch._foreach_div(torch._foreach_mul(momentums, alpha.item()),
+        torch._foreach_div(torch._foreach_mul(momentums, alpha),
                            torch._foreach_add(torch._foreach_sqrt(velocities), epsilon)),
         alpha=-1)
+
+
+def adamax_scalars(lr: float, beta_1: float, step: int, dtype: torch.dtype) -> tuple[float, float]:
+    """Adamax's ``(η, 1 − β1ᵗ)`` in the variable's dtype (torch_adamax.py), as numbers."""
+    return _cast(lr, dtype).item(), (1 - _power(beta_1, step, dtype)).item()
 
 
 def adamax(params: Tensors, grads: Tensors, momentums: Tensors, norms: Tensors, *, lr: float, beta_1: float,
            beta_2: float, epsilon: float, step: int) -> None:
     """``m ← β1·m + (1 − β1)·g``; ``u ← max(β2·u, |g|)``; ``θ ← θ − (m·η)/((u + ε)·(1 − β1ᵗ))``
     (torch_adamax.py; ε after the max, unlike torch's Adamax)."""
-    dtype = params[0].dtype
-    lr_ = _cast(lr, dtype).item()
-    bias_correction = (1 - _power(beta_1, step, dtype)).item()
+    lr_, bias_correction = adamax_scalars(lr, beta_1, step, params[0].dtype)
     torch._foreach_mul_(momentums, beta_1)
     torch._foreach_add_(momentums, grads, alpha=1 - beta_1)
     torch._foreach_mul_(norms, beta_2)
@@ -160,7 +168,28 @@ def nadam(params: Tensors, grads: Tensors, momentums: Tensors, velocities: Tenso
 
     torch's NAdam with ``momentum_decay = 1``, in Keras's order and dtypes.
     """
-    dtype = params[0].dtype
+    s, u_product_t = nadam_scalars(lr, beta_1, beta_2, step, u_product, params[0].dtype)
+    torch._foreach_mul_(momentums, beta_1)
+    torch._foreach_add_(momentums, grads, alpha=1 - beta_1)
+    torch._foreach_mul_(velocities, beta_2)
+    torch._foreach_add_(velocities, torch._foreach_mul(grads, grads), alpha=1 - beta_2)
+    m_hats = torch._foreach_add(
+        torch._foreach_div(torch._foreach_mul(momentums, s["u_next"]), s["one_minus_u_product_next"]),
+        torch._foreach_div(torch._foreach_mul(grads, s["one_minus_u"]), s["one_minus_u_product"]))
+    v_hats = torch._foreach_div(velocities, s["one_minus_beta_2_power"])
+    torch._foreach_add_(
+        params,
+        torch._foreach_div(torch._foreach_mul(m_hats, s["lr"]), torch._foreach_add(torch._foreach_sqrt(v_hats), epsilon)),
+        alpha=-1)
+    return u_product_t
+
+
+def nadam_scalars(lr: float, beta_1: float, beta_2: float, step: int, u_product: Tensor,
+                  dtype: torch.dtype) -> tuple[dict[str, float], Tensor]:
+    """Nadam's numbers for step ``step``, in the variable's dtype (torch_nadam.py): ``lr`` (η),
+    ``u_next`` (u_{t+1}), ``one_minus_u`` (1 − u_t), ``one_minus_u_product`` (1 − U_t),
+    ``one_minus_u_product_next`` (1 − U_t·u_{t+1}), ``one_minus_beta_2_power`` (1 − β2ᵗ); and
+    ``U_t = U_{t−1}·u_t`` (``u_product`` holds U_{t−1}, a 0-dim tensor)."""
     lr_ = _cast(lr, dtype).item()
     decay, beta_1_ = _cast(0.96, dtype), _cast(beta_1, dtype)
     u_t = beta_1_ * (1.0 - 0.5 * torch.pow(decay, _cast(float(step), dtype)))
@@ -168,19 +197,9 @@ def nadam(params: Tensors, grads: Tensors, momentums: Tensors, velocities: Tenso
     u_product_t = u_product * u_t
     u_product_t_1 = u_product_t * u_t_1
     beta_2_power = _power(beta_2, step, dtype)
-    torch._foreach_mul_(momentums, beta_1)
-    torch._foreach_add_(momentums, grads, alpha=1 - beta_1)
-    torch._foreach_mul_(velocities, beta_2)
-    torch._foreach_add_(velocities, torch._foreach_mul(grads, grads), alpha=1 - beta_2)
-    m_hats = torch._foreach_add(
-        torch._foreach_div(torch._foreach_mul(momentums, u_t_1.item()), (1 - u_product_t_1).item()),
-        torch._foreach_div(torch._foreach_mul(grads, (1 - u_t).item()), (1 - u_product_t).item()))
-    v_hats = torch._foreach_div(velocities, (1 - beta_2_power).item())
-    torch._foreach_add_(
-        params,
-        torch._foreach_div(torch._foreach_mul(m_hats, lr_), torch._foreach_add(torch._foreach_sqrt(v_hats), epsilon)),
-        alpha=-1)
-    return u_product_t
+    return dict(lr=lr_, u_next=u_t_1.item(), one_minus_u=(1 - u_t).item(),
+                one_minus_u_product=(1 - u_product_t).item(), one_minus_u_product_next=(1 - u_product_t_1).item(),
+                one_minus_beta_2_power=(1 - beta_2_power).item()), u_product_t
 
 
 # ------------------------------------------------------------------ for the readable rules

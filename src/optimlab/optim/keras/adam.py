@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from optimlab.optim import _fused, _kernel_specs
 from optimlab.optim import _validation as check
 from optimlab.optim.keras import _rules
 from optimlab.optim.keras._base import KerasOptimizer, as_keras_lr, check_learning_rate, optional_non_negative
@@ -114,9 +115,9 @@ class Adam(KerasOptimizer):
     def __init__(self, params: Any, learning_rate: float = 0.001, *, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7, amsgrad: bool = False, weight_decay: float | None = None,
                  clipnorm: float | None = None, clipvalue: float | None = None,
-                 global_clipnorm: float | None = None, skip_nonfinite: bool = False):
+                 global_clipnorm: float | None = None, fused: bool | None = None, skip_nonfinite: bool = False):
         defaults = dict(lr=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad,
-                        weight_decay=weight_decay)
+                        weight_decay=weight_decay, fused=fused)
         super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
 
@@ -125,6 +126,22 @@ class Adam(KerasOptimizer):
         if group["amsgrad"]:
             state["velocity_hat"] = _zeros(param)
         return state
+
+    def _kernel_update(self, group, params, grads, states, *, lr, step, decay, exact) -> bool:
+        amsgrad = group["amsgrad"]
+        if amsgrad:
+            for p, s in zip(params, states):
+                if "velocity_hat" not in s:
+                    s["velocity_hat"] = _zeros(p)
+        beta_1, beta_2 = float(group["beta_1"]), float(group["beta_2"])
+        return _fused.launch(
+            _kernel_specs.keras_adam,
+            dict(param=params, grad=grads, momentum=[s["momentum"] for s in states],
+                 velocity=[s["velocity"] for s in states],
+                 velocity_hat=[s["velocity_hat"] for s in states] if amsgrad else []),
+            dict(alpha=_rules.adam_alpha(lr, beta_1, beta_2, step, params[0].dtype), beta_1=beta_1, beta_2=beta_2,
+                 epsilon=float(group["epsilon"]), amsgrad=amsgrad, weight_decay=group["weight_decay"]),
+            dict(decay=decay), exact=exact)
 
     def _update(self, group, params, grads, states, *, lr, step) -> None:
         amsgrad = group["amsgrad"]
@@ -154,14 +171,14 @@ class AdamW(Adam):
     def __init__(self, params: Any, learning_rate: float = 0.001, *, weight_decay: float = 0.004,
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
                  clipnorm: float | None = None, clipvalue: float | None = None,
-                 global_clipnorm: float | None = None, skip_nonfinite: bool = False):
+                 global_clipnorm: float | None = None, fused: bool | None = None, skip_nonfinite: bool = False):
         if weight_decay is None:  # Keras: "Argument `weight_decay` must be a float"
             raise ValueError("AdamW: weight_decay must be a float, got None (as Keras requires); for no decay "
                              "use Adam, for no decay on some parameters give their param group "
                              "weight_decay=None or call exclude_from_weight_decay()")
         super().__init__(params, learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad,
                          weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
-                         global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
+                         global_clipnorm=global_clipnorm, fused=fused, skip_nonfinite=skip_nonfinite)
 
 
 class Adamax(KerasOptimizer):
@@ -186,13 +203,22 @@ class Adamax(KerasOptimizer):
     def __init__(self, params: Any, learning_rate: float = 0.001, *, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7, weight_decay: float | None = None, clipnorm: float | None = None,
                  clipvalue: float | None = None, global_clipnorm: float | None = None,
-                 skip_nonfinite: bool = False):
-        defaults = dict(lr=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay)
+                 fused: bool | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
+                        fused=fused)
         super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"momentum": _zeros(param), "norm": _zeros(param)}
+
+    def _kernel_update(self, group, params, grads, states, *, lr, step, decay, exact) -> bool:
+        lr_, bias_correction = _rules.adamax_scalars(lr, float(group["beta_1"]), step, params[0].dtype)
+        return _fused.launch(
+            _kernel_specs.keras_adamax,
+            dict(param=params, grad=grads, momentum=[s["momentum"] for s in states], norm=[s["norm"] for s in states]),
+            dict(lr=lr_, beta_1=float(group["beta_1"]), beta_2=float(group["beta_2"]), epsilon=float(group["epsilon"]),
+                 bias_correction=bias_correction, weight_decay=group["weight_decay"]), dict(decay=decay), exact=exact)
 
     def _update(self, group, params, grads, states, *, lr, step) -> None:
         _rules.adamax(params, grads, [s["momentum"] for s in states], [s["norm"] for s in states], lr=lr,
@@ -227,10 +253,11 @@ class Nadam(KerasOptimizer):
     def __init__(self, params: Any, learning_rate: float = 0.001, *, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7, weight_decay: float | None = None, clipnorm: float | None = None,
                  clipvalue: float | None = None, global_clipnorm: float | None = None,
-                 skip_nonfinite: bool = False):
+                 fused: bool | None = None, skip_nonfinite: bool = False):
         self.u_product = 1.0  # Keras's u_product U_t (in the first parameter's dtype), after `iterations` steps
         self._next_u_product: float | None = None
-        defaults = dict(lr=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay)
+        defaults = dict(lr=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, weight_decay=weight_decay,
+                        fused=fused)
         super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
 
@@ -244,6 +271,20 @@ class Nadam(KerasOptimizer):
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"momentum": _zeros(param), "velocity": _zeros(param)}
+
+    def _kernel_update(self, group, params, grads, states, *, lr, step, decay, exact) -> bool:
+        dtype = self.param_groups[0]["params"][0].dtype  # Keras keeps u_product in the first variable's dtype
+        scalars, u_product = _rules.nadam_scalars(lr, float(group["beta_1"]), float(group["beta_2"]), step,
+                                                  torch.tensor(self.u_product, dtype=dtype), params[0].dtype)
+        done = _fused.launch(
+            _kernel_specs.keras_nadam,
+            dict(param=params, grad=grads, momentum=[s["momentum"] for s in states],
+                 velocity=[s["velocity"] for s in states]),
+            dict(scalars, beta_1=float(group["beta_1"]), beta_2=float(group["beta_2"]),
+                 epsilon=float(group["epsilon"]), weight_decay=group["weight_decay"]), dict(decay=decay), exact=exact)
+        if done:
+            self._next_u_product = u_product.item()
+        return done
 
     def _update(self, group, params, grads, states, *, lr, step) -> None:
         dtype = self.param_groups[0]["params"][0].dtype  # Keras keeps u_product in the first variable's dtype

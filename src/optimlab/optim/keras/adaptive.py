@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from optimlab.optim import _fused, _kernel_specs
 from optimlab.optim import _validation as check
 from optimlab.optim.keras import _rules
 from optimlab.optim.keras._base import KerasOptimizer, check_learning_rate, optional_non_negative
@@ -105,15 +106,21 @@ class Adagrad(KerasOptimizer):
     def __init__(self, params: Any, learning_rate: float = 0.001, *, initial_accumulator_value: float = 0.1,
                  epsilon: float = 1e-7, weight_decay: float | None = None, clipnorm: float | None = None,
                  clipvalue: float | None = None, global_clipnorm: float | None = None,
-                 skip_nonfinite: bool = False):
+                 fused: bool | None = None, skip_nonfinite: bool = False):
         defaults = dict(lr=learning_rate, initial_accumulator_value=initial_accumulator_value,
-                        epsilon=epsilon, weight_decay=weight_decay)
+                        epsilon=epsilon, weight_decay=weight_decay, fused=fused)
         super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"accumulator": torch.full_like(param, group["initial_accumulator_value"],
                                                memory_format=torch.preserve_format)}
+
+    def _kernel_update(self, group, params, grads, states, *, lr, step, decay, exact) -> bool:
+        return _fused.launch(_kernel_specs.keras_adagrad,
+                             dict(param=params, grad=grads, accumulator=[s["accumulator"] for s in states]),
+                             dict(lr=_rules._cast(lr, params[0].dtype).item(), epsilon=float(group["epsilon"]),
+                                  weight_decay=group["weight_decay"]), dict(decay=decay), exact=exact)
 
     def _update(self, group, params, grads, states, *, lr, step) -> None:
         _rules.adagrad(params, grads, [s["accumulator"] for s in states], lr=lr, epsilon=float(group["epsilon"]))
@@ -146,14 +153,25 @@ class RMSprop(KerasOptimizer):
     def __init__(self, params: Any, learning_rate: float = 0.001, *, rho: float = 0.9, momentum: float = 0.0,
                  epsilon: float = 1e-7, centered: bool = False, weight_decay: float | None = None,
                  clipnorm: float | None = None, clipvalue: float | None = None,
-                 global_clipnorm: float | None = None, skip_nonfinite: bool = False):
+                 global_clipnorm: float | None = None, fused: bool | None = None, skip_nonfinite: bool = False):
         defaults = dict(lr=learning_rate, rho=rho, momentum=momentum, epsilon=epsilon, centered=centered,
-                        weight_decay=weight_decay)
+                        weight_decay=weight_decay, fused=fused)
         super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"velocity": _zeros(param)}  # the optional slots are made on first use
+
+    def _kernel_update(self, group, params, grads, states, *, lr, step, decay, exact) -> bool:
+        momentum, centered = float(group["momentum"]), group["centered"]
+        return _fused.launch(
+            _kernel_specs.keras_rmsprop,
+            dict(param=params, grad=grads, velocity=[s["velocity"] for s in states],
+                 average_gradient=_slot(params, states, "average_gradient") if centered else [],
+                 momentum_buffer=_slot(params, states, "momentum") if momentum > 0 else []),
+            dict(lr=_rules._cast(lr, params[0].dtype).item(), rho=float(group["rho"]), momentum=momentum,
+                 epsilon=float(group["epsilon"]), centered=centered, weight_decay=group["weight_decay"]),
+            dict(decay=decay), exact=exact)
 
     def _update(self, group, params, grads, states, *, lr, step) -> None:
         momentum, centered = float(group["momentum"]), group["centered"]
@@ -190,13 +208,21 @@ class Adadelta(KerasOptimizer):
     def __init__(self, params: Any, learning_rate: float = 0.001, *, rho: float = 0.95, epsilon: float = 1e-7,
                  weight_decay: float | None = None, clipnorm: float | None = None,
                  clipvalue: float | None = None, global_clipnorm: float | None = None,
-                 skip_nonfinite: bool = False):
-        defaults = dict(lr=learning_rate, rho=rho, epsilon=epsilon, weight_decay=weight_decay)
+                 fused: bool | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=learning_rate, rho=rho, epsilon=epsilon, weight_decay=weight_decay, fused=fused)
         super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"accumulated_grad": _zeros(param), "accumulated_delta_var": _zeros(param)}
+
+    def _kernel_update(self, group, params, grads, states, *, lr, step, decay, exact) -> bool:
+        return _fused.launch(
+            _kernel_specs.keras_adadelta,
+            dict(param=params, grad=grads, accumulated_grad=[s["accumulated_grad"] for s in states],
+                 accumulated_delta_var=[s["accumulated_delta_var"] for s in states]),
+            dict(lr=_rules._cast(lr, params[0].dtype).item(), rho=float(group["rho"]),
+                 epsilon=float(group["epsilon"]), weight_decay=group["weight_decay"]), dict(decay=decay), exact=exact)
 
     def _update(self, group, params, grads, states, *, lr, step) -> None:
         _rules.adadelta(params, grads, [s["accumulated_grad"] for s in states],

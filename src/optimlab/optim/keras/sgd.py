@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from optimlab.optim import _fused, _kernel_specs
 from optimlab.optim import _validation as check
 from optimlab.optim.keras import _rules
 from optimlab.optim.keras._base import (KerasOptimizer, as_keras_lr, check_keras_momentum, check_learning_rate,
@@ -70,13 +71,25 @@ class SGD(KerasOptimizer):
     def __init__(self, params: Any, learning_rate: float = 0.01, *, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float | None = None, clipnorm: float | None = None,
                  clipvalue: float | None = None, global_clipnorm: float | None = None,
-                 skip_nonfinite: bool = False):
-        defaults = dict(lr=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+                 fused: bool | None = None, skip_nonfinite: bool = False):
+        defaults = dict(lr=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                        fused=fused)
         super().__init__(params, defaults, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, skip_nonfinite=skip_nonfinite)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"momentum": _zeros(param)} if group["momentum"] != 0 else {}
+
+    def _kernel_update(self, group, params, grads, states, *, lr, step, decay, exact) -> bool:
+        momentum = group["momentum"]
+        if momentum:
+            for p, s in zip(params, states):
+                if "momentum" not in s:
+                    s["momentum"] = _zeros(p)
+        return _fused.launch(_kernel_specs.keras_sgd,
+                             dict(param=params, grad=grads, velocity=[s["momentum"] for s in states] if momentum else []),
+                             dict(lr=lr, momentum=momentum, nesterov=group["nesterov"],
+                                  weight_decay=group["weight_decay"]), dict(decay=decay), exact=exact)
 
     def _update(self, group, params, grads, states, *, lr, step) -> None:
         momentum = group["momentum"]
