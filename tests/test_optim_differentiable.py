@@ -64,8 +64,8 @@ def _inputs(name, variant):
     p.requires_grad_()
     grad.requires_grad_()
     for k, v in state.items():
-        if isinstance(v, torch.Tensor) and v.dim() > 0:
-            v.requires_grad_()  # the buffers (step and NAdam's mu_product stay constants, as in torch's tests)
+        if isinstance(v, torch.Tensor) and k != "step":
+            v.requires_grad_()  # every buffer, NAdam's mu_product too (the step count stays a constant)
     return ours, theirs, hyper, p, grad, state
 
 
@@ -94,7 +94,8 @@ def test_gradcheck(name, variant):
     ours, _, hyper, p, grad, state = _inputs(name, variant)
     keys = [k for k, v in sorted(state.items()) if isinstance(v, torch.Tensor) and v.requires_grad]
     for k in keys:  # buffers well away from 0, where finite differences of √ are accurate
-        state[k] = (state[k].detach().abs() + 0.5).requires_grad_()
+        if k != "mu_product":  # (a product of momenta, in (0, 1))
+            state[k] = (state[k].detach().abs() + 0.5).requires_grad_()
 
     def f(p, grad, *buffers):
         return _differentiable_step(ours, hyper, p, grad, {**state, **dict(zip(keys, buffers))})
@@ -158,3 +159,13 @@ def test_a_differentiable_step_reports_the_rule_path_and_builds_a_graph():
     assert opt.path_for(0) == "rule" and w.grad_fn is not None
     (d,) = torch.autograd.grad(w.sum(), w0)
     torch.testing.assert_close(d, torch.ones(3))  # θ₁ = θ₀ − γ·sign-like(g): ∂θ₁/∂θ₀ = 1 without decay
+
+
+def test_a_hyperparameter_tensor_the_rule_reads_as_a_number_is_refused_not_silently_dropped():
+    w = torch.ones(3, requires_grad=True).clone()
+    w.grad = torch.ones(3)
+    beta2 = torch.tensor(0.999, requires_grad=True)
+    opt = oo.RAdam([w], betas=(torch.tensor(0.9), beta2), differentiable=True)
+    with pytest.raises(check.UnsupportedSettingError, match="betas"):
+        opt.step()
+    assert not opt.state[w] and torch.equal(w.detach(), torch.ones(3))  # refused before anything changed

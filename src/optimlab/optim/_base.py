@@ -75,6 +75,9 @@ def _reject_unknown_keywords(init: Callable, cls_name: str, aliases: dict[str, s
             if key not in known:
                 hint = aliases.get(key) or next(iter(difflib.get_close_matches(key, known, n=1)), None)
                 advice = f"; did you mean {hint!r}?" if hint else ""
+                if key == "differentiable":  # a real torch flag, which only the torch twins take
+                    advice = ("; differentiable=True is supported by the torch twins (SGD, Adagrad, RMSprop, "
+                              "Adadelta, Adam, AdamW, Adamax, NAdam, RAdam) only")
                 raise UnknownArgumentError(
                     f"{cls_name}() got an unknown keyword argument {key!r}{advice} "
                     f"(accepted: {', '.join(known[1:])})")
@@ -501,6 +504,11 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 self._update_in_chunks(group, ps, [grads[i] for i in indices], ss)
 
+    #: Hyperparameters whose tensors (``requires_grad``) the rule differentiates through with
+    #: ``differentiable=True``; others given as such tensors are refused at the step (the rule
+    #: reads them as numbers, so their gradient would silently be lost).
+    differentiable_hypers: ClassVar[tuple[str, ...]] = ("lr",)
+
     #: Run every group's step through :attr:`rule` (what ``differentiable=True`` does; the
     #: conformance tests set it to run the readable rule inside the real optimizer).
     _by_rule: bool = False
@@ -513,6 +521,15 @@ class Optimizer(torch.optim.Optimizer):
             raise check.UnsupportedSettingError(f"{type(self).__name__} has no readable rule")
         if not self._amp_unscale(grads):
             return
+        if group.get("differentiable"):
+            for key, value in group.items():
+                values = value if isinstance(value, (tuple, list)) else [value]
+                if key not in ("params", *self.differentiable_hypers) and any(
+                        isinstance(v, Tensor) and v.requires_grad for v in values):
+                    raise check.UnsupportedSettingError(
+                        f"{type(self).__name__}: differentiable=True differentiates through "
+                        f"{', '.join(self.differentiable_hypers)}, the parameters, gradients and state; "
+                        f"{key} is a tensor that requires grad: pass a number (or a tensor without grad)")
         with torch.set_grad_enabled(bool(group.get("differentiable"))):
             for p, g, state in zip(params, grads, self._states(group, params)):
                 if p.is_complex():

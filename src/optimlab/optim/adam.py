@@ -75,7 +75,7 @@ def nadam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[s
     mu = beta1 * (1 - 0.5 * 0.96 ** (t * psi))                 # μ_t
     mu_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))      # μ_{t+1}
     state["mu_product"].mul_(mu)                               # Π_{s≤t} μ_s, a tensor as torch keeps it
-    prod = state["mu_product"].item()
+    prod = state["mu_product"].double()                        # (read in double, as a number would be)
     m, v = state["exp_avg"], state["exp_avg_sq"]
     m.mul_(beta1).add_((1 - beta1) * g)                        # m ← β1·m + (1 − β1)·g
     v.mul_(beta2).add_((1 - beta2) * g * g)                    # v ← β2·v + (1 − β2)·g²
@@ -101,6 +101,7 @@ class Adam(Optimizer):
 
     registry_name = "adam"  # registered by this (see _registry)
     rule = staticmethod(adam_rule)
+    differentiable_hypers = ("lr", "betas")  # as torch's differentiable Adam
 
     hyper_checks = {"betas": check.betas, "eps": check.positive, "amsgrad": check.boolean,
                     "decoupled_weight_decay": check.boolean}

@@ -45,8 +45,10 @@ def rules_markdown() -> str:
            "follows the paper (or, for the Keras twins, Keras's own `update_step`). Every",
            "implementation of the optimizer (the default path with its single-pass kernels,",
            "`foreach=True`, `foreach=False`, `fused=True`) is tested against it in float64 to 1e-12",
-           "relative (tests/test_optim_conformance.py), and `differentiable=True` runs it under",
-           "autograd. `state` is the optimizer's own state for the tensor; `group` its param group.", ""]
+           "relative (tests/test_optim_conformance.py); on the torch twins, `differentiable=True` runs",
+           "it under autograd. `state` is the optimizer's own state for the tensor; `group` its param",
+           "group. The Keras twins' rules receive the gradient already clipped and the parameter",
+           "already decayed (Keras's `apply` does both before `update_step`, and so do the classes).", ""]
     for convention in ("torch", "keras"):
         shown = set()
         for name in oo.available(convention):
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"optimlab optimizers: error: {err}", file=sys.stderr)
             return 2
         if getattr(cls, "rule", None) is None:
-            print(f"{args.rule} wraps another optimizer and has no rule of its own", file=sys.stderr)
+            print(f"optimlab optimizers: error: {args.rule} wraps another optimizer and has no rule of its own "
+                  "(see its base optimizer's)", file=sys.stderr)
             return 2
         print(f"# {cls.__module__}.{cls.__name__}: the readable rule\n")
         print(rule_source(cls))
