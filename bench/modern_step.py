@@ -89,6 +89,12 @@ class ModernSpec:
     foreach: Callable | None = None  # ours forced onto its foreach path (None: it has one path)
 
 
+def _key(name: str) -> str:
+    """A table name or a registry name, compared without case, spaces, "_" or "-"."""
+    key = name.strip().lower().replace("_", "").replace("-", "").replace(" ", "")
+    return key.replace("schedulefree", "sf")
+
+
 def _specs() -> list[ModernSpec]:
     lion_peers = {}
     if lion_foreach is not None:
@@ -266,7 +272,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 15 big, 40 small; "
                     "Muon a third of that); the median is reported")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1/10 of the cases, 3 steps")
-    ap.add_argument("--only", default=None, help="comma-separated optimizer names (as in the table; any case)")
+    ap.add_argument("--only", default=None, help="comma-separated optimizer names (as in the table, or registry names; any case)")
     ap.add_argument("--threads", default=None, help="comma-separated torch.set_num_threads values, each timed "
                     "in turn (default: torch's own setting)")
     ap.add_argument("--state-only", action="store_true", help="print only the state-bytes table")
@@ -277,11 +283,12 @@ def main(argv=None) -> None:
     if not args.state_only:
         specs = _specs()
         if args.only:
-            wanted = {w.strip().lower() for w in args.only.split(",")}
-            unknown = wanted - {s.name.lower() for s in specs}
+            wanted = {_key(w) for w in args.only.split(",") if w.strip()}
+            unknown = wanted - {_key(s.name) for s in specs}
             if unknown:
-                ap.error(f"--only: unknown {sorted(unknown)}; the table has {[s.name for s in specs]}")
-            specs = [s for s in specs if s.name.lower() in wanted]
+                ap.error(f"--only: unknown {sorted(unknown)}; the table has {[s.name for s in specs]} "
+                         "(or their registry names: schedulefree_adamw, keras_adam, ...)")
+            specs = [s for s in specs if _key(s.name) in wanted]
         own = torch.get_num_threads()
         threads = [int(t) for t in args.threads.split(",") if t.strip()] if args.threads else [own]
         for n_threads in threads:
