@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from optimlab.optim import _rules, _rules_modern
+from optimlab.optim import _fused, _rules, _rules_modern
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
 from optimlab.optim.adam import adam_rule
@@ -190,6 +190,7 @@ class MuonWithAuxAdamW(Optimizer):
 
     registry_name, registry_aliases = "muon_adamw", ("muon-adamw",)  # registered by this (see _registry)
     rule = staticmethod(muon_adamw_rule)
+    default_kernels = "torch"  # the AdamW groups: torch's fused AdamW kernel by default, as AdamW
 
     hyper_checks = {**_MUON_CHECKS, "use_muon": check.boolean, "betas": check.betas, "amsgrad": check.boolean}
     state_keys = frozenset({"momentum_buffer", "step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
@@ -245,11 +246,22 @@ class MuonWithAuxAdamW(Optimizer):
                 s.update(self._init_state(p, group))
         _muon_update(group, params, grads, states)
 
-    def _update(self, group, params, grads, states) -> None:  # the AdamW groups (torch's AdamW, foreach form)
-        steps = self._advance(states)
+    def _update(self, group, params, grads, states) -> None:  # the AdamW groups: torch's AdamW
         beta1, beta2 = group["betas"]
         lr = float(group["lr"])
         amsgrad = group["amsgrad"]
+        exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        maxes = [s["max_exp_avg_sq"] for s in states] if amsgrad else []
+        if self._kernel and params[0].is_cpu and _fused.fits([params, grads, exp_avgs, exp_avg_sqs,
+                                                               *([maxes] if amsgrad else [])]):
+            step_tensors = [s["step"] for s in states]  # torch's fused CPU AdamW kernel, as AdamW's default
+            _fused.increment(step_tensors)
+            torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, maxes, step_tensors, amsgrad=amsgrad,
+                                lr=lr, beta1=float(beta1), beta2=float(beta2), weight_decay=group["weight_decay"],
+                                eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+            self._kernel_ran = True
+            return
+        steps = self._advance(states)
         _rules.decoupled_decay(params, lr=lr, weight_decay=group["weight_decay"])
         _rules.adam(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                     [s["max_exp_avg_sq"] for s in states] if amsgrad else [], steps, lr=lr,
