@@ -519,9 +519,7 @@ class Optimizer(torch.optim.Optimizer):
         rule = type(self).rule
         if rule is None:
             raise check.UnsupportedSettingError(f"{type(self).__name__} has no readable rule")
-        if not self._amp_unscale(grads):
-            return
-        if group.get("differentiable"):
+        if group.get("differentiable"):  # before anything changes (the unscaling below included)
             for key, value in group.items():
                 values = value if isinstance(value, (tuple, list)) else [value]
                 if key not in ("params", *self.differentiable_hypers) and any(
@@ -530,6 +528,8 @@ class Optimizer(torch.optim.Optimizer):
                         f"{type(self).__name__}: differentiable=True differentiates through "
                         f"{', '.join(self.differentiable_hypers)}, the parameters, gradients and state; "
                         f"{key} is a tensor that requires grad: pass a number (or a tensor without grad)")
+        if not self._amp_unscale(grads):
+            return
         with torch.set_grad_enabled(bool(group.get("differentiable"))):
             for p, g, state in zip(params, grads, self._states(group, params)):
                 if p.is_complex():
@@ -781,11 +781,9 @@ def _rule_on_real_views(rule: Callable, param: Tensor, grad: Tensor, state: dict
     real_param = torch.view_as_real(param)
     real = {k: torch.view_as_real(v) if isinstance(v, Tensor) and v.is_complex() else v for k, v in state.items()}
     rule(real_param, torch.view_as_real(grad), real, group)
-    for k, v in real.items():
-        if isinstance(v, Tensor) and v.shape == real_param.shape and not (k in state and state[k].is_complex()):
-            state[k] = torch.view_as_complex(v)  # created by the rule (e.g. SGD's momentum buffer)
-        elif not isinstance(state.get(k), Tensor) or not isinstance(v, Tensor):
-            state[k] = v  # numbers the rule keeps
+    for k, v in real.items():  # what the rule created (e.g. SGD's momentum buffer), back in the state
+        if k not in state:
+            state[k] = torch.view_as_complex(v) if isinstance(v, Tensor) and v.shape == real_param.shape else v
 
 
 def _all_finite(grads: list[Tensor]) -> bool:
