@@ -1,7 +1,7 @@
 """The default path (``fused=None``, ``foreach=None``) is the fastest exact one.
 
 On dense float32/float64 CPU tensors it is the single-pass kernel (torch's fused kernels for
-SGD, Momentum, NAG, Adagrad, Adam and AdamW; optimlab's C kernels for RMSprop, Adadelta,
+Adagrad, Adam and AdamW; optimlab's C kernels for SGD, Momentum, NAG, RMSprop, Adadelta,
 Adamax and NAdam), proved here by spying on the kernels' entry points and by
 ``optimizer.path_for(group)``; wherever a kernel cannot serve (sparse, complex, float16,
 mixed dtypes, ``foreach=True``, ``fused=False``, kernels off or failing to build) the
@@ -32,10 +32,10 @@ TOL = {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=1e-
 #: name: (optimlab class, its hyperparameters, torch class, torch's, kernel entry point)
 CASES = {
     "SGD": (oo.SGD, dict(lr=0.1, weight_decay=0.01), torch.optim.SGD, dict(lr=0.1, weight_decay=0.01),
-            (torch, "_fused_sgd_")),
-    "Momentum": (oo.Momentum, dict(lr=0.1), torch.optim.SGD, dict(lr=0.1, momentum=0.9), (torch, "_fused_sgd_")),
+            (_fused, "launch")),
+    "Momentum": (oo.Momentum, dict(lr=0.1), torch.optim.SGD, dict(lr=0.1, momentum=0.9), (_fused, "launch")),
     "NAG": (oo.NAG, dict(lr=0.1), torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True),
-            (torch, "_fused_sgd_")),
+            (_fused, "launch")),
     "Adagrad": (oo.Adagrad, dict(lr=0.1), torch.optim.Adagrad, dict(lr=0.1), (torch, "_fused_adagrad_")),
     "Adam": (oo.Adam, dict(lr=0.01), torch.optim.Adam, dict(lr=0.01), (torch, "_fused_adam_")),
     "AdamW": (oo.AdamW, dict(lr=0.01), torch.optim.AdamW, dict(lr=0.01), (torch, "_fused_adamw_")),

@@ -196,3 +196,33 @@ def test_the_cli_prints_a_rule_and_refuses_a_wrapper_or_an_unknown_name(capsys):
     assert main(["optimizers", "--rule", "lookahead"]) == 2
     assert main(["optimizers", "--rule", "adamm"]) == 2
     assert "adam" in capsys.readouterr().err
+
+
+LAZY_GRADIENTS = {  # a gradient whose memory does not hold its values
+    "negative view": lambda g: torch._neg_view(g.neg()),   # memory holds −g, the negative bit says so
+    "zero tensor": lambda g: torch._efficientzerotensor(g.shape, dtype=g.dtype),  # no memory at all
+}
+
+
+@pytest.mark.parametrize("lazy", list(LAZY_GRADIENTS))
+@pytest.mark.parametrize("cls,hyper,impl,shapes", [c for c in CONFORMANCE if "-0-" in c.id])
+def test_a_lazy_gradient_gives_what_its_values_give(cls, hyper, impl, shapes, lazy):
+    """A kernel reads memory: a lazily negated view (``is_neg()``) or a zero tensor (a null
+    pointer) must not reach one. Every path steps as the rule does on the gradient's values."""
+    make = LAZY_GRADIENTS[lazy]
+    results = []
+    for by_rule, lazily in ((False, True), (True, False)):
+        params = _params(shapes, torch.float64, "cpu")
+        opt = cls(_groups(params, hyper), **hyper, **({} if by_rule else impl))
+        opt._by_rule = by_rule
+        for grads in gradient_sequence(6, shapes, torch.float64):
+            for p, g in zip(params, grads):
+                if g is not None:
+                    g = make(g)
+                    p.grad = g if lazily else g.clone()  # (clone: materialized)
+                else:
+                    p.grad = None
+            opt.step()
+        results.append(params)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])

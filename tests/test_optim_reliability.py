@@ -358,6 +358,8 @@ BAD_TENSORS = {  # (name, makes a tensor standing beside a float32 parameter of 
     "sparse csr": lambda: torch.ones(4, 6).to_sparse_csr(),
     "mkldnn": lambda: torch.ones(4, 6).to_mkldnn(),
     "meta": lambda: torch.ones(4, 6, device="meta"),
+    "negative view": lambda: torch._neg_view(torch.ones(4, 6)),  # memory holds −x
+    "zero tensor": lambda: torch._efficientzerotensor(4, 6),     # no memory (a null pointer)
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Iterable
 import torch
 from torch import Tensor
 
-from optimlab.optim import _fused
+from optimlab.optim import _fused, _layout
 from optimlab.optim import _validation as check
 
 _grad_of = operator.attrgetter("grad")
@@ -396,8 +396,17 @@ class Optimizer(torch.optim.Optimizer):
         Raises GradientMismatchError (shape, or a dtype this optimizer refuses) or ValueError
         (sparse gradients where they cannot be used)."""
         other_dtype = []
+        memo = self._layouts
+        self._facts = {}
         for group, params, grads in groups:
-            if any(map(_is_sparse, grads)):
+            flat = [*params, *grads]
+            facts = memo.get(id(group), flat)
+            if facts is not None and facts[0] is group:  # the layouts of a step that passed
+                self._facts[id(params)] = (params, facts[1])
+                other_dtype.append([])
+                continue
+            sparse = any(map(_is_sparse, grads))
+            if sparse:
                 self._check_sparse(group)
             # Shapes and dtypes matter beyond a clear message: kernels trust them for memory bounds.
             if list(map(_shape_of, grads)) != list(map(_shape_of, params)):
@@ -421,8 +430,30 @@ class Optimizer(torch.optim.Optimizer):
                             f".grad.data?): {why}; convert it: p.grad = p.grad.to(p.dtype)")
                 if policy != "torch":
                     odd = []
+            if not odd and not sparse:  # (sparse: the checks depend on weight_decay)
+                facts = self._layout_facts(params, grads)
+                memo.put(id(group), flat, (group, facts))
+                self._facts[id(params)] = (params, facts)
             other_dtype.append(odd)
         return other_dtype
+
+    @staticmethod
+    def _layout_facts(params: list[Tensor], grads: list[Tensor]) -> tuple[bool, bool, bool]:
+        """What :meth:`_step_group` needs to know of a group's tensors: dense gradients and
+        one dtype; all on the CPU; all on one device."""
+        dense_one_dtype = not any(map(_is_sparse, grads)) and len(set(map(_dtype_of, params))) == 1
+        on_cpu = all(map(_is_cpu, params))
+        return dense_one_dtype, on_cpu, on_cpu or len(set(map(_device_of, params))) == 1
+
+    @property
+    def _layouts(self) -> _layout.Memo:
+        """Each param group's checked layouts (params and gradients) with their
+        :meth:`_layout_facts`: a step whose tensors have them skips the checks (see
+        :mod:`._layout`). Made on first use, so unpickled optimizers have one too."""
+        memo = self.__dict__.get("_layout_memo")
+        if memo is None:
+            memo = self.__dict__["_layout_memo"] = _layout.Memo(64)
+        return memo
 
     def _torch_update_fails(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> bool:
         """Whether :meth:`_update_other_dtype` raises for these dtypes and ``group``'s settings,
@@ -488,11 +519,13 @@ class Optimizer(torch.optim.Optimizer):
             self._step_by_rule(group, params, grads)
             return
         states = self._states(group, params)
-        dense_one_dtype = not any(map(_is_sparse, grads)) and len(set(map(_dtype_of, params))) == 1
-        on_cpu = all(map(_is_cpu, params))
+        known = getattr(self, "_facts", {}).get(id(params))
+        if known is not None and known[0] is params:  # (from _check_gradients, this step)
+            dense_one_dtype, on_cpu, one_device = known[1]
+        else:
+            dense_one_dtype, on_cpu, one_device = self._layout_facts(params, grads)
         self._kernel = self._wants_kernel(group, params, dense_one_dtype, on_cpu)
-        if (group["foreach"] is not False and dense_one_dtype
-                and (on_cpu or len(set(map(_device_of, params))) == 1)):
+        if group["foreach"] is not False and dense_one_dtype and one_device:
             self._update_in_chunks(group, params, grads, states)  # the usual case: one device, one dtype
             return
         for indices in self._buckets(params, grads):

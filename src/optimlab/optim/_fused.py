@@ -64,6 +64,7 @@ import sys
 import tempfile
 import threading
 import warnings
+from itertools import chain
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -73,6 +74,7 @@ from torch import Tensor
 from torch.autograd.graph import increment_version as _increment_version
 
 from optimlab.optim import _kernel_specs as specs
+from optimlab.optim import _layout
 from optimlab.optim._kernelgen import Kernel, Library
 from optimlab.optim._rules import nadam_momentum
 
@@ -349,6 +351,10 @@ _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
 _shape_of = operator.attrgetter("shape")
 _is_cpu = operator.attrgetter("is_cpu")
+_is_neg = Tensor.is_neg
+_is_zerotensor = Tensor._is_zerotensor
+#: Layouts :func:`_matching_numels` accepted, re-checked in one call (see :mod:`._layout`).
+_checked = _layout.Memo(64)
 #: The dtypes torch's fused CPU kernels (SGD, Adam, AdamW, Adagrad) take.
 TORCH_FUSED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
@@ -375,11 +381,19 @@ def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> list[int] | N
     ``stride()``); mkldnn's opaque tensors have no data pointer (see :func:`_gather`). A
     gradient set through ``p.grad.data = ...`` can have any dtype and a state tensor any
     form, so nothing is taken on trust; each property is one C-level pass over a list, as
-    these run every step.
+    these run every step. Lazily negated views (``is_neg()``, whose memory holds −x) and
+    zero tensors (no memory: a null data pointer) fail too. A layout that passed is remembered
+    (:class:`._layout.Memo`): the next step's tensors, usually of the same layouts, are then
+    re-checked in one C++ call instead.
     """
     params = lists[0]
     if not params:
         return []
+    key = (id(dtypes), len(lists), len(params), id(params[0]))
+    flat = list(chain.from_iterable(lists))
+    numels = _checked.get(key, flat)
+    if numels is not None:
+        return numels
     p0 = params[0]
     dtype, on_cpu = p0.dtype, p0.is_cpu
     if dtype not in dtypes:
@@ -393,6 +407,8 @@ def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> list[int] | N
                     or not (all(map(_is_cpu, lst)) if on_cpu else set(map(_device_of, lst)) == {p0.device})):
                 return None
             contiguous = contiguous and all(map(_contiguous, lst))
+            if any(map(_is_neg, lst)) or any(map(_is_zerotensor, lst)):
+                return None
         if not contiguous:  # the same strides as the parameter, over memory without gaps
             shapes, strides = list(map(_shape_of, params)), list(map(_stride, params))
             if not all(map(_dense, params)) or any(
@@ -400,6 +416,7 @@ def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> list[int] | N
                 return None
     except (RuntimeError, NotImplementedError, TypeError, AttributeError):  # not a plain tensor
         return None
+    _checked.put(key, flat, numels)
     return numels
 
 
@@ -586,9 +603,14 @@ def prepare(kernel: Kernel, arrays: Mapping[str, Sequence[Tensor]], hyper: Mappi
     if kernel.tensor_flags:
         groups: dict[tuple[bool, ...], list[int]] = {}
         names = [n for n in kernel.per_tensor if n in per_tensor]
-        for i in range(len(params)):
-            tf = kernel.tensor_flag_values({name: per_tensor[name][i] for name in names})
-            groups.setdefault(tf, []).append(i)
+        columns = [per_tensor[name] for name in names]
+        n = len(params)
+        if all(len(c) == n and c.count(c[0]) == n for c in columns):  # the usual case: one evaluation
+            groups[kernel.tensor_flag_values({name: c[0] for name, c in zip(names, columns)})] = list(range(n))
+        else:
+            for i in range(n):
+                tf = kernel.tensor_flag_values({name: c[i] for name, c in zip(names, columns)})
+                groups.setdefault(tf, []).append(i)
         split = [(flags + tf, idx if len(groups) > 1 else None) for tf, idx in groups.items()]
     else:
         split = [(flags, None)]

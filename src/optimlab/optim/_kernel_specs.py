@@ -32,6 +32,22 @@ def _grad(x, maximize: bool, l2: bool):
 
 
 # ------------------------------------------------------------- torch's conventions
+@kernel(arrays=("param", "grad", "momentum_buffer"), hyper=("lr", "momentum", "dampening", "weight_decay"),
+        per_tensor=("first",),
+        flags={"maximize": "maximize", "decay": _decay, "momentum": lambda h: h["momentum"] != 0,
+               "nesterov": "nesterov"},
+        tensor_flags={"first": lambda t: t["first"] == 1})
+def sgd(x, *, maximize, decay, momentum, nesterov, first):
+    """:func:`optimlab.optim._rules.sgd` after :func:`~optimlab.optim._rules.effective_grads`.
+    ``first``: the buffer's first step (b = g; the buffer's memory is uninitialised)."""
+    g = _grad(x, maximize, decay)
+    if momentum:
+        b = g if first else fma(g, 1 - x.dampening, x.momentum_buffer * x.momentum)
+        x.momentum_buffer = b
+        g = fma(b, x.momentum, g) if nesterov else b
+    x.param = fma(g, -x.lr, x.param)
+
+
 @kernel(arrays=("param", "grad", "square_avg", "grad_avg", "momentum_buffer"),
         hyper=("lr", "alpha", "eps", "momentum", "weight_decay"),
         flags={"maximize": "maximize", "decay": _decay, "centered": "centered",
@@ -364,5 +380,5 @@ def keras_nadam(x, *, decay):
 
 
 #: Every description, in the order of the library's table (a variant's id is its index there).
-KERNELS = [rmsprop, adadelta, adamax, nadam, lion, radam, adopt, schedule_free_adamw, schedule_free_sgd, lamb, lars,
+KERNELS = [sgd, rmsprop, adadelta, adamax, nadam, lion, radam, adopt, schedule_free_adamw, schedule_free_sgd, lamb, lars,
            keras_sgd, keras_adagrad, keras_rmsprop, keras_adadelta, keras_adam, keras_adamax, keras_nadam]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.optim.sgd import sgd as _torch_sgd  # torch's functional form (fused kernels)
 
-from optimlab.optim import _fused, _rules
+from optimlab.optim import _fused, _kernel_specs, _rules
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
 
@@ -82,13 +82,14 @@ class SGD(Optimizer):
         bufs = [s.get("momentum_buffer") for s in states] if momentum != 0 else []
         lr = float(group["lr"])
         amp = self._grad_scale is not None or self._found_inf is not None
-        if self._kernel and momentum == 0 and group["weight_decay"] == 0 and not grads[0].is_sparse and not amp:
-            # θ ± γg: one torch foreach op, safe for any dense tensors (no kernel checks needed),
-            # bit-identical to torch's fused SGD (see _fused_sgd_cpu)
-            torch._foreach_add_(params, grads, alpha=lr if group["maximize"] else -lr)
+        sparse = grads[0].is_sparse
+        # The default runs the generated kernel (bit for bit torch's default, single-tensor SGD);
+        # fused=True asks for torch's fused kernel, which rounds θ − γ·d twice and so differs in the last bit.
+        if (self._kernel and group.get("fused") is None and not sparse and not amp and params[0].is_cpu
+                and self._own_kernel(group, params, grads, bufs, states, lr)):
             self._kernel_ran = True
             return
-        fused = self._kernel and not grads[0].is_sparse and _fused_kernel_fits(params, grads, bufs)
+        fused = self._kernel and not sparse and _fused_kernel_fits(params, grads, bufs)
         self._kernel_ran = bool(fused)
         if fused and params[0].is_cpu:
             _fused_sgd_cpu(group, params, grads, bufs, lr, self._grad_scale, self._found_inf)
@@ -108,6 +109,38 @@ class SGD(Optimizer):
             for state, buf in zip(states, bufs):
                 if buf is not None:  # (None: a step GradScaler skipped before the buffer started)
                     state["momentum_buffer"] = buf
+
+    @staticmethod
+    def _own_kernel(group, params, grads, bufs, states, lr) -> bool:
+        """The generated kernel (:data:`._kernel_specs.sgd`, bit for bit the foreach rule, in
+        one pass over all tensors: torch's fused CPU kernel dispatches once per tensor): True
+        if it did the update; False (nothing changed) where it cannot serve these tensors."""
+        momentum = group["momentum"]
+        if momentum == 0 and group["weight_decay"] == 0:
+            # θ ± γg: one torch foreach op, safe for any dense tensors (no kernel checks needed),
+            # bit-identical to the kernel and to torch's fused SGD
+            torch._foreach_add_(params, grads, alpha=-lr if not group["maximize"] else lr)
+            return True
+        hyper = dict(lr=lr, momentum=momentum, dampening=group["dampening"], nesterov=group["nesterov"],
+                     weight_decay=group["weight_decay"], maximize=group["maximize"])
+        if not momentum:
+            return _fused.launch(_kernel_specs.sgd, dict(param=params, grad=grads), hyper,
+                                 {"first": [0.0] * len(params)})
+        new = [i for i, b in enumerate(bufs) if b is None]  # first step for these: b₁ = g₁
+        given = bufs
+        if new:
+            given = list(bufs)
+            for i in new:
+                given[i] = torch.empty_like(grads[i])
+        first = [0.0] * len(params)
+        for i in new:
+            first[i] = 1.0
+        if not _fused.launch(_kernel_specs.sgd, dict(param=params, grad=grads, momentum_buffer=given), hyper,
+                             {"first": first}):
+            return False
+        for i in new:
+            states[i]["momentum_buffer"] = given[i]
+        return True
 
     def _update_other_dtype(self, group, params, grads, states) -> None:
         momentum = group["momentum"]

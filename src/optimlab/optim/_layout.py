@@ -1,0 +1,112 @@
+"""Cheap re-checks of tensor layouts already checked in full.
+
+Every step, the kernels' callers check each tensor they hand to C (dtype, device, number of
+elements, strides, no lazy negation, real storage): a few Python-level passes per property
+over every list, about 1 µs per parameter, which on models of many small tensors costs as
+much as the update itself. A step's tensors almost always have the layouts of the last
+step's, so a :class:`Memo` remembers a layout that passed the full checks, with what they
+concluded, and re-checks a new step's tensors against it in one C++ call:
+``torch._C._dynamo.guards.TensorGuards``, the check torch.compile runs on every call of a
+compiled function. It compares each tensor's Python type, dispatch keys (device type,
+layout, sparse, mkldnn, negative or conjugate view, zero tensor, inference mode), dtype,
+device index, ``requires_grad``, sizes and strides with the remembered ones, and refuses a
+tensor given twice. (Nested tensors, which have no sizes to compare, are never compared.)
+A match means the full checks would pass again with the same result;
+anything else falls back to them. The full checks stay the only way a layout is accepted.
+
+``TensorGuards`` is private to torch: it is used only if it passes a self-test here on first
+use (each property above, changed on a probe, must make it refuse), and never otherwise.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections import OrderedDict
+from typing import Any, Hashable, Sequence
+
+import torch
+from torch import Tensor
+
+_is_nested = operator.attrgetter("is_nested")
+_KW = {"dynamic_dims_sizes": None, "dynamic_dims_strides": None}  # all sizes and strides static
+_guards_class: Any = None  # None: not tested yet; False: unusable
+
+
+def _self_test(cls) -> bool:
+    """Whether ``cls`` accepts the same layout and refuses each kind of difference."""
+    base = torch.zeros(3, 4)
+    guard = cls(base, torch.zeros(()), **_KW)
+    same = torch.ones(3, 4)
+    different = [
+        torch.zeros(3, 4, dtype=torch.float64), torch.zeros(4, 3).t(), torch.zeros(2, 4),
+        torch.zeros(3, 4, device="meta"), torch._neg_view(torch.zeros(3, 4)),
+        torch._efficientzerotensor(3, 4), torch.zeros(3, 4).to_sparse(), torch.zeros(3, 4, requires_grad=True),
+        torch.nn.Parameter(torch.zeros(3, 4), requires_grad=False),
+    ]
+    if not guard.check(same, torch.ones(())) or guard.check(same, same):
+        return False
+    return not any(guard.check(t, torch.ones(())) for t in different)
+
+
+def _guards():
+    global _guards_class
+    if _guards_class is None:
+        _guards_class = False
+        if os.environ.get("OPTIMLAB_LAYOUT_MEMO", "1") != "0":
+            try:
+                from torch._C._dynamo.guards import TensorGuards
+                if _self_test(TensorGuards):
+                    _guards_class = TensorGuards
+            except Exception:  # absent or changed in this torch: the full checks only
+                pass
+    return _guards_class
+
+
+def available() -> bool:
+    """Whether re-checks are on (off: ``OPTIMLAB_LAYOUT_MEMO=0``, or a torch without a usable
+    ``TensorGuards``); every caller works the same without them, only slower."""
+    return bool(_guards())
+
+
+class Memo:
+    """Layouts that passed a caller's full checks, with what the checks concluded.
+
+    ``get(key, tensors)`` returns the value remembered under ``key`` if ``tensors`` have
+    exactly the remembered layouts (see the module's docstring), else None; ``put`` remembers
+    a new one. The key only picks which remembered layout to compare with (say, a param
+    group); correctness never depends on it. At most ``size`` keys are kept (oldest out).
+    """
+
+    __slots__ = ("_entries", "_size")
+
+    def __init__(self, size: int = 32):
+        self._entries: OrderedDict[Hashable, tuple[Any, int, Any]] = OrderedDict()
+        self._size = size
+
+    def get(self, key: Hashable, tensors: Sequence[Tensor]) -> Any:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] != len(tensors):
+            return None
+        try:
+            if any(map(_is_nested, tensors)):  # (a strided nested tensor has no sizes: the guard would abort)
+                return None
+            return entry[2] if entry[0].check(*tensors) else None
+        except Exception:  # (a non-tensor where a tensor was: not the same layout)
+            return None
+
+    def put(self, key: Hashable, tensors: Sequence[Tensor], value: Any) -> None:
+        cls = _guards()
+        if not cls or not tensors:
+            return
+        try:
+            guard = cls(*tensors, **_KW)
+        except Exception:
+            return
+        self._entries[key] = (guard, len(tensors), value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
