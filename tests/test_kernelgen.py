@@ -1,5 +1,7 @@
 """The kernel generator (optimlab.optim._kernelgen) and the kernels it makes from the
-descriptions in optimlab.optim._kernel_specs.
+optimizers' descriptions (each class's ``kernel``, beside its rule; ``_fused.kernels()``).
+The table is the conformance test's (every registered optimizer that declares a kernel, with
+three of its variants), so an optimizer with a kernel needs no row of its own here.
 
 * the generator: variant ids, array order and the packing of scalars come from the
   description (a description with its scalars and arrays declared in another order, its
@@ -31,8 +33,8 @@ import torch
 import optimlab.optim as oo
 import optimlab.optim.keras as ok
 from optimlab.optim import _fused, _kernelgen
-from optimlab.optim import _kernel_specs as specs
 from optimlab.optim._kernelgen import fma, kernel, lerp, maximum
+from tests.test_optim_conformance import TABLE as CONFORMANCE_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_kernels = pytest.mark.skipif(not _fused.available(), reason="fused kernels unavailable (no C compiler)")
@@ -52,13 +54,25 @@ def one_torch_thread():
 # ----------------------------------------------------------------------------- tables
 @dataclasses.dataclass
 class Case:
+    """An optimizer with a kernel of its own, from the conformance test's table (the registry
+    and the optimizers' test rows): its class and (at most three of) its variants."""
     cls: type
     variants: list[dict]
-    exact: bool = True      # bit for bit with the foreach path (no square root, or torch's)
     keras: bool = False
-    train: bool = False     # Schedule-Free: train mode
+    train: bool = False       # Schedule-Free: train mode
     torch_half: bool = False  # fused=True is torch's fused kernel (it has float16/bfloat16 forms), and
                               # the default the generated one
+
+    @property
+    def kernel(self):
+        return self.cls.kernel
+
+    @property
+    def exact(self) -> bool:
+        """Bit for bit with the foreach path: no reduction, and no square root or torch's."""
+        variants = [v for v in _fused.library().variants if v.kernel is self.kernel]
+        return not any(v.reductions for v in variants) and (
+            not any(v.uses_sqrt for v in variants) or (self.kernel.torch_sqrt and _fused.sqrt_is_torchs()))
 
     @property
     def kernel_impl(self) -> dict:
@@ -66,51 +80,27 @@ class Case:
         return {} if self.torch_half else {"fused": True}
 
 
-CASES = {
-    "sgd": Case(oo.SGD, [dict(lr=0.1, weight_decay=0.1), dict(lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.1, maximize=True),
-                         dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.05)], torch_half=True),
-    "rmsprop": Case(oo.RMSprop, [dict(lr=0.01), dict(lr=0.01, centered=True, momentum=0.5, alpha=0.4),
-                                 dict(lr=0.01, weight_decay=0.1, maximize=True, momentum=0.9)], exact=False),
-    "adadelta": Case(oo.Adadelta, [dict(), dict(lr=0.5, rho=0.8, weight_decay=0.1, maximize=True)], exact=False),
-    "adamax": Case(oo.Adamax, [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1, maximize=True, betas=(0.3, 0.9))]),
-    "nadam": Case(oo.NAdam, [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1, maximize=True),
-                             dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)], exact=False),
-    "lion": Case(oo.Lion, [dict(lr=1e-3), dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.5, maximize=True)]),
-    "radam": Case(oo.RAdam, [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99), maximize=True),
-                             dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.9, 0.9))],
-                  exact=False),
-    "adopt": Case(oo.ADOPT, [dict(lr=1e-3), dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1,
-                                                 decoupled_weight_decay=True, maximize=True),
-                             dict(lr=1e-2, weight_decay=0.05, eps=1e-3, clip_exponent=None)]),
-    "schedule_free_adamw": Case(oo.ScheduleFreeAdamW, [
-        dict(lr=0.01), dict(lr=0.01, weight_decay=0.1, warmup_steps=20, betas=(0.8, 0.99), maximize=True),
-        dict(lr=0.01, weight_decay=0.1, r=1.0, weight_lr_power=1.0, decay_at_z=True)], exact=False, train=True),
-    "schedule_free_sgd": Case(oo.ScheduleFreeSGD, [
-        dict(lr=0.1), dict(lr=0.1, momentum=0.8, weight_decay=0.1, warmup_steps=10, maximize=True)], train=True),
-    "lamb": Case(oo.LAMB, [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-8, maximize=True),
-                           dict(lr=0.01, weight_decay=0.01, bias_correction=False)], exact=False),
-    "lars": Case(oo.LARS, [dict(lr=1.0), dict(lr=2.0, weight_decay=1e-2, momentum=0.8, trust_coefficient=0.01,
-                                              maximize=True),
-                           dict(lr=1.0, weight_decay=1e-3, exclude_1d=True), dict(lr=1.0, momentum=0.0)], exact=False),
-    "keras_sgd": Case(ok.SGD, [dict(), dict(learning_rate=0.05, momentum=0.9),
-                               dict(learning_rate=0.05, momentum=0.9, nesterov=True, weight_decay=0.1)], keras=True),
-    "keras_adagrad": Case(ok.Adagrad, [dict(), dict(learning_rate=0.1, epsilon=1e-3, weight_decay=0.05)], keras=True),
-    "keras_rmsprop": Case(ok.RMSprop, [dict(), dict(learning_rate=0.01, rho=0.8, momentum=0.5, centered=True),
-                                       dict(learning_rate=0.01, momentum=0.9, weight_decay=0.1)], keras=True),
-    "keras_adadelta": Case(ok.Adadelta, [dict(), dict(learning_rate=1.0, rho=0.9, epsilon=1e-6, weight_decay=0.01)],
-                           keras=True),
-    "keras_adam": Case(ok.Adam, [dict(), dict(learning_rate=0.01, beta_1=0.8, beta_2=0.99, amsgrad=True,
-                                              weight_decay=0.05)], keras=True),
-    "keras_adamax": Case(ok.Adamax, [dict(), dict(learning_rate=0.02, beta_1=0.8, epsilon=1e-3, weight_decay=0.01)],
-                         keras=True),
-    "keras_nadam": Case(ok.Nadam, [dict(), dict(learning_rate=0.02, beta_2=0.99, weight_decay=0.01)], keras=True),
-}
+def _cases() -> dict[str, Case]:
+    """Every class that declares a kernel in its own body (SGD's serves Momentum and NAG):
+    adding an optimizer with a kernel adds its row here by itself."""
+    cases = {}
+    for convention, _, cls, variants, _ in CONFORMANCE_TABLE:
+        k = cls.__dict__.get("kernel")
+        if k is None:
+            continue
+        picked = [variants[i] for i in sorted({0, len(variants) // 2, len(variants) - 1})]
+        cases[k.name] = Case(cls, picked, keras=convention == "keras", train=hasattr(cls, "train"),
+                             torch_half=cls.default_kernels == "torch")
+    return cases
+
+
+CASES = _cases()
 PARAMS = [(name, i) for name, case in CASES.items() for i in range(len(case.variants))]
 IDS = [f"{name}-{i}" for name, i in PARAMS]
 
 
 def test_every_description_has_a_case():
-    assert {k.name for k in specs.KERNELS} == set(CASES)
+    assert {k.name for k in _fused.kernels()} == set(CASES)
 
 
 def make_params(dtype, shapes=SHAPES, seed=1):
@@ -173,9 +163,7 @@ def test_kernel_matches_the_foreach_path(name, variant, dtype):
     pa, oa, paths_a = run(name, hyper, dtype, **case.kernel_impl)
     pb, ob, paths_b = run(name, hyper, dtype, fused=False) if case.keras else run(name, hyper, dtype, foreach=True)
     assert paths_a == {"fused"} and paths_b == {"foreach"}
-    exact = case.exact and (_fused.sqrt_is_torchs() or not any(v.uses_sqrt for v in _fused.library().variants
-                                                               if v.kernel.name == name))
-    assert_same(pa, oa, pb, ob, None if exact else TOL[dtype])
+    assert_same(pa, oa, pb, ob, None if case.exact else TOL[dtype])
 
 
 @needs_kernels
@@ -217,7 +205,7 @@ def test_description_in_python_matches_the_foreach_path(name, variant, monkeypat
 def test_variant_ids_are_the_table_index_and_every_flag_combination_has_one():
     lib = _fused.library()
     assert [v.id for v in lib.variants] == list(range(len(lib.variants)))
-    for k in specs.KERNELS:
+    for k in _fused.kernels():
         combos = k.combinations()
         assert len(combos) == 2 ** len(k.flag_names)
         assert {lib.variant(k, c).id for c in combos} == {v.id for v in lib.variants if v.kernel is k}
@@ -229,14 +217,14 @@ def test_variant_ids_are_the_table_index_and_every_flag_combination_has_one():
 def test_arrays_and_scalars_are_packed_by_name():
     """A variant's arrays are the description's, in its declared order, as far as the flags use
     them; its scalars are what the body computes from the hyperparameters, by Python."""
-    var = _fused.library().variant(specs.rmsprop, (False, False, True, False))  # centred only
+    var = _fused.library().variant(oo.RMSprop.kernel, (False, False, True, False))  # centred only
     assert var.arrays == ["param", "grad", "square_avg", "grad_avg"]
     pack_h, pack_ts = var.packers()
     assert pack_ts is None
     h = dict(lr=0.5, alpha=0.75, eps=1e-8, momentum=0.0, weight_decay=0.0)
     values = dict(zip([repr(s) for s in var.hyper_slots], pack_h(h)))
     assert values == {"(1 - alpha)": 0.25, "alpha": 0.75, "eps": 1e-8, "(-lr)": -0.5}
-    adamax = _fused.library().variant(specs.adamax, (False, False))
+    adamax = _fused.library().variant(oo.Adamax.kernel, (False, False))
     _, pack_ts = adamax.packers()
     assert adamax.tensor_inputs == ["step"]
     assert pack_ts(dict(lr=0.1, beta1=0.5), dict(step=2.0)) == [-0.1 / (1 - 0.5**2.0)]
@@ -245,7 +233,7 @@ def test_arrays_and_scalars_are_packed_by_name():
 @kernel(arrays=("exp_inf", "grad", "param", "exp_avg"), hyper=("weight_decay", "eps", "beta2", "beta1", "lr"),
         per_tensor=("step",), flags={"decay": lambda h: h["weight_decay"] != 0, "maximize": "maximize"})
 def adamax_reordered(x, *, decay, maximize):
-    """:func:`_kernel_specs.adamax` with everything declared, and independent lines written, in
+    """:func:`_kernel_oo.Adamax.kernel` with everything declared, and independent lines written, in
     another order."""
     g = -x.grad if maximize else x.grad
     g = fma(x.param, x.weight_decay, g) if decay else g
@@ -262,14 +250,14 @@ def test_a_reordered_description_gives_the_same_bits(monkeypatch, tmp_path):
     table) is the generator's business: a library with the reordered description first gives
     the original's results bit for bit."""
     monkeypatch.setenv("OPTIMLAB_KERNEL_CACHE", str(tmp_path))
-    monkeypatch.setattr(specs, "KERNELS", [adamax_reordered, specs.adamax])
+    monkeypatch.setattr(_fused, "kernels", lambda: [adamax_reordered, oo.Adamax.kernel])
     for attr in ("_library", "_lib"):
         monkeypatch.setattr(_fused, attr, None)
     monkeypatch.setattr(_fused, "_failed", False)
     assert _fused.available() and len(_fused.library().variants) == 8
     assert _fused.library().variant(adamax_reordered, (False, False)).id == 0
     results = []
-    for k in (specs.adamax, adamax_reordered):
+    for k in (oo.Adamax.kernel, adamax_reordered):
         gen = torch.Generator().manual_seed(3)
         p, m, u = (torch.randn(1000, generator=gen, dtype=torch.float64) for _ in range(3))
         u = u.abs()
@@ -324,11 +312,11 @@ def test_descriptions_that_cannot_be_traced_are_refused():
 def test_the_generated_loop_reads_like_its_description():
     """One loop, fused multiply-adds where the description has fma, each scalar named by the
     expression Python computes it with."""
-    var = _fused.library().variant(specs.lion, (False, True))  # decay, not maximize
+    var = _fused.library().variant(oo.Lion.kernel, (False, True))  # decay, not maximize
     c = var.c_source("float", "f32")
     assert c.count("for (int64_t j = 0; j < cnt; j++)") == 1 and c.count("fmaf(") == 3 and "sqrt" not in c
     assert "/* (1 - (lr * weight_decay)) */" in c and "/* (-lr) */" in c
-    staged = _fused.library().variant(specs.keras_adam, (False, False)).c_source("double", "f64")
+    staged = _fused.library().variant(ok.Adam.kernel, (False, False)).c_source("double", "f64")
     assert "OL_SQRT_f64(m, b" in staged and "for (int64_t j0 = 0; j0 < cnt; j0 += OL_BLOCK)" in staged
 
 
@@ -359,7 +347,8 @@ def test_threads_split_anywhere(name, monkeypatch):
     the one-thread result, bit for bit (staged and inline square roots; and the reductions of
     the two-pass kernels, whose per-tensor sums do not depend on the threads)."""
     case = CASES[name]
-    hyper = case.variants[-1] if name != "lars" else case.variants[2]
+    # (not global_clipnorm: its norm over all tensors is torch's, whose sums follow the threads)
+    hyper = next(v for v in reversed(case.variants) if "global_clipnorm" not in v)
     shapes = [(), (3,), (1029,), (0,), (64, 3), (40000,), (5,)]
     single = run(name, hyper, torch.float32, steps=8, shapes=shapes, **CASES[name].kernel_impl)
     monkeypatch.setattr(_fused, "PARALLEL_MIN_ELEMENTS", 0)

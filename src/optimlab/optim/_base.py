@@ -143,6 +143,11 @@ class Optimizer(torch.optim.Optimizer):
     #: Complex tensors reach it as real views (``torch.view_as_real``); group-level counters
     #: (Schedule-Free's) are advanced before it runs. A staticmethod; None for wrappers.
     rule: ClassVar[Callable[[Tensor, Tensor, dict, dict], None] | None] = None
+    #: The single-pass CPU kernel's description (a :class:`._kernelgen.Kernel`: the foreach
+    #: rule written for one element), declared beside the rule in the optimizer's module; the
+    #: kernel library is generated from every class's (:func:`._fused.kernels`). None: no kernel
+    #: of optimlab's (torch's fused kernels, or not elementwise).
+    kernel: ClassVar[Any] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -1,4 +1,4 @@
-"""Single-pass CPU kernels, generated from the descriptions in :mod:`._kernel_specs`.
+"""Single-pass CPU kernels, generated from the optimizers' kernel descriptions.
 
 The elementwise optimizers torch has no fused CPU kernel for (RMSprop, Adadelta, Adamax,
 NAdam, RAdam, Lion, ADOPT, Schedule-Free AdamW and SGD, LAMB, LARS and the Keras-convention
@@ -10,7 +10,7 @@ first), reading each operand once and writing each result once, and split the el
 ``torch.get_num_threads()`` threads.
 
 Where the loops come from: each optimizer's kernel is a *description*
-(:mod:`._kernel_specs`, in the language of :mod:`._kernelgen`); :class:`._kernelgen.Library`
+(each optimizer class's ``kernel``, beside its rule, in the language of :mod:`._kernelgen`; :func:`kernels`); :class:`._kernelgen.Library`
 traces every description once per combination of its flags and emits a C loop for each
 (a *variant*), for float32 and float64, with the table that dispatches them, into the
 hand-written runtime ``_kernel_runtime.c`` (threads, chunking, step counters). A variant's id
@@ -73,7 +73,6 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version as _increment_version
 
-from optimlab.optim import _kernel_specs as specs
 from optimlab.optim import _layout
 from optimlab.optim._kernelgen import Kernel, Library
 from optimlab.optim._rules import nadam_momentum
@@ -102,17 +101,44 @@ _library: Library | None = None
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 
 
+def kernels() -> list[Kernel]:
+    """Every optimizer's kernel description: the ``kernel`` each registered optimizer class
+    declares in its own body (subclasses inherit it), in the order of their names (a
+    variant's id is its index in the library's table). Looking them up through the registry
+    imports every optimlab optimizer module first, so the set, and the compiled library, do
+    not depend on what the caller imported; a class registered after the library is built
+    keeps its foreach rule.
+
+    Raises ValueError where two different descriptions share a name."""
+    from optimlab.optim import _registry  # (lazily: the optimizer modules import this one)
+
+    found: dict[str, Kernel] = {}
+    for convention in ("torch", "keras"):
+        for name in _registry.available(convention):
+            cls = _registry.get(name, convention=convention)
+            for klass in getattr(cls, "__mro__", ()):
+                k = klass.__dict__.get("kernel")
+                if k is not None and found.setdefault(k.name, k) is not k:
+                    raise ValueError(f"two kernel descriptions are named {k.name!r} ({klass.__qualname__}'s "
+                                     "and another)")
+    return [found[name] for name in sorted(found)]
+
+
 def library() -> Library:
-    """The generated kernel library (every variant of every description in
-    :data:`._kernel_specs.KERNELS`, its C source and its table), built once per process."""
+    """The generated kernel library (every variant of every description in :func:`kernels`,
+    its C source and its table), built once per process."""
     global _library
     lib = _library
     if lib is None:
         with _lock:
             if _library is None:
-                _library = Library(specs.KERNELS, _RUNTIME.read_text(encoding="utf-8"))
+                _library = Library(kernels(), _RUNTIME.read_text(encoding="utf-8"))
             lib = _library
     return lib
+
+
+def _named(name: str) -> Kernel:
+    return next(k for k in library().kernels if k.name == name)
 
 
 # --------------------------------------------------------------------------- building
@@ -599,6 +625,8 @@ def prepare(kernel: Kernel, arrays: Mapping[str, Sequence[Tensor]], hyper: Mappi
     if not params:
         return Launch(kernel, hyper, [], per_tensor, [])
     lib = library()
+    if not lib.has(kernel):  # (a class defined after the library was built: its foreach rule)
+        return None
     flags = kernel.group_flags(hyper)
     if kernel.tensor_flags:
         groups: dict[tuple[bool, ...], list[int]] = {}
@@ -635,7 +663,7 @@ def prepare(kernel: Kernel, arrays: Mapping[str, Sequence[Tensor]], hyper: Mappi
 
 def launch(kernel: Kernel, arrays: Mapping[str, Sequence[Tensor]], hyper: Mapping[str, Any],
            per_tensor: Mapping[str, Sequence[float]] | None = None, *, exact: bool = False) -> bool:
-    """Run ``kernel`` (a description of :mod:`._kernel_specs`) on these tensors: True if it did
+    """Run ``kernel`` (an optimizer's description, see :func:`kernels`) on these tensors: True if it did
     the update, False (nothing changed) if it cannot serve them. See :func:`prepare`."""
     ready = prepare(kernel, arrays, hyper, per_tensor, exact=exact)
     return ready is not None and ready()
@@ -646,7 +674,7 @@ def rmsprop(*, params: list[Tensor], grads: list[Tensor], square_avgs: list[Tens
             grad_avgs: list[Tensor], momentum_buffers: list[Tensor], lr: float, alpha: float,
             eps: float, momentum: float, centered: bool, maximize: bool, weight_decay: float) -> bool:
     """:func:`_rules.rmsprop` after :func:`_rules.effective_grads`, in one pass."""
-    return launch(specs.rmsprop, dict(param=params, grad=grads, square_avg=square_avgs, grad_avg=grad_avgs,
+    return launch(_named("rmsprop"), dict(param=params, grad=grads, square_avg=square_avgs, grad_avg=grad_avgs,
                                       momentum_buffer=momentum_buffers),
                   dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, centered=centered, maximize=maximize,
                        weight_decay=weight_decay))
@@ -656,7 +684,7 @@ def adadelta(*, params: list[Tensor], grads: list[Tensor], square_avgs: list[Ten
              acc_deltas: list[Tensor], lr: float, rho: float, eps: float, maximize: bool,
              weight_decay: float) -> bool:
     """:func:`_rules.adadelta` after :func:`_rules.effective_grads`, in one pass."""
-    return launch(specs.adadelta, dict(param=params, grad=grads, square_avg=square_avgs, acc_delta=acc_deltas),
+    return launch(_named("adadelta"), dict(param=params, grad=grads, square_avg=square_avgs, acc_delta=acc_deltas),
                   dict(lr=lr, rho=rho, eps=eps, maximize=maximize, weight_decay=weight_decay))
 
 
@@ -664,7 +692,7 @@ def adamax(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
            steps: Sequence[float], lr: float, beta1: float, beta2: float, eps: float, maximize: bool,
            weight_decay: float) -> bool:
     """:func:`_rules.adamax` after :func:`_rules.effective_grads`, in one pass."""
-    return launch(specs.adamax, dict(param=params, grad=grads, exp_avg=exp_avgs, exp_inf=exp_infs),
+    return launch(_named("adamax"), dict(param=params, grad=grads, exp_avg=exp_avgs, exp_inf=exp_infs),
                   dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, maximize=maximize, weight_decay=weight_decay),
                   dict(step=steps))
 
@@ -677,7 +705,7 @@ def nadam(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], 
     :func:`_rules.decoupled_decay`), in one pass; ``mu_products`` are updated in place."""
     if len(mu_products) != len(params):
         return False
-    ready = prepare(specs.nadam, dict(param=params, grad=grads, exp_avg=exp_avgs, exp_avg_sq=exp_avg_sqs),
+    ready = prepare(_named("nadam"), dict(param=params, grad=grads, exp_avg=exp_avgs, exp_avg_sq=exp_avg_sqs),
                     dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, maximize=maximize, weight_decay=weight_decay,
                          decoupled_weight_decay=decoupled))
     if ready is None:

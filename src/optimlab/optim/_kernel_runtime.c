@@ -1,6 +1,6 @@
 /* The hand-written runtime of optimlab's single-pass CPU kernels: threads, dispatch, step
  * counters, square roots. The loops themselves are generated from the kernel descriptions
- * (optimlab/optim/_kernel_specs.py, by optimlab/optim/_kernelgen.py) and spliced in where the
+ * (each optimizer's, beside its rule, by optimlab/optim/_kernelgen.py) and spliced in where the
  * marker below stands; _fused.py compiles the result on first use with the system C
  * compiler, loads it with ctypes and passes raw data pointers. Nothing here knows a kernel:
  * ids, arrays and scalars all come from the generated table.

@@ -13,6 +13,7 @@ from torch.optim.nadam import nadam as _torch_nadam
 from optimlab.optim import _fused, _rules
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
+from optimlab.optim._kernelgen import decay_on, fma, kernel, lerp, maximum, sqrt, torch_grad
 
 
 def _zeros(param: Tensor) -> Tensor:
@@ -64,6 +65,18 @@ def adamax_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[
     param.sub_(group["lr"] / (1 - beta1**t) * m / u)           # θ ← θ − γ/(1 − β1ᵗ)·m/u
 
 
+@kernel("adamax", arrays=("param", "grad", "exp_avg", "exp_inf"), hyper=("lr", "beta1", "beta2", "eps", "weight_decay"),
+        per_tensor=("step",), flags={"maximize": "maximize", "decay": decay_on})
+def adamax_kernel(x, *, maximize, decay):
+    """:func:`optimlab.optim._rules.adamax` after :func:`~optimlab.optim._rules.effective_grads`."""
+    g = torch_grad(x, maximize, decay)
+    m = lerp(x.exp_avg, g, 1 - x.beta1)
+    x.exp_avg = m
+    u = maximum(x.exp_inf * x.beta2, abs(g) + x.eps)
+    x.exp_inf = u
+    x.param = x.param + -x.lr / (1 - x.beta1**x.step) * m / u
+
+
 def nadam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
     """One NAdam step on one tensor (Dozat 2016, with the momentum schedule
     μ_t = β1(1 − ½·0.96^{tψ}); ``torch.optim.NAdam``)."""
@@ -83,6 +96,24 @@ def nadam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[s
     lr = group["lr"]
     param.sub_(lr * (1 - mu) / (1 - prod) * g / den)           # θ ← θ − γ(1 − μ_t)/(1 − Πμ)·g/den
     param.sub_(lr * mu_next / (1 - prod * mu_next) * m / den)  #     − γμ_{t+1}/(1 − Πμ·μ_{t+1})·m/den
+
+
+@kernel("nadam", arrays=("param", "grad", "exp_avg", "exp_avg_sq"), hyper=("lr", "beta1", "beta2", "eps", "weight_decay"),
+        per_tensor=("step", "mu", "mu_next", "mu_product"),
+        flags={"maximize": "maximize", "decay": decay_on, "decoupled": "decoupled_weight_decay"})
+def nadam_kernel(x, *, maximize, decay, decoupled):
+    """:func:`optimlab.optim._rules.nadam` after :func:`~optimlab.optim._rules.effective_grads` (or,
+    ``decoupled``, :func:`~optimlab.optim._rules.decoupled_decay`). Per tensor: ``mu`` = μ_t,
+    ``mu_next`` = μ_{t+1}, ``mu_product`` = Π_t (already multiplied by μ_t)."""
+    g = torch_grad(x, maximize, decay and not decoupled)
+    p = x.param * (1 - x.lr * x.weight_decay) if decay and decoupled else x.param
+    m = lerp(x.exp_avg, g, 1 - x.beta1)
+    x.exp_avg = m
+    v = fma((1 - x.beta2) * g, g, x.exp_avg_sq * x.beta2)
+    x.exp_avg_sq = v
+    denom = sqrt(v / (1 - x.beta2**x.step)) + x.eps
+    p = p + -x.lr * (1.0 - x.mu) / (1.0 - x.mu_product) * g / denom
+    x.param = p + -x.lr * x.mu_next / (1.0 - x.mu_product * x.mu_next) * m / denom
 
 
 class Adam(Optimizer):
@@ -214,6 +245,7 @@ class Adamax(Optimizer):
 
     registry_name = "adamax"  # registered by this (see _registry)
     rule = staticmethod(adamax_rule)
+    kernel = adamax_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"betas": check.betas, "eps": check.positive}
     state_keys = frozenset({"step", "exp_avg", "exp_inf"})
@@ -270,6 +302,7 @@ class NAdam(Optimizer):
 
     registry_name = "nadam"  # registered by this (see _registry)
     rule = staticmethod(nadam_rule)
+    kernel = nadam_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"betas": check.betas, "eps": check.positive, "momentum_decay": check.non_negative,
                     "decoupled_weight_decay": check.boolean}

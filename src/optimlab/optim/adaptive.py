@@ -13,6 +13,7 @@ from torch.optim.rmsprop import rmsprop as _torch_rmsprop
 from optimlab.optim import _fused, _rules
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
+from optimlab.optim._kernelgen import decay_on, fma, kernel, lerp, sqrt, torch_grad
 
 
 def _effective_grad(param: Tensor, grad: Tensor, group: dict[str, Any]) -> Tensor:
@@ -54,6 +55,30 @@ def rmsprop_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict
         param.sub_(group["lr"] * g / rms)                      # θ ← θ − γ·g/rms
 
 
+@kernel("rmsprop", arrays=("param", "grad", "square_avg", "grad_avg", "momentum_buffer"),
+        hyper=("lr", "alpha", "eps", "momentum", "weight_decay"),
+        flags={"maximize": "maximize", "decay": decay_on, "centered": "centered",
+               "momentum": lambda h: h["momentum"] > 0})
+def rmsprop_kernel(x, *, maximize, decay, centered, momentum):
+    """:func:`optimlab.optim._rules.rmsprop` after :func:`~optimlab.optim._rules.effective_grads`."""
+    g = torch_grad(x, maximize, decay)
+    v = fma((1 - x.alpha) * g, g, x.square_avg * x.alpha)
+    x.square_avg = v
+    if centered:
+        ga = lerp(x.grad_avg, g, 1 - x.alpha)
+        x.grad_avg = ga
+        avg = sqrt(fma(-ga, ga, v))
+    else:
+        avg = sqrt(v)
+    avg = avg + x.eps
+    if momentum:
+        b = x.momentum_buffer * x.momentum + g / avg
+        x.momentum_buffer = b
+        x.param = fma(b, -x.lr, x.param)
+    else:
+        x.param = x.param + -x.lr * g / avg
+
+
 def adadelta_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
     """One Adadelta step on one tensor (Zeiler 2012, Algorithm 1; ``torch.optim.Adadelta``,
     whose ``lr`` scales the step, 1.0 in the paper)."""
@@ -65,6 +90,19 @@ def adadelta_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dic
     delta = (u + eps).sqrt() / (v + eps).sqrt() * g            # Δ = RMS[Δ]_{t−1} / RMS[g]_t · g
     u.mul_(rho).add_((1 - rho) * delta * delta)                # E[Δ²] ← ρE[Δ²] + (1 − ρ)Δ²
     param.sub_(group["lr"] * delta)                            # θ ← θ − γΔ
+
+
+@kernel("adadelta", arrays=("param", "grad", "square_avg", "acc_delta"), hyper=("lr", "rho", "eps", "weight_decay"),
+        flags={"maximize": "maximize", "decay": decay_on})
+def adadelta_kernel(x, *, maximize, decay):
+    """:func:`optimlab.optim._rules.adadelta` after :func:`~optimlab.optim._rules.effective_grads`."""
+    g = torch_grad(x, maximize, decay)
+    v = fma((1 - x.rho) * g, g, x.square_avg * x.rho)
+    x.square_avg = v
+    std = sqrt(v + x.eps)
+    delta = sqrt(x.acc_delta + x.eps) / std * g
+    x.acc_delta = fma((1 - x.rho) * delta, delta, x.acc_delta * x.rho)
+    x.param = fma(delta, -x.lr, x.param)
 
 
 class Adagrad(Optimizer):
@@ -169,6 +207,7 @@ class RMSprop(Optimizer):
 
     registry_name = "rmsprop"  # registered by this (see _registry)
     rule = staticmethod(rmsprop_rule)
+    kernel = rmsprop_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"alpha": check.unit_interval, "eps": check.positive, "momentum": check.non_negative,
                     "centered": check.boolean}
@@ -248,6 +287,7 @@ class Adadelta(Optimizer):
 
     registry_name = "adadelta"  # registered by this (see _registry)
     rule = staticmethod(adadelta_rule)
+    kernel = adadelta_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"rho": check.closed_unit_interval, "eps": check.positive}
     state_keys = frozenset({"step", "square_avg", "acc_delta"})

@@ -7,9 +7,10 @@ from typing import Any
 
 from torch import Tensor
 
-from optimlab.optim import _fused, _kernel_specs
+from optimlab.optim import _fused
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
+from optimlab.optim._kernelgen import clamp, decay_on, fma, kernel, lerp, sqrt
 from optimlab.optim._modern import RealOnly
 
 
@@ -56,6 +57,32 @@ def adopt_state_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: 
                clip_exponent=group["clip_exponent"], maximize=group["maximize"])
 
 
+@kernel("adopt", arrays=("param", "grad", "exp_avg", "exp_avg_sq"),
+        hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "clip_exponent"), per_tensor=("step",),
+        flags={"maximize": "maximize", "decay": decay_on, "decoupled": "decoupled_weight_decay",
+               "clip": lambda h: h["clip_exponent"] is not None},
+        tensor_flags={"first": lambda t: t["step"] == 1}, torch_sqrt=True)
+def adopt_kernel(x, *, maximize, decay, decoupled, clip, first):
+    """:func:`optimlab.optim.adopt.adopt_rule`, bit for bit (its square root is torch's).
+    ``first``: the tensor's first step, which only sets v = g² (and decays)."""
+    g = -x.grad if maximize else x.grad
+    if decay and decoupled:
+        x.param = x.param * (1 - x.weight_decay * x.lr)
+    elif decay:
+        g = fma(x.param, x.weight_decay, g)
+    if first:
+        x.exp_avg_sq = fma(g, g, x.exp_avg_sq)
+        return
+    normed = g / clamp(sqrt(x.exp_avg_sq), x.eps)              # g / max(√v_{t−1}, ε)
+    if clip:
+        c = x.step**x.clip_exponent
+        normed = clamp(normed, -c, c)
+    m = lerp(x.exp_avg, normed, 1 - x.beta1)
+    x.exp_avg = m
+    x.param = fma(m, -x.lr, x.param)
+    x.exp_avg_sq = fma((1 - x.beta2) * g, g, x.exp_avg_sq * x.beta2)
+
+
 class ADOPT(RealOnly, Optimizer):
     r"""ADOPT (Taniguchi et al. 2024, "ADOPT: Modified Adam Can Converge with Any β2 with the
     Optimal Rate"); the rule of ``pytorch_optimizer.ADOPT`` and the authors' code.
@@ -81,11 +108,12 @@ class ADOPT(RealOnly, Optimizer):
 
     registry_name = "adopt"  # registered by this (see _registry)
     rule = staticmethod(adopt_state_rule)
+    kernel = adopt_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"betas": check.betas, "eps": check.positive, "decoupled_weight_decay": check.boolean,
                     "clip_exponent": _clip_exponent}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
-    default_kernels = "optimlab"  # _kernel_specs.adopt: adopt_rule bit for bit, in one pass
+    default_kernels = "optimlab"  # adopt_kernel: adopt_rule bit for bit, in one pass
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.9999),
                  eps: float = 1e-6, weight_decay: float = 0.0, decoupled_weight_decay: bool = False, *,
@@ -103,7 +131,7 @@ class ADOPT(RealOnly, Optimizer):
         steps = self._advance(states, self._kernel)
         beta1, beta2 = group["betas"]
         if self._kernel and _fused.launch(
-                _kernel_specs.adopt, dict(param=params, grad=grads, exp_avg=[s["exp_avg"] for s in states],
+                adopt_kernel, dict(param=params, grad=grads, exp_avg=[s["exp_avg"] for s in states],
                                           exp_avg_sq=[s["exp_avg_sq"] for s in states]),
                 dict(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
                      weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],

@@ -7,9 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimlab.optim import _fused, _kernel_specs, _rules, _rules_modern
+from optimlab.optim import _fused, _rules, _rules_modern
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
+from optimlab.optim._kernelgen import decay_on, decoupled_param, fma, kernel, sign
 from optimlab.optim._modern import RealOnly
 
 
@@ -24,6 +25,17 @@ def lion_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[st
     c = m.mul(beta1).add_(g, alpha=1 - beta1)     # c_t = β1·m_{t−1} + (1 − β1)·g_t
     param.add_(c.sign_(), alpha=-lr)               # θ_t = θ − γ·sign(c_t)   (sign(0) = 0)
     m.mul_(beta2).add_(g, alpha=1 - beta2)        # m_t = β2·m_{t−1} + (1 − β2)·g_t
+
+
+@kernel("lion", arrays=("param", "grad", "exp_avg"), hyper=("lr", "beta1", "beta2", "weight_decay"),
+        flags={"maximize": "maximize", "decay": decay_on})
+def lion_kernel(x, *, maximize, decay):
+    """:func:`optimlab.optim._rules_modern.lion` after decoupled decay (lion-pytorch's order)."""
+    g = -x.grad if maximize else x.grad
+    p = decoupled_param(x, decay)
+    update = fma(g, 1 - x.beta1, x.exp_avg * x.beta1)        # c = β1·m + (1 − β1)·g
+    x.param = fma(sign(update), -x.lr, p)                     # θ ← θ − γ·sign(c)
+    x.exp_avg = fma(g, 1 - x.beta2, x.exp_avg * x.beta2)     # m ← β2·m + (1 − β2)·g
 
 
 class Lion(RealOnly, Optimizer):
@@ -47,12 +59,13 @@ class Lion(RealOnly, Optimizer):
 
     registry_name = "lion"  # registered by this (see _registry)
     rule = staticmethod(lion_rule)
+    kernel = lion_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas}
     state_keys = frozenset({"exp_avg"})
     other_dtype_grads = "rules"  # its foreach ops take a gradient in another dtype
-    default_kernels = "optimlab"  # _kernel_specs.lion
+    default_kernels = "optimlab"  # lion_kernel
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
@@ -68,7 +81,7 @@ class Lion(RealOnly, Optimizer):
         beta1, beta2 = group["betas"]
         lr = float(group["lr"])
         if self._kernel and _fused.launch(
-                _kernel_specs.lion, dict(param=params, grad=grads, exp_avg=[s["exp_avg"] for s in states]),
+                lion_kernel, dict(param=params, grad=grads, exp_avg=[s["exp_avg"] for s in states]),
                 dict(lr=lr, beta1=float(beta1), beta2=float(beta2), weight_decay=group["weight_decay"],
                      maximize=group["maximize"])):
             self._kernel_ran = True

@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 from torch.optim.radam import radam as _torch_radam  # the reference for gradients in another dtype
 
-from optimlab.optim import _fused, _kernel_specs, _rules, _rules_modern
+from optimlab.optim import _fused, _rules, _rules_modern
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
+from optimlab.optim._kernelgen import decay_on, decoupled_param, fma, kernel, lerp, sqrt, torch_grad, where
 
 
 def radam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
@@ -40,6 +41,29 @@ def radam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[s
         param.sub_(m_hat * lr)                         # θ_t = θ_{t−1} − γ·m̂_t  (momentum SGD)
 
 
+@kernel("radam", arrays=("param", "grad", "exp_avg", "exp_avg_sq"), hyper=("lr", "beta1", "beta2", "eps", "weight_decay"),
+        per_tensor=("step",),
+        flags={"maximize": "maximize", "decay": decay_on, "decoupled": "decoupled_weight_decay"})
+def radam_kernel(x, *, maximize, decay, decoupled):
+    """:func:`optimlab.optim._rules_modern.radam` (torch's foreach form, branch-free: an
+    unrectified step divides by −0.0, whose reciprocal is −0) after the weight decay."""
+    g = torch_grad(x, maximize, decay and not decoupled)
+    p = decoupled_param(x, decay and decoupled)
+    m = lerp(x.exp_avg, g, 1 - x.beta1)
+    x.exp_avg = m
+    v = fma((1 - x.beta2) * g, g, x.exp_avg_sq * x.beta2)
+    x.exp_avg_sq = v
+    t, beta1, beta2 = x.step, x.beta1, x.beta2
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * t * (beta2**t) / (1 - beta2**t)
+    rect = where(rho_t > 5, ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5, 0)
+    unrectified = where(rect > 0, 0, 1.0)
+    bc1 = 1 - beta1**t
+    unrect_step = (x.lr * unrectified / bc1) * -1
+    rect_step = ((1 - beta2**t) ** 0.5) * (x.lr * rect / bc1) * -1
+    x.param = fma(m, 1 / ((sqrt(v) + x.eps) / rect_step) + unrect_step, p)
+
+
 class RAdam(Optimizer):
     r"""RAdam (Liu et al. 2020, "On the Variance of the Adaptive Learning Rate and Beyond"),
     a twin of ``torch.optim.RAdam``.
@@ -63,13 +87,14 @@ class RAdam(Optimizer):
 
     registry_name = "radam"  # registered by this (see _registry)
     rule = staticmethod(radam_rule)
+    kernel = radam_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas, "eps": check.positive, "decoupled_weight_decay": check.boolean}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
     load_defaults = {**Optimizer.load_defaults, "decoupled_weight_decay": False}  # as torch's __setstate__
     other_dtype_grads = "torch"  # as torch's RAdam (whose lerp fails unless L2 decay promoted first)
-    default_kernels = "optimlab"  # _kernel_specs.radam
+    default_kernels = "optimlab"  # radam_kernel
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
@@ -89,7 +114,7 @@ class RAdam(Optimizer):
         lr, wd = float(group["lr"]), group["weight_decay"]
         params, grads = self._real(params), self._real(grads)
         if self._kernel and _fused.launch(
-                _kernel_specs.radam, dict(param=params, grad=grads, exp_avg=self._real([s["exp_avg"] for s in states]),
+                radam_kernel, dict(param=params, grad=grads, exp_avg=self._real([s["exp_avg"] for s in states]),
                                           exp_avg_sq=self._real([s["exp_avg_sq"] for s in states])),
                 dict(lr=lr, beta1=float(beta1), beta2=float(beta2), eps=group["eps"], weight_decay=wd,
                      maximize=group["maximize"], decoupled_weight_decay=group["decoupled_weight_decay"]),

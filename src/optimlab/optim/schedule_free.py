@@ -7,9 +7,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from optimlab.optim import _fused, _kernel_specs, _rules, _rules_modern
+from optimlab.optim import _fused, _rules, _rules_modern
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
+from optimlab.optim._kernelgen import decay_on, fma, kernel, lerp, sqrt, torch_grad
 from optimlab.optim._modern import RealOnly
 
 
@@ -121,6 +122,30 @@ def schedule_free_adamw_rule(param: Tensor, grad: Tensor, state: dict[str, Any],
     _schedule_free_step(y, z, d, group, beta1)
 
 
+def _schedule_free(x, d):
+    """Schedule-Free's step on y (the parameter) and z from the direction d
+    (:func:`optimlab.optim._rules_modern.schedule_free_step`); ``lr`` is the scheduled γ_t,
+    ``ckp1`` the averaging weight c_{t+1}."""
+    y = lerp(x.param, x.z, x.ckp1)
+    x.param = fma(d, x.lr * (x.beta1 * (1 - x.ckp1) - 1), y)
+    x.z = fma(d, -x.lr, x.z)
+
+
+@kernel("schedule_free_adamw", arrays=("param", "grad", "z", "exp_avg_sq"),
+        hyper=("lr", "ckp1", "beta1", "beta2", "eps", "weight_decay", "k"),
+        flags={"maximize": "maximize", "decay": decay_on, "decay_at_z": "decay_at_z"})
+def schedule_free_adamw_kernel(x, *, maximize, decay, decay_at_z):
+    """:func:`optimlab.optim._rules_modern.schedule_free_adam_direction` then the Schedule-Free
+    step; ``k`` is the group's step count (the bias correction's t)."""
+    g = -x.grad if maximize else x.grad
+    v = fma((1 - x.beta2) * g, g, x.exp_avg_sq * x.beta2)
+    x.exp_avg_sq = v
+    d = g / (sqrt(v / (1 - x.beta2**x.k)) + x.eps)
+    if decay:
+        d = fma(x.z if decay_at_z else x.param, x.weight_decay, d)
+    _schedule_free(x, d)
+
+
 class ScheduleFreeAdamW(_ScheduleFree):
     r"""Schedule-Free AdamW (Defazio et al. 2024, "The Road Less Scheduled"); the maths of
     the ``schedulefree`` package's ``AdamWScheduleFree`` (and of its reference class).
@@ -152,11 +177,12 @@ class ScheduleFreeAdamW(_ScheduleFree):
 
     registry_name, registry_aliases = "schedulefree_adamw", ("schedulefree-adamw",)
     rule = staticmethod(schedule_free_adamw_rule)
+    kernel = schedule_free_adamw_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": _betas_open, "eps": check.positive, "decay_at_z": check.boolean, **_COMMON}
     state_keys = frozenset({"z", "exp_avg_sq"})
-    default_kernels = "optimlab"  # _kernel_specs.schedule_free_adamw
+    default_kernels = "optimlab"  # schedule_free_adamw_kernel
 
     def __init__(self, params: Any, lr: float | Tensor = 0.0025, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, warmup_steps: int = 0, r: float = 0.0,
@@ -179,7 +205,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
         beta1, beta2 = group["betas"]
         zs = [s["z"] for s in states]
         if self._kernel and _fused.launch(
-                _kernel_specs.schedule_free_adamw,
+                schedule_free_adamw_kernel,
                 dict(param=params, grad=grads, z=zs, exp_avg_sq=[s["exp_avg_sq"] for s in states]),
                 dict(lr=lr, ckp1=ckp1, beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
                      weight_decay=group["weight_decay"], k=group["k"], maximize=group["maximize"],
@@ -201,6 +227,13 @@ def schedule_free_sgd_rule(param: Tensor, grad: Tensor, state: dict[str, Any], g
     _schedule_free_step(param, state["z"], d, group, group["momentum"])
 
 
+@kernel("schedule_free_sgd", arrays=("param", "grad", "z"), hyper=("lr", "ckp1", "beta1", "weight_decay"),
+        flags={"maximize": "maximize", "decay": decay_on})
+def schedule_free_sgd_kernel(x, *, maximize, decay):
+    """The Schedule-Free step with the (L2-decayed) gradient as the direction."""
+    _schedule_free(x, torch_grad(x, maximize, decay))
+
+
 class ScheduleFreeSGD(_ScheduleFree):
     r"""Schedule-Free SGD (Defazio et al. 2024, "The Road Less Scheduled"); the maths of the
     ``schedulefree`` package's ``SGDScheduleFree`` (and of its reference class).
@@ -219,10 +252,11 @@ class ScheduleFreeSGD(_ScheduleFree):
 
     registry_name, registry_aliases = "schedulefree_sgd", ("schedulefree-sgd",)  # registered by this (see _registry)
     rule = staticmethod(schedule_free_sgd_rule)
+    kernel = schedule_free_sgd_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"momentum": _open_unit_interval, **_COMMON}
     state_keys = frozenset({"z"})
-    default_kernels = "optimlab"  # _kernel_specs.schedule_free_sgd
+    default_kernels = "optimlab"  # schedule_free_sgd_kernel
 
     def __init__(self, params: Any, lr: float | Tensor = 1.0, momentum: float = 0.9, weight_decay: float = 0,
                  warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0, *, maximize: bool = False,
@@ -242,7 +276,7 @@ class ScheduleFreeSGD(_ScheduleFree):
         lr, ckp1 = self._now
         zs = [s["z"] for s in states]
         if self._kernel and _fused.launch(
-                _kernel_specs.schedule_free_sgd, dict(param=params, grad=grads, z=zs),
+                schedule_free_sgd_kernel, dict(param=params, grad=grads, z=zs),
                 dict(lr=lr, ckp1=ckp1, beta1=group["momentum"], weight_decay=group["weight_decay"],
                      maximize=group["maximize"])):
             self._kernel_ran = True

@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 from torch.optim.sgd import sgd as _torch_sgd  # torch's functional form (fused kernels)
 
-from optimlab.optim import _fused, _kernel_specs, _rules
+from optimlab.optim import _fused, _rules
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
+from optimlab.optim._kernelgen import decay_on, fma, kernel, torch_grad
 
 
 def sgd_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
@@ -31,6 +32,22 @@ def sgd_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str
     param.sub_(group["lr"] * g)                            # θ ← θ − γd
 
 
+@kernel("sgd", arrays=("param", "grad", "momentum_buffer"), hyper=("lr", "momentum", "dampening", "weight_decay"),
+        per_tensor=("first",),
+        flags={"maximize": "maximize", "decay": decay_on, "momentum": lambda h: h["momentum"] != 0,
+               "nesterov": "nesterov"},
+        tensor_flags={"first": lambda t: t["first"] == 1})
+def sgd_kernel(x, *, maximize, decay, momentum, nesterov, first):
+    """:func:`optimlab.optim._rules.sgd` after :func:`~optimlab.optim._rules.effective_grads`.
+    ``first``: the buffer's first step (b = g; the buffer's memory is uninitialised)."""
+    g = torch_grad(x, maximize, decay)
+    if momentum:
+        b = g if first else fma(g, 1 - x.dampening, x.momentum_buffer * x.momentum)
+        x.momentum_buffer = b
+        g = fma(b, x.momentum, g) if nesterov else b
+    x.param = fma(g, -x.lr, x.param)
+
+
 class SGD(Optimizer):
     r"""Stochastic gradient descent, torch's convention (a twin of ``torch.optim.SGD``).
 
@@ -49,6 +66,7 @@ class SGD(Optimizer):
 
     registry_name = "sgd"  # registered by this (see _registry)
     rule = staticmethod(sgd_rule)
+    kernel = sgd_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"momentum": check.non_negative, "dampening": check.non_negative,
                     "nesterov": check.boolean}
@@ -112,19 +130,14 @@ class SGD(Optimizer):
 
     @staticmethod
     def _own_kernel(group, params, grads, bufs, states, lr) -> bool:
-        """The generated kernel (:data:`._kernel_specs.sgd`, bit for bit the foreach rule, in
+        """The generated kernel (:data:`.sgd_kernel`, bit for bit the foreach rule, in
         one pass over all tensors: torch's fused CPU kernel dispatches once per tensor): True
         if it did the update; False (nothing changed) where it cannot serve these tensors."""
         momentum = group["momentum"]
-        if momentum == 0 and group["weight_decay"] == 0:
-            # θ ± γg: one torch foreach op, safe for any dense tensors (no kernel checks needed),
-            # bit-identical to the kernel and to torch's fused SGD
-            torch._foreach_add_(params, grads, alpha=-lr if not group["maximize"] else lr)
-            return True
         hyper = dict(lr=lr, momentum=momentum, dampening=group["dampening"], nesterov=group["nesterov"],
                      weight_decay=group["weight_decay"], maximize=group["maximize"])
         if not momentum:
-            return _fused.launch(_kernel_specs.sgd, dict(param=params, grad=grads), hyper,
+            return _fused.launch(sgd_kernel, dict(param=params, grad=grads), hyper,
                                  {"first": [0.0] * len(params)})
         new = [i for i, b in enumerate(bufs) if b is None]  # first step for these: b₁ = g₁
         given = bufs
@@ -135,7 +148,7 @@ class SGD(Optimizer):
         first = [0.0] * len(params)
         for i in new:
             first[i] = 1.0
-        if not _fused.launch(_kernel_specs.sgd, dict(param=params, grad=grads, momentum_buffer=given), hyper,
+        if not _fused.launch(sgd_kernel, dict(param=params, grad=grads, momentum_buffer=given), hyper,
                              {"first": first}):
             return False
         for i in new:

@@ -7,9 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimlab.optim import _fused, _kernel_specs, _rules, _rules_modern
+from optimlab.optim import _fused, _rules, _rules_modern
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer, TEMPORARY_CHUNK
+from optimlab.optim._kernelgen import decay_on, fma, kernel, lerp, norm, sqrt, where
 from optimlab.optim._modern import RealOnly
 
 
@@ -35,6 +36,31 @@ def lamb_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[st
     param.sub_(lr * trust * r)                         # θ_t = θ_{t−1} − γ·‖θ‖/‖r‖·r_t
 
 
+@kernel("lamb", arrays=("param", "grad", "exp_avg", "exp_avg_sq"), hyper=("lr", "beta1", "beta2", "eps", "weight_decay"),
+        per_tensor=("step",),
+        flags={"maximize": "maximize", "decay": decay_on, "bias_correction": "bias_correction"})
+def lamb_kernel(x, *, maximize, decay, bias_correction):
+    """:func:`optimlab.optim._rules_modern.lamb`: the first pass updates the moments and sums
+    ‖θ‖² and ‖r‖²; the second recomputes r from the stored moments and steps θ."""
+    g = -x.grad if maximize else x.grad
+    m = lerp(x.exp_avg, g, 1 - x.beta1)
+    x.exp_avg = m
+    v = fma((1 - x.beta2) * g, g, x.exp_avg_sq * x.beta2)
+    x.exp_avg_sq = v
+    denom = sqrt(v)
+    if bias_correction:
+        denom = denom / (1 - x.beta2**x.step) ** 0.5
+    update = m / (denom + x.eps)
+    if bias_correction:
+        update = update / (1 - x.beta1**x.step)
+    if decay:
+        update = fma(x.param, x.weight_decay, update)               # r = m̂/(√v̂ + ε) + λθ
+    param_norm, update_norm = norm(x.param), norm(update)
+    ok = (param_norm > 0) & (update_norm > 0)
+    ratio = where(ok, param_norm / where(ok, update_norm, 1.0), 1.0)  # ‖θ‖/‖r‖ (1 if a norm is 0)
+    x.param = fma(update * ratio, -x.lr, x.param)
+
+
 class LAMB(RealOnly, Optimizer):
     r"""LAMB (You et al. 2020, "Large Batch Optimization for Deep Learning: Training BERT in
     76 minutes", Algorithm 2): Adam's direction, rescaled per tensor ("layer") so that its
@@ -57,11 +83,12 @@ class LAMB(RealOnly, Optimizer):
 
     registry_name = "lamb"  # registered by this (see _registry)
     rule = staticmethod(lamb_rule)
+    kernel = lamb_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"betas": check.betas, "eps": check.positive, "bias_correction": check.boolean}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
-    default_kernels = "optimlab"  # _kernel_specs.lamb: two passes (the norms, then the update)
+    default_kernels = "optimlab"  # lamb_kernel: two passes (the norms, then the update)
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, bias_correction: bool = True, *,
@@ -78,7 +105,7 @@ class LAMB(RealOnly, Optimizer):
         steps = self._advance(states, self._kernel)
         beta1, beta2 = group["betas"]
         if self._kernel and _fused.launch(
-                _kernel_specs.lamb, dict(param=params, grad=grads, exp_avg=[s["exp_avg"] for s in states],
+                lamb_kernel, dict(param=params, grad=grads, exp_avg=[s["exp_avg"] for s in states],
                                          exp_avg_sq=[s["exp_avg_sq"] for s in states]),
                 dict(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
                      weight_decay=group["weight_decay"], maximize=group["maximize"],
@@ -110,6 +137,28 @@ def lars_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[st
     param.sub_(d)                                      # θ_t = θ_{t−1} − v_t
 
 
+@kernel("lars", arrays=("param", "grad", "momentum_buffer"), hyper=("lr", "momentum", "weight_decay", "trust_coefficient"),
+        per_tensor=("adapt",), flags={"maximize": "maximize", "decay": decay_on, "momentum": lambda h: h["momentum"] != 0},
+        tensor_flags={"adapt": lambda t: t["adapt"] != 0})
+def lars_kernel(x, *, maximize, decay, momentum, adapt):
+    """:func:`optimlab.optim._rules_modern.lars`: the first pass sums ‖θ‖² and ‖g‖², the second
+    steps; ``adapt`` (per tensor: 1.0, or 0.0 for a tensor ``exclude_1d`` exempts) takes the
+    trust ratio and the weight decay."""
+    g = -x.grad if maximize else x.grad
+    if adapt:
+        param_norm, grad_norm = norm(x.param), norm(g)
+        den = grad_norm + x.weight_decay * param_norm
+        ok = (param_norm > 0) & (den > 0)
+        ratio = where(ok, x.trust_coefficient * param_norm / where(ok, den, 1.0), 1.0)  # η‖θ‖/(‖g‖ + β‖θ‖)
+        step = (fma(x.param, x.weight_decay, g) if decay else g) * (ratio * x.lr)
+    else:
+        step = g * x.lr
+    if momentum:
+        step = x.momentum_buffer * x.momentum + step                # v ← μv + γλ(g + βθ)
+        x.momentum_buffer = step
+    x.param = x.param - step
+
+
 class LARS(RealOnly, Optimizer):
     r"""LARS (You, Gitman & Ginsburg 2017, "Large Batch Training of Convolutional Networks",
     Algorithm 1 with the trust coefficient of eq. 6): momentum SGD with a local learning
@@ -134,13 +183,14 @@ class LARS(RealOnly, Optimizer):
 
     registry_name = "lars"  # registered by this (see _registry)
     rule = staticmethod(lars_rule)
+    kernel = lars_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     chunk_elements = TEMPORARY_CHUNK  # temporaries reused from the heap (see Optimizer)
     hyper_checks = {"momentum": check.unit_interval, "trust_coefficient": check.positive,
                     "exclude_1d": check.boolean}
     state_keys = frozenset({"momentum_buffer"})
     other_dtype_grads = "rules"  # its foreach ops take a gradient in another dtype
-    default_kernels = "optimlab"  # _kernel_specs.lars: two passes (the norms, then the update)
+    default_kernels = "optimlab"  # lars_kernel: two passes (the norms, then the update)
 
     def __init__(self, params: Any, lr: float | Tensor, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 1e-3, *, exclude_1d: bool = False, maximize: bool = False,
@@ -155,7 +205,7 @@ class LARS(RealOnly, Optimizer):
     def _update(self, group, params, grads, states) -> None:
         adapt = [not (group["exclude_1d"] and p.dim() <= 1) for p in params]
         if self._kernel and _fused.launch(
-                _kernel_specs.lars, dict(param=params, grad=grads, momentum_buffer=[s["momentum_buffer"] for s in states]),
+                lars_kernel, dict(param=params, grad=grads, momentum_buffer=[s["momentum_buffer"] for s in states]),
                 dict(lr=float(group["lr"]), momentum=group["momentum"], weight_decay=group["weight_decay"],
                      trust_coefficient=group["trust_coefficient"], maximize=group["maximize"]),
                 dict(adapt=[1.0 if a else 0.0 for a in adapt])):

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimlab.optim import _fused, _kernel_specs
+from optimlab.optim import _fused
 from optimlab.optim import _validation as check
+from optimlab.optim._kernelgen import KERAS_DECAY, fma, keras_param, kernel, maximum, sqrt
 from optimlab.optim.keras import _rules
 from optimlab.optim.keras._base import KerasOptimizer, as_keras_lr, check_learning_rate, optional_non_negative
 
@@ -47,6 +48,20 @@ def adam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[st
     param.sub_((m * alpha) / (v.sqrt() + eps))             # θ ← θ − (m·α)/(√v + ε)
 
 
+@kernel("keras_adam", arrays=("param", "grad", "momentum", "velocity", "velocity_hat"),
+        hyper=("alpha", "beta_1", "beta_2", "epsilon", "weight_decay"), per_tensor=("decay",),
+        flags={**KERAS_DECAY, "amsgrad": "amsgrad"}, torch_sqrt=True)
+def keras_adam_kernel(x, *, decay, amsgrad):
+    """:func:`optimlab.optim.keras._rules.adam`; ``alpha`` = η·√(1 − β2ᵗ)/(1 − β1ᵗ) in the
+    variable's dtype (:func:`optimlab.optim.keras._rules.adam_alpha`)."""
+    g = x.grad
+    x.momentum = m = fma(g, 1 - x.beta_1, x.momentum * x.beta_1)
+    x.velocity = v = fma(g * g, 1 - x.beta_2, x.velocity * x.beta_2)
+    if amsgrad:
+        x.velocity_hat = v = maximum(x.velocity_hat, v)
+    x.param = keras_param(x, decay) - m * x.alpha / (sqrt(v) + x.epsilon)
+
+
 def adamax_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
     """One step of ``keras.optimizers.Adamax`` on one tensor (torch_adamax.py; ε after the max).
     State: ``momentum``, ``norm``. Reads ``group["iterations"]``: no per-tensor step counter."""
@@ -60,6 +75,18 @@ def adamax_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[
     u.mul_(beta_2)                                         # u ← β2·u
     torch.maximum(u, grad.abs(), out=u)                    # u ← max(u, |g|)
     param.sub_((m * lr) / ((u + eps) * bias_correction))   # θ ← θ − (m·η)/((u + ε)·(1 − β1ᵗ))
+
+
+@kernel("keras_adamax", arrays=("param", "grad", "momentum", "norm"),
+        hyper=("lr", "beta_1", "beta_2", "epsilon", "bias_correction", "weight_decay"), per_tensor=("decay",),
+        flags=KERAS_DECAY, torch_sqrt=True)
+def keras_adamax_kernel(x, *, decay):
+    """:func:`optimlab.optim.keras._rules.adamax` (ε after the max); ``bias_correction`` = 1 − β1ᵗ
+    in the variable's dtype."""
+    g = x.grad
+    x.momentum = m = fma(g, 1 - x.beta_1, x.momentum * x.beta_1)
+    x.norm = u = maximum(x.norm * x.beta_2, abs(g))
+    x.param = keras_param(x, decay) - m * x.lr / ((u + x.epsilon) * x.bias_correction)
 
 
 def nadam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
@@ -86,6 +113,21 @@ def nadam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[s
     param.sub_((m_hat * lr) / (v_hat.sqrt() + eps))        # θ ← θ − (m̂·η)/(√v̂ + ε)
 
 
+@kernel("keras_nadam", arrays=("param", "grad", "momentum", "velocity"),
+        hyper=("lr", "beta_1", "beta_2", "epsilon", "u_next", "one_minus_u", "one_minus_u_product",
+               "one_minus_u_product_next", "one_minus_beta_2_power", "weight_decay"),
+        per_tensor=("decay",), flags=KERAS_DECAY, torch_sqrt=True)
+def keras_nadam_kernel(x, *, decay):
+    """:func:`optimlab.optim.keras._rules.nadam`; the schedule's numbers are
+    :func:`optimlab.optim.keras._rules.nadam_scalars`'."""
+    g = x.grad
+    x.momentum = m = fma(g, 1 - x.beta_1, x.momentum * x.beta_1)
+    x.velocity = v = fma(g * g, 1 - x.beta_2, x.velocity * x.beta_2)
+    m_hat = m * x.u_next / x.one_minus_u_product_next + g * x.one_minus_u / x.one_minus_u_product
+    v_hat = v / x.one_minus_beta_2_power
+    x.param = keras_param(x, decay) - m_hat * x.lr / (sqrt(v_hat) + x.epsilon)
+
+
 _ADAM_CHECKS = {"lr": check_learning_rate, "beta_1": check.unit_interval, "beta_2": check.unit_interval,
                 "epsilon": check.non_negative, "weight_decay": optional_non_negative}
 
@@ -107,6 +149,7 @@ class Adam(KerasOptimizer):
 
     registry_name, registry_convention = "adam", "keras"  # registered by this (see _registry)
     rule = staticmethod(adam_rule)
+    kernel = keras_adam_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {**_ADAM_CHECKS, "amsgrad": check.boolean}
     state_keys = frozenset({"momentum", "velocity", "velocity_hat"})
@@ -135,7 +178,7 @@ class Adam(KerasOptimizer):
                     s["velocity_hat"] = _zeros(p)
         beta_1, beta_2 = float(group["beta_1"]), float(group["beta_2"])
         return _fused.launch(
-            _kernel_specs.keras_adam,
+            keras_adam_kernel,
             dict(param=params, grad=grads, momentum=[s["momentum"] for s in states],
                  velocity=[s["velocity"] for s in states],
                  velocity_hat=[s["velocity_hat"] for s in states] if amsgrad else []),
@@ -196,6 +239,7 @@ class Adamax(KerasOptimizer):
 
     registry_name, registry_convention = "adamax", "keras"  # registered by this (see _registry)
     rule = staticmethod(adamax_rule)
+    kernel = keras_adamax_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = dict(_ADAM_CHECKS)
     state_keys = frozenset({"momentum", "norm"})
@@ -215,7 +259,7 @@ class Adamax(KerasOptimizer):
     def _kernel_update(self, group, params, grads, states, *, lr, step, decay, exact) -> bool:
         lr_, bias_correction = _rules.adamax_scalars(lr, float(group["beta_1"]), step, params[0].dtype)
         return _fused.launch(
-            _kernel_specs.keras_adamax,
+            keras_adamax_kernel,
             dict(param=params, grad=grads, momentum=[s["momentum"] for s in states], norm=[s["norm"] for s in states]),
             dict(lr=lr_, beta_1=float(group["beta_1"]), beta_2=float(group["beta_2"]), epsilon=float(group["epsilon"]),
                  bias_correction=bias_correction, weight_decay=group["weight_decay"]), dict(decay=decay), exact=exact)
@@ -245,6 +289,7 @@ class Nadam(KerasOptimizer):
 
     registry_name, registry_convention = "nadam", "keras"  # registered by this (see _registry)
     rule = staticmethod(nadam_rule)
+    kernel = keras_nadam_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = dict(_ADAM_CHECKS)
     state_keys = frozenset({"momentum", "velocity"})
@@ -277,7 +322,7 @@ class Nadam(KerasOptimizer):
         scalars, u_product = _rules.nadam_scalars(lr, float(group["beta_1"]), float(group["beta_2"]), step,
                                                   torch.tensor(self.u_product, dtype=dtype), params[0].dtype)
         done = _fused.launch(
-            _kernel_specs.keras_nadam,
+            keras_nadam_kernel,
             dict(param=params, grad=grads, momentum=[s["momentum"] for s in states],
                  velocity=[s["velocity"] for s in states]),
             dict(scalars, beta_1=float(group["beta_1"]), beta_2=float(group["beta_2"]),

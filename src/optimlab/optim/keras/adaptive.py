@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimlab.optim import _fused, _kernel_specs
+from optimlab.optim import _fused
 from optimlab.optim import _validation as check
+from optimlab.optim._kernelgen import KERAS_DECAY, fma, keras_param, kernel, sqrt
 from optimlab.optim.keras import _rules
 from optimlab.optim.keras._base import KerasOptimizer, check_learning_rate, optional_non_negative
 
@@ -46,6 +47,16 @@ def adagrad_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict
     param.sub_((grad * lr) / (a + eps).sqrt())             # θ ← θ − (g·η)/√(a + ε)
 
 
+@kernel("keras_adagrad", arrays=("param", "grad", "accumulator"), hyper=("lr", "epsilon", "weight_decay"), per_tensor=("decay",),
+        flags=KERAS_DECAY, torch_sqrt=True)
+def keras_adagrad_kernel(x, *, decay):
+    """:func:`optimlab.optim.keras._rules.adagrad` (ε inside the root)."""
+    g = x.grad
+    a = x.accumulator + g * g
+    x.accumulator = a
+    x.param = keras_param(x, decay) - g * x.lr / sqrt(a + x.epsilon)
+
+
 def rmsprop_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
     """One step of ``keras.optimizers.RMSprop`` on one tensor (torch_rmsprop.py). State:
     ``velocity``; ``average_gradient`` (centered) and ``momentum`` (μ > 0), made here on first
@@ -71,6 +82,29 @@ def rmsprop_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict
         param.sub_(increment)                              # θ ← θ − i
 
 
+@kernel("keras_rmsprop", arrays=("param", "grad", "velocity", "average_gradient", "momentum_buffer"),
+        hyper=("lr", "rho", "momentum", "epsilon", "weight_decay"), per_tensor=("decay",),
+        flags={**KERAS_DECAY, "centered": "centered", "momentum": lambda h: h["momentum"] > 0}, torch_sqrt=True)
+def keras_rmsprop_kernel(x, *, decay, centered, momentum):
+    """:func:`optimlab.optim.keras._rules.rmsprop` (ε inside the root, η inside the momentum)."""
+    g = x.grad
+    v = fma(g * g, 1 - x.rho, x.velocity * x.rho)
+    x.velocity = v
+    denominator = v + x.epsilon
+    if centered:
+        average = fma(g, 1 - x.rho, x.average_gradient * x.rho)
+        x.average_gradient = average
+        denominator = denominator - average * average
+    increment = g * x.lr / sqrt(denominator)
+    p = keras_param(x, decay)
+    if momentum:
+        b = x.momentum_buffer * x.momentum + increment
+        x.momentum_buffer = b
+        x.param = p - b
+    else:
+        x.param = p - increment
+
+
 def adadelta_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
     """One step of ``keras.optimizers.Adadelta`` on one tensor (torch_adadelta.py). State:
     ``accumulated_grad``, ``accumulated_delta_var``. No step counter."""
@@ -81,6 +115,18 @@ def adadelta_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dic
     delta = -((u + eps).sqrt() * grad / (a + eps).sqrt())  # Δ = −(√(u + ε)·g)/√(a + ε)
     u.mul_(rho).add_(delta * delta, alpha=1 - rho)         # u ← ρ·u + (1 − ρ)·Δ·Δ
     param.add_(delta, alpha=lr)                            # θ ← θ + η·Δ
+
+
+@kernel("keras_adadelta", arrays=("param", "grad", "accumulated_grad", "accumulated_delta_var"),
+        hyper=("lr", "rho", "epsilon", "weight_decay"), per_tensor=("decay",), flags=KERAS_DECAY, torch_sqrt=True)
+def keras_adadelta_kernel(x, *, decay):
+    """:func:`optimlab.optim.keras._rules.adadelta`."""
+    g = x.grad
+    a = fma(g * g, 1 - x.rho, x.accumulated_grad * x.rho)
+    x.accumulated_grad = a
+    delta = -(sqrt(x.accumulated_delta_var + x.epsilon) * g / sqrt(a + x.epsilon))
+    x.accumulated_delta_var = fma(delta * delta, 1 - x.rho, x.accumulated_delta_var * x.rho)
+    x.param = fma(delta, x.lr, keras_param(x, decay))
 
 
 class Adagrad(KerasOptimizer):
@@ -98,6 +144,7 @@ class Adagrad(KerasOptimizer):
 
     registry_name, registry_convention = "adagrad", "keras"  # registered by this (see _registry)
     rule = staticmethod(adagrad_rule)
+    kernel = keras_adagrad_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"lr": check_learning_rate, "initial_accumulator_value": check.non_negative,
                     "epsilon": check.non_negative, "weight_decay": optional_non_negative}
@@ -117,7 +164,7 @@ class Adagrad(KerasOptimizer):
                                                memory_format=torch.preserve_format)}
 
     def _kernel_update(self, group, params, grads, states, *, lr, step, decay, exact) -> bool:
-        return _fused.launch(_kernel_specs.keras_adagrad,
+        return _fused.launch(keras_adagrad_kernel,
                              dict(param=params, grad=grads, accumulator=[s["accumulator"] for s in states]),
                              dict(lr=_rules._cast(lr, params[0].dtype).item(), epsilon=float(group["epsilon"]),
                                   weight_decay=group["weight_decay"]), dict(decay=decay), exact=exact)
@@ -144,6 +191,7 @@ class RMSprop(KerasOptimizer):
 
     registry_name, registry_convention = "rmsprop", "keras"  # registered by this (see _registry)
     rule = staticmethod(rmsprop_rule)
+    kernel = keras_rmsprop_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"lr": check_learning_rate, "rho": check.closed_unit_interval,
                     "momentum": check.closed_unit_interval, "epsilon": check.non_negative,
@@ -165,7 +213,7 @@ class RMSprop(KerasOptimizer):
     def _kernel_update(self, group, params, grads, states, *, lr, step, decay, exact) -> bool:
         momentum, centered = float(group["momentum"]), group["centered"]
         return _fused.launch(
-            _kernel_specs.keras_rmsprop,
+            keras_rmsprop_kernel,
             dict(param=params, grad=grads, velocity=[s["velocity"] for s in states],
                  average_gradient=_slot(params, states, "average_gradient") if centered else [],
                  momentum_buffer=_slot(params, states, "momentum") if momentum > 0 else []),
@@ -200,6 +248,7 @@ class Adadelta(KerasOptimizer):
 
     registry_name, registry_convention = "adadelta", "keras"  # registered by this (see _registry)
     rule = staticmethod(adadelta_rule)
+    kernel = keras_adadelta_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"lr": check_learning_rate, "rho": check.closed_unit_interval, "epsilon": check.non_negative,
                     "weight_decay": optional_non_negative}
@@ -218,7 +267,7 @@ class Adadelta(KerasOptimizer):
 
     def _kernel_update(self, group, params, grads, states, *, lr, step, decay, exact) -> bool:
         return _fused.launch(
-            _kernel_specs.keras_adadelta,
+            keras_adadelta_kernel,
             dict(param=params, grad=grads, accumulated_grad=[s["accumulated_grad"] for s in states],
                  accumulated_delta_var=[s["accumulated_delta_var"] for s in states]),
             dict(lr=_rules._cast(lr, params[0].dtype).item(), rho=float(group["rho"]),

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimlab.optim import _fused, _kernel_specs
+from optimlab.optim import _fused
 from optimlab.optim import _validation as check
+from optimlab.optim._kernelgen import KERAS_DECAY, fma, keras_param, kernel
 from optimlab.optim.keras import _rules
 from optimlab.optim.keras._base import (KerasOptimizer, as_keras_lr, check_keras_momentum, check_learning_rate,
                                         optional_non_negative)
@@ -43,6 +44,22 @@ def sgd_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str
         param.add_(grad, alpha=-lr)                        # θ ← θ − η·g
 
 
+@kernel("keras_sgd", arrays=("param", "grad", "velocity"), hyper=("lr", "momentum", "weight_decay"), per_tensor=("decay",),
+        flags={**KERAS_DECAY, "momentum": lambda h: h["momentum"] != 0, "nesterov": "nesterov"}, torch_sqrt=True)
+def keras_sgd_kernel(x, *, decay, momentum, nesterov):
+    """:func:`optimlab.optim.keras._rules.sgd` (the velocity carries the learning rate)."""
+    p = keras_param(x, decay)
+    if not momentum:
+        x.param = fma(x.grad, -x.lr, p)
+        return
+    v = fma(x.grad, -x.lr, x.velocity * x.momentum)           # v ← μ·v − η·g
+    x.velocity = v
+    if nesterov:
+        x.param = fma(v, x.momentum, fma(x.grad, -x.lr, p))     # θ ← θ − η·g + μ·v
+    else:
+        x.param = p + v
+
+
 class SGD(KerasOptimizer):
     r"""``keras.optimizers.SGD`` on torch parameters: Keras 3's names, defaults and maths.
 
@@ -62,6 +79,7 @@ class SGD(KerasOptimizer):
 
     registry_name, registry_convention = "sgd", "keras"  # registered by this (see _registry)
     rule = staticmethod(sgd_rule)
+    kernel = keras_sgd_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"lr": check_learning_rate, "momentum": check_keras_momentum, "nesterov": check.boolean,
                     "weight_decay": optional_non_negative}
@@ -86,7 +104,7 @@ class SGD(KerasOptimizer):
             for p, s in zip(params, states):
                 if "momentum" not in s:
                     s["momentum"] = _zeros(p)
-        return _fused.launch(_kernel_specs.keras_sgd,
+        return _fused.launch(keras_sgd_kernel,
                              dict(param=params, grad=grads, velocity=[s["momentum"] for s in states] if momentum else []),
                              dict(lr=lr, momentum=momentum, nesterov=group["nesterov"],
                                   weight_decay=group["weight_decay"]), dict(decay=decay), exact=exact)
