@@ -86,7 +86,7 @@ def _cases() -> dict[str, Case]:
     cases = {}
     for convention, _, cls, variants, _ in CONFORMANCE_TABLE:
         k = cls.__dict__.get("kernel")
-        if k is None:
+        if k is None or not variants:  # (no row: the conformance test's own check says so, by name)
             continue
         picked = [variants[i] for i in sorted({0, len(variants) // 2, len(variants) - 1})]
         cases[k.name] = Case(cls, picked, keras=convention == "keras", train=hasattr(cls, "train"),

@@ -107,7 +107,10 @@ class SGD(Optimizer):
                 and self._own_kernel(group, params, grads, bufs, states, lr)):
             self._kernel_ran = True
             return
-        fused = self._kernel and not sparse and _fused_kernel_fits(params, grads, bufs)
+        # torch's fused kernel: asked for, GradScaler's protocol, or a device other than the CPU
+        # (where the generated kernel cannot serve, the CPU default keeps torch's default bits: foreach)
+        torch_kernel = group.get("fused") is True or amp or not params[0].is_cpu
+        fused = self._kernel and torch_kernel and not sparse and _fused_kernel_fits(params, grads, bufs)
         self._kernel_ran = bool(fused)
         if fused and params[0].is_cpu:
             _fused_sgd_cpu(group, params, grads, bufs, lr, self._grad_scale, self._found_inf)
