@@ -9,7 +9,10 @@ computed by MKL (within an ulp) on torch's foreach path, hence a tolerance, not 
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 import warnings
 
@@ -369,3 +372,37 @@ def test_thread_pool_survives_fork(monkeypatch):
             pytest.fail("a fused step in a forked child hung")
         time.sleep(0.01)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+_THREADS_CHILD = """
+import json, torch, optimlab.optim as oo
+from optimlab.optim import _fused
+torch.set_num_threads(2)
+gen = torch.Generator().manual_seed(5)
+params = [torch.randn(s, generator=gen).requires_grad_() for s in ((300, 700), (7,), (90000,))]
+opt = oo.RMSprop(params, lr=0.01, momentum=0.5, centered=True)
+for _ in range(4):
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+print(json.dumps({"openmp": _fused._load().ol_openmp(), "runtimes": len(_fused._gomp_paths()),
+                  "path": opt.path_for(0), "values": [float(p.double().sum()) for p in params]}))
+"""
+
+
+@needs_kernels
+def test_kernels_share_torchs_openmp_threads_or_keep_their_pool(tmp_path):
+    """Where torch runs on libgomp and the compiler is GCC, the kernels run on torch's own
+    OpenMP threads (one runtime in the process); OPTIMLAB_KERNEL_OPENMP=0 keeps the pthread
+    pool. The results are the same bits either way."""
+    out = {}
+    for setting in ("1", "0"):
+        env = {**os.environ, "OPTIMLAB_KERNEL_OPENMP": setting, "OPTIMLAB_KERNEL_CACHE": str(tmp_path)}
+        proc = subprocess.run([sys.executable, "-c", _THREADS_CHILD], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[setting] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["0"]["openmp"] == 0
+    assert out["1"]["openmp"] == (1 if _fused._openmp_flags() else 0)
+    assert out["1"]["runtimes"] <= 1 and out["0"]["path"] == out["1"]["path"] == "fused"
+    assert out["0"]["values"] == out["1"]["values"]

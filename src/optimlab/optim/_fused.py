@@ -177,6 +177,36 @@ def _compiler() -> str | None:
     return None
 
 
+def _gomp_paths() -> set[str]:
+    """The libgomp files mapped into this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            return {line.split()[-1] for line in maps if "/libgomp" in line}
+    except OSError:
+        return set()
+
+
+def _openmp_flags() -> list[str]:
+    """``["-fopenmp"]`` where the kernels can run on torch's own OpenMP threads: torch's
+    parallel backend is OpenMP, its libgomp is loaded (the loader then gives the kernel
+    library that same runtime, by soname) and the compiler is GCC (clang's -fopenmp would
+    bring a second runtime, libomp). Two thread pools fight for the cores (torch's OpenMP
+    workers spin after each parallel region), which cost the kernels most of their second
+    thread. Otherwise (or ``OPTIMLAB_KERNEL_OPENMP=0``): [], the runtime's own pthread pool."""
+    if os.environ.get("OPTIMLAB_KERNEL_OPENMP", "1").strip().lower() in ("0", "false", "no", "off"):
+        return []
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info() or not _gomp_paths():
+        return []
+    cc = _compiler()
+    try:
+        version = subprocess.run([*cc.split(), "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError, AttributeError):
+        return []
+    if "clang" in version.lower() or "Free Software Foundation" not in version:
+        return []
+    return ["-fopenmp"]
+
+
 def _private_tmp() -> Path | None:
     """A per-user directory under the system temp dir, if it is (or can be) ours alone."""
     if not hasattr(os, "getuid"):
@@ -190,14 +220,15 @@ def _private_tmp() -> Path | None:
     return path if st.st_uid == os.getuid() and not st.st_mode & 0o022 else None
 
 
-def _build(source: bytes, cache: Path) -> Path:
-    """Compile (or find in the cache) the shared library; raise RuntimeError on failure."""
+def _build(source: bytes, cache: Path, threads: Sequence[str] = ()) -> Path:
+    """Compile (or find in the cache) the shared library; raise RuntimeError on failure.
+    ``threads``: extra flags choosing the kernels' threads (``-fopenmp``: :func:`_openmp_flags`)."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC or install gcc)")
     errors = []
     for extra in (_NATIVE, []):  # -march=native where the compiler takes it, else portable
-        flags = _CFLAGS + extra
+        flags = _CFLAGS + extra + list(threads)
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(),
                                          _cpu_fingerprint().encode()])).hexdigest()[:24]
         name = f"optimlab_kernels_{key}.so"
@@ -231,6 +262,15 @@ def _build(source: bytes, cache: Path) -> Path:
     raise RuntimeError("compiling the fused kernels failed:\n" + "\n".join(errors))
 
 
+def _open_built(source: bytes, threads: list[str], expected: Library) -> ctypes.CDLL:
+    path = _build(source, _cache_dir(), threads)
+    try:
+        return _open(path, expected)
+    except OSError:  # a damaged cache entry: build it again, once
+        path.unlink(missing_ok=True)
+        return _open(_build(source, _cache_dir(), threads), expected)
+
+
 def _open(path: Path, expected: Library) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     vp, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
@@ -248,6 +288,7 @@ def _open(path: Path, expected: Library) -> ctypes.CDLL:
     lib.ol_sqrt.argtypes = [i32, i64, vp]
     lib.ol_sqrt.restype = None
     lib.ol_variant_count.restype = i32
+    lib.ol_openmp.restype = i32
     if lib.ol_variant_count() != len(expected.variants):
         raise RuntimeError(f"{path} has another table of kernels than these descriptions")
     return lib
@@ -336,12 +377,18 @@ def _load() -> ctypes.CDLL | None:
             if sys.byteorder != "little" or ctypes.sizeof(ctypes.c_void_p) != 8:
                 raise RuntimeError("the kernels need a 64-bit little-endian platform")
             source = generated.source.encode()
-            path = _build(source, _cache_dir())
-            try:
-                lib = _open(path, generated)
-            except OSError:  # a damaged cache entry: build it again, once
-                path.unlink(missing_ok=True)
-                lib = _open(_build(source, _cache_dir()), generated)
+            lib = None
+            threads = _openmp_flags()
+            if threads:  # torch's OpenMP threads, if the library gets torch's runtime (else the pool)
+                runtimes = _gomp_paths()
+                try:
+                    lib = _open_built(source, threads, generated)
+                except (OSError, RuntimeError):
+                    lib = None
+                if lib is not None and (not lib.ol_openmp() or _gomp_paths() != runtimes):
+                    lib = None  # (a second runtime came with it: left loaded, unused)
+            if lib is None:
+                lib = _open_built(source, [], generated)
             _sqrt_exact = _use_torch_sqrt(lib)
         except Exception as err:  # noqa: BLE001 - any failure means: fall back, say so once
             _failed = True

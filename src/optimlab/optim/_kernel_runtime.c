@@ -14,8 +14,9 @@
  * and checked it against torch.sqrt, else the C library's correctly rounded sqrt.
  *
  * Threads: the concatenated element space of all tensors is cut into chunks that the
- * calling thread and a small persistent pthread pool take in turn (no OpenMP: torch brings
- * its own runtime). ctypes releases the GIL during the call.
+ * threads take in turn: torch's own OpenMP threads where _fused.py could build against
+ * torch's libgomp (see run_job_threads), else the calling thread and a small persistent
+ * pthread pool. ctypes releases the GIL during the call.
  */
 #include <math.h>
 #include <pthread.h>
@@ -278,7 +279,7 @@ static void run_job(const ol_job *job, int nthreads) {
     ol_serial_end(previous);
 }
 
-static void run_job_threads(const ol_job *job, int nthreads) {
+static void run_job_pool(const ol_job *job, int nthreads) {
     const int64_t total = job->units;
     const int64_t nchunks = (total + job->chunk - 1) / job->chunk;
     if (nthreads > nchunks) nthreads = (int)nchunks;
@@ -315,7 +316,55 @@ static void run_job_threads(const ol_job *job, int nthreads) {
     run_range(job, 0, total);
 }
 
+#ifdef _OPENMP
+#include <omp.h>
+/* Built with -fopenmp only where the process's OpenMP runtime is torch's libgomp (same
+ * soname: the loader gives this library that one), so the kernels run on torch's own threads:
+ * no second pool spinning against torch's workers for the cores. libgomp does not survive
+ * fork() (a child's parallel region hangs, torch's own ops too): a forked child takes the pool. */
+static pid_t ol_load_pid = 0;
+__attribute__((constructor)) static void ol_note_load_pid(void) { ol_load_pid = getpid(); }
+
+static void run_job_threads(const ol_job *job, int nthreads) {
+    const int64_t total = job->units;
+    const int64_t nchunks = (total + job->chunk - 1) / job->chunk;
+    if (nthreads > nchunks) nthreads = (int)nchunks;
+    if (nthreads > 1 && getpid() != ol_load_pid) {
+        run_job_pool(job, nthreads);
+        return;
+    }
+    if (nthreads > 1 && !omp_in_parallel()) {
+        int64_t next = 0;
+#pragma omp parallel num_threads(nthreads)
+        {
+            int previous = ol_serial_begin();
+            for (;;) {
+                int64_t c = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+                if (c >= nchunks) break;
+                int64_t begin = c * job->chunk;
+                int64_t end = begin + job->chunk < total ? begin + job->chunk : total;
+                run_range(job, begin, end);
+            }
+            ol_serial_end(previous);
+        }
+        return;
+    }
+    run_range(job, 0, total);
+}
+#else
+static void run_job_threads(const ol_job *job, int nthreads) { run_job_pool(job, nthreads); }
+#endif
+
 /* ------------------------------------------------------------------ entry points */
+
+/* 1 where the kernels run on the process's OpenMP threads (built with -fopenmp), else 0. */
+OL_EXPORT int ol_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 /* One step of variant `kind` (an index into the generated table) over n tensors. ptrs:
  * narrays * n data pointers (array-major, the variant's arrays in order), numels: n element
