@@ -53,7 +53,7 @@ def _guards():
     global _guards_class
     if _guards_class is None:
         _guards_class = False
-        if os.environ.get("OPTIMLAB_LAYOUT_MEMO", "1") != "0":
+        if os.environ.get("OPTIMLAB_LAYOUT_MEMO", "1").strip().lower() not in ("0", "false", "no", "off"):
             try:
                 from torch._C._dynamo.guards import TensorGuards
                 if _self_test(TensorGuards):
