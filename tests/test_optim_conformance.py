@@ -198,6 +198,22 @@ def test_the_cli_prints_a_rule_and_refuses_a_wrapper_or_an_unknown_name(capsys):
     assert "adam" in capsys.readouterr().err
 
 
+def test_the_cli_lists_each_optimizers_kernel(capsys):
+    """`optimlab optimizers` says what each default step runs (so docs/performance.md's table
+    need not be edited for a new optimizer)."""
+    from optimlab.cli import main
+
+    assert main(["optimizers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    path = {lines[i].split()[0]: lines[i + 2] for i in range(len(lines)) if lines[i] and not lines[i][0].isspace()}
+    assert "optimlab's single-pass kernel 'sgd'" in path["nag"] and "'lion'" in path["lion"]
+    assert "torch's fused kernel" in path["adam"] and "foreach rule" in path["adafactor"]
+    assert "inner optimizer" in path["lookahead"]
+    for name in _registry.available():
+        k = getattr(_registry.get(name), "kernel", None)
+        assert k is None or f"kernel '{k.name}'" in path[name], name
+
+
 LAZY_GRADIENTS = {  # a gradient whose memory does not hold its values
     "negative view": lambda g: torch._neg_view(g.neg()),   # memory holds −g, the negative bit says so
     "zero tensor": lambda g: torch._efficientzerotensor(g.shape, dtype=g.dtype),  # no memory at all

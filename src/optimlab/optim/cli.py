@@ -64,6 +64,19 @@ def rules_markdown() -> str:
     return "\n".join(out)
 
 
+def kernel_of(cls: type) -> str:
+    """What the default step runs on float32/float64 CPU tensors, in words (from the class:
+    its ``kernel`` description, or torch's fused kernels, or neither)."""
+    if getattr(cls, "rule", None) is None:
+        return "its inner optimizer's path"
+    k = getattr(cls, "kernel", None)
+    if k is not None:
+        return f"optimlab's single-pass kernel {k.name!r} (generated from its description)"
+    if getattr(cls, "default_kernels", None) == "torch":
+        return "torch's fused kernel"
+    return "no single-pass kernel: its foreach rule"
+
+
 def _owner(cls: type) -> type | None:
     """The class that declares ``cls``'s rule (SGD for Momentum and NAG, Adam for AdamW)."""
     return next((c for c in cls.__mro__ if c.__dict__.get("rule") is not None), None)
@@ -93,5 +106,5 @@ def run(args: argparse.Namespace) -> int:
                              if p.default is not p.empty and k not in ("foreach", "differentiable", "capturable"))
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:<9} {cls.__module__}.{cls.__name__}: {doc}\n          "
-              + textwrap.shorten(defaults, 2000))
+              + textwrap.shorten(defaults, 2000) + f"\n          default path on CPU: {kernel_of(cls)}")
     return 0
