@@ -138,7 +138,7 @@ def library() -> Library:
 
 
 def _named(name: str) -> Kernel:
-    return next(k for k in library().kernels if k.name == name)
+    return library().by_name[name]
 
 
 # --------------------------------------------------------------------------- building

@@ -198,16 +198,19 @@ static int64_t pool_next = 0; /* next chunk (atomic) */
 static pid_t pool_pid = 0;
 static unsigned long pool_start_gen[OL_MAX_WORKERS + 1]; /* gen a worker starts from */
 
-static void run_chunks(const ol_job *job, int64_t nchunks) {
+/* Take chunks from the shared counter *next until none is left (every thread of a job). */
+static void run_chunks_from(const ol_job *job, int64_t nchunks, int64_t *next) {
     const int64_t total = job->units;
     for (;;) {
-        int64_t c = __atomic_fetch_add(&pool_next, 1, __ATOMIC_RELAXED);
+        int64_t c = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (c >= nchunks) return;
         int64_t begin = c * job->chunk;
         int64_t end = begin + job->chunk < total ? begin + job->chunk : total;
         run_range(job, begin, end);
     }
 }
+
+static void run_chunks(const ol_job *job, int64_t nchunks) { run_chunks_from(job, nchunks, &pool_next); }
 
 static void *worker_main(void *arg) {
     int id = (int)(intptr_t)arg; /* 1 .. pool_workers */
@@ -338,13 +341,7 @@ static void run_job_threads(const ol_job *job, int nthreads) {
 #pragma omp parallel num_threads(nthreads)
         {
             int previous = ol_serial_begin();
-            for (;;) {
-                int64_t c = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
-                if (c >= nchunks) break;
-                int64_t begin = c * job->chunk;
-                int64_t end = begin + job->chunk < total ? begin + job->chunk : total;
-                run_range(job, begin, end);
-            }
+            run_chunks_from(job, nchunks, &next);
             ol_serial_end(previous);
         }
         return;

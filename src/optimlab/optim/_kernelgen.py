@@ -1093,7 +1093,11 @@ class Library:
 
     def has(self, kernel: Kernel) -> bool:
         """Whether this library was generated from ``kernel`` (this very description)."""
-        return any(k is kernel for k in self.kernels)
+        return self.by_name.get(kernel.name) is kernel
+
+    @functools.cached_property
+    def by_name(self) -> dict[str, Kernel]:
+        return {k.name: k for k in self.kernels}
 
     @functools.cached_property
     def max_arrays(self) -> int:
