@@ -77,6 +77,7 @@ BETWEEN_STEPS = {  # what changes after steps whose layouts were remembered
     "transposed gradient": lambda p, opt, key: setattr(p.grad, "data", p.grad.t().contiguous().t()),
     "negative-view gradient": lambda p, opt, key: setattr(p, "grad", torch._neg_view(p.grad.neg())),
     "zero-tensor gradient": lambda p, opt, key: setattr(p, "grad", torch._efficientzerotensor(p.shape, dtype=p.dtype)),
+    "transposed parameter": lambda p, opt, key: setattr(p, "data", p.data.t().contiguous().t()),
     "transposed state": lambda p, opt, key: opt.state[p].__setitem__(key, opt.state[p][key].t().contiguous().t()),
     "state of fewer elements": lambda p, opt, key: opt.state[p].__setitem__(key, opt.state[p][key][:2]),
 }
@@ -113,3 +114,72 @@ def test_a_change_after_remembered_steps_is_seen(name, change):
         assert runs[0][0] == "refused"  # (by the kernel's checks or the rule's shapes alike)
     else:
         torch.testing.assert_close(runs[0], runs[1], rtol=1e-12, atol=1e-14)
+
+
+@needs_memo
+def test_lists_of_other_lengths_are_not_taken_for_a_remembered_layout():
+    """Chained, [params, grads, a, b] of 2+2+1+3 tensors look like 2+2+2+2 tensors of one
+    shape: the remembered check must not take one for the other (a kernel would read past b)."""
+    ps, gs = [torch.zeros(4) for _ in range(2)], [torch.zeros(4) for _ in range(2)]
+    even = [ps, gs, [torch.zeros(4) for _ in range(2)], [torch.zeros(4) for _ in range(2)]]
+    assert _fused.fits(even)
+    uneven = [ps, gs, [torch.zeros(4)], [torch.zeros(4) for _ in range(3)]]
+    assert not _fused.fits(uneven)
+
+
+def _checks_seen(opt, steps=3):
+    """For each check of a kernel's tensors in ``opt``'s last step, whether its parameters
+    and gradients came vouched for (see _layout.vouch)."""
+    seen = []
+    original = _fused._matching_numels
+
+    def spy(lists, dtypes):
+        seen.append(_layout.vouched(lists) is not None)
+        return original(lists, dtypes)
+
+    _fused._matching_numels = spy
+    try:
+        for _ in range(steps):
+            seen.clear()
+            opt.step()
+    finally:
+        _fused._matching_numels = original
+    return seen
+
+
+@needs_memo
+@pytest.mark.parametrize("cls", [oo.SGD, oo.Momentum, oo.RMSprop, oo.Adam])
+def test_a_kernel_compares_only_the_state_of_a_checked_step(cls):
+    ps = [torch.zeros(3, 4, requires_grad=True), torch.zeros(5, requires_grad=True)]
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt = cls(ps, lr=0.1)
+    assert _checks_seen(opt) == [True]
+    assert _layout.vouched([ps, [p.grad for p in ps]]) is None  # (nothing left vouched after the step)
+
+
+@needs_memo
+def test_an_inner_optimizer_step_leaves_the_outer_vouch_in_place():
+    outer = [torch.zeros(3)], [torch.zeros(3)]
+    before = _layout.vouch(*outer, object())
+    try:
+        p = torch.zeros(3, requires_grad=True)
+        p.grad = torch.ones(3)
+        oo.Momentum([p], lr=0.1).step()
+        assert _layout.vouched(list(outer)) is not None
+    finally:
+        _layout.unvouch(before)
+
+
+def test_a_vouch_is_for_its_own_thread():
+    import threading
+    lists = [torch.zeros(3)], [torch.zeros(3)]
+    before = _layout.vouch(*lists, object())
+    try:
+        other = []
+        t = threading.Thread(target=lambda: other.append(_layout.vouched(list(lists))))
+        t.start()
+        t.join()
+        assert other == [None] and _layout.vouched(list(lists)) is not None
+    finally:
+        _layout.unvouch(before)

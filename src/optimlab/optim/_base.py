@@ -13,6 +13,7 @@ import functools
 import inspect
 import numbers
 import operator
+from itertools import compress, repeat
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
@@ -288,9 +289,13 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         groups = []
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = list(group["params"])
+            grads = list(map(_grad_of, params))
+            present = list(map(operator.is_not, grads, repeat(None)))
+            if False in present:
+                params, grads = list(compress(params, present)), list(compress(grads, present))
             if params:
-                groups.append((group, params, list(map(_grad_of, params))))
+                groups.append((group, params, grads))
         other_dtype = self._check_gradients(groups)
         self._check_fused_devices(groups)
         self._paths = {}
@@ -306,7 +311,14 @@ class Optimizer(torch.optim.Optimizer):
                 params, grads = self._step_other_dtype(group, params, grads, odd)
                 ran.add("single-tensor")
             if params:
-                self._step_group(group, params, grads)
+                known = self._facts.get(id(params))
+                before = _layout._vouched.lists
+                if known is not None and known[0] is params:  # checked or matched (_check_gradients)
+                    before = _layout.vouch(params, grads, known[2])
+                try:
+                    self._step_group(group, params, grads)
+                finally:
+                    _layout.unvouch(before)
             self._paths[id(group)] = "+".join(sorted(ran))
         return loss
 
@@ -405,9 +417,9 @@ class Optimizer(torch.optim.Optimizer):
         self._facts = {}
         for group, params, grads in groups:
             flat = [*params, *grads]
-            facts = memo.get(id(group), flat)
+            facts = memo.get(id(group), flat, params)  # (a gradient is never nested where its parameter is not)
             if facts is not None and facts[0] is group:  # the layouts of a step that passed
-                self._facts[id(params)] = (params, facts[1])
+                self._facts[id(params)] = (params, *facts[1:])
                 other_dtype.append([])
                 continue
             sparse = any(map(_is_sparse, grads))
@@ -436,9 +448,9 @@ class Optimizer(torch.optim.Optimizer):
                 if policy != "torch":
                     odd = []
             if not odd and not sparse:  # (sparse: the checks depend on weight_decay)
-                facts = self._layout_facts(params, grads)
-                memo.put(id(group), flat, (group, facts))
-                self._facts[id(params)] = (params, facts)
+                facts, token = self._layout_facts(params, grads), object()  # (token: see _layout.vouch)
+                memo.put(id(group), flat, (group, facts, token))
+                self._facts[id(params)] = (params, facts, token)
             other_dtype.append(odd)
         return other_dtype
 

@@ -462,8 +462,16 @@ def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> list[int] | N
     params = lists[0]
     if not params:
         return []
-    key = (id(dtypes), len(lists), len(params), id(params[0]))
-    flat = list(chain.from_iterable(lists))
+    # The key picks the remembered layout to compare with; the lists' lengths are in it, as
+    # the comparison is of the lists chained. Parameters and gradients that the caller's
+    # checks vouched for (see _layout) are not compared again: only the state.
+    token = _layout.vouched(lists)
+    if token is not None:
+        key = (id(dtypes), token, *map(len, lists))
+        flat = list(chain.from_iterable(lists[2:]))
+    else:
+        key = (id(dtypes), id(params[0]), *map(len, lists))
+        flat = list(chain.from_iterable(lists))
     numels = _checked.get(key, flat)
     if numels is not None:
         return numels

@@ -16,12 +16,19 @@ anything else falls back to them. The full checks stay the only way a layout is 
 
 ``TensorGuards`` is private to torch: it is used only if it passes a self-test here on first
 use (each property above, changed on a probe, must make it refuse), and never otherwise.
+
+Two levels check the same tensors in a step: ``Optimizer.step`` its parameters and gradients,
+then a kernel's caller those and the state. The first *vouches* (:func:`vouch`) for the two
+lists it matched, naming the remembered layout; the second then compares only the state
+tensors, under a key that includes that name (:func:`vouched`): the parameters and gradients
+have the layouts they had when the second level last checked all of them in full.
 """
 
 from __future__ import annotations
 
 import operator
 import os
+import threading
 from collections import OrderedDict
 from typing import Any, Hashable, Sequence
 
@@ -84,12 +91,17 @@ class Memo:
         self._entries: OrderedDict[Hashable, tuple[Any, int, Any]] = OrderedDict()
         self._size = size
 
-    def get(self, key: Hashable, tensors: Sequence[Tensor]) -> Any:
+    def get(self, key: Hashable, tensors: Sequence[Tensor], maybe_nested: Sequence[Tensor] | None = None) -> Any:
+        """``maybe_nested``: the tensors that could be nested where ``tensors`` are otherwise
+        laid out as remembered (default: all; gradients of non-nested parameters cannot be)."""
         entry = self._entries.get(key)
         if entry is None or entry[1] != len(tensors):
             return None
+        if not tensors:
+            return entry[2]
         try:
-            if any(map(_is_nested, tensors)):  # (a strided nested tensor has no sizes: the guard would abort)
+            # (a strided nested tensor has no sizes: the guard would abort the process)
+            if any(map(_is_nested, tensors if maybe_nested is None else maybe_nested)):
                 return None
             return entry[2] if entry[0].check(*tensors) else None
         except Exception:  # (a non-tensor where a tensor was: not the same layout)
@@ -97,10 +109,10 @@ class Memo:
 
     def put(self, key: Hashable, tensors: Sequence[Tensor], value: Any) -> None:
         cls = _guards()
-        if not cls or not tensors:
+        if not cls:
             return
         try:
-            guard = cls(*tensors, **_KW)
+            guard = cls(*tensors, **_KW) if tensors else None
         except Exception:
             return
         self._entries[key] = (guard, len(tensors), value)
@@ -110,3 +122,31 @@ class Memo:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+class _Vouched(threading.local):
+    lists: tuple | None = None
+
+
+_vouched = _Vouched()
+
+
+def vouch(params: list[Tensor], grads: list[Tensor], token: Hashable) -> tuple | None:
+    """Say, for this thread, that ``params`` and ``grads`` (lists the caller made and does not
+    change until :func:`unvouch`) have just matched the layouts remembered as ``token``, a
+    name that no other layout ever has (say, a fresh ``object()`` per remembered layout).
+    Returns what was vouched for before, for :func:`unvouch` (an optimizer inside another's step)."""
+    before, _vouched.lists = _vouched.lists, (params, grads, token)
+    return before
+
+
+def unvouch(before: tuple | None = None) -> None:
+    _vouched.lists = before
+
+
+def vouched(lists: Sequence[Sequence[Tensor]]) -> Hashable | None:
+    """The token vouched for if ``lists`` starts with the very lists vouched for, else None."""
+    v = _vouched.lists
+    if v is not None and len(lists) > 1 and lists[0] is v[0] and lists[1] is v[1]:
+        return v[2]
+    return None
