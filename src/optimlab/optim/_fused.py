@@ -442,9 +442,10 @@ def _dense(t: Tensor) -> bool:
     return True
 
 
-def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> list[int] | None:
-    """The parameters' numbers of elements if every tensor in ``lists`` ([params, grads,
-    *state lists]) can go to an elementwise kernel beside its parameter; else None.
+def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> tuple[array.array, int] | None:
+    """The parameters' numbers of elements (as C's int64 array, with their sum) if every
+    tensor in ``lists`` ([params, grads, *state lists]) can go to an elementwise kernel beside
+    its parameter; else None.
 
     Each tensor must be of the first parameter's dtype (one of ``dtypes``) and device, have
     its own parameter's number of elements, and be laid out as it: all contiguous (the usual
@@ -461,7 +462,7 @@ def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> list[int] | N
     """
     params = lists[0]
     if not params:
-        return []
+        return array.array("q"), 0
     # The key picks the remembered layout to compare with; the lists' lengths are in it, as
     # the comparison is of the lists chained. Parameters and gradients that the caller's
     # checks vouched for (see _layout) are not compared again: only the state.
@@ -472,9 +473,9 @@ def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> list[int] | N
     else:
         key = (id(dtypes), id(params[0]), *map(len, lists))
         flat = list(chain.from_iterable(lists))
-    numels = _checked.get(key, flat)
-    if numels is not None:
-        return numels
+    sizes = _checked.get(key, flat)
+    if sizes is not None:
+        return sizes
     p0 = params[0]
     dtype, on_cpu = p0.dtype, p0.is_cpu
     if dtype not in dtypes:
@@ -497,8 +498,9 @@ def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> list[int] | N
                 return None
     except (RuntimeError, NotImplementedError, TypeError, AttributeError):  # not a plain tensor
         return None
-    _checked.put(key, flat, numels)
-    return numels
+    sizes = array.array("q", numels), sum(numels)  # (remembered with the layout: C reads it, never writes)
+    _checked.put(key, flat, sizes)
+    return sizes
 
 
 def fits(lists: Sequence[Sequence[Tensor]]) -> bool:
@@ -520,8 +522,8 @@ def _gather(lists: Sequence[Sequence[Tensor]]):
     """
     if not lists[0] or not lists[0][0].is_cpu:  # (torch's kernels take other devices' tensors)
         return None
-    numels = _matching_numels(lists, _DTYPES)
-    if numels is None:
+    sizes = _matching_numels(lists, _DTYPES)
+    if sizes is None:
         return None
     try:
         addresses = list(map(_data_ptr, lists[0]))  # (array("Q", list) is faster than from map)
@@ -529,7 +531,7 @@ def _gather(lists: Sequence[Sequence[Tensor]]):
             addresses += map(_data_ptr, lst)
     except (RuntimeError, NotImplementedError):  # sparse, mkldnn, ...: no data pointer
         return None
-    return array.array("Q", addresses), array.array("q", numels), _DTYPES[lists[0][0].dtype], sum(numels)
+    return array.array("Q", addresses), sizes[0], _DTYPES[lists[0][0].dtype], sizes[1]
 
 
 def _threads(total: int) -> int:
