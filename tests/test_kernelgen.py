@@ -359,6 +359,49 @@ def test_threads_split_anywhere(name, monkeypatch):
         assert_same(split[0], split[1], single[0], single[1])
 
 
+TWO_PASS = [name for name, case in CASES.items()
+            if any(v.reductions for v in _fused.library().variants if v.kernel is case.kernel)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", TWO_PASS)
+def test_two_pass_batches_give_the_same_bits(name, monkeypatch):
+    """A two-pass kernel takes its tensors in batches of about TWO_PASS_BYTES (both passes per
+    batch): each tensor alone, a few together, all at once, on one thread or three, the same bits."""
+    case = CASES[name]
+    hyper = next(v for v in reversed(case.variants) if "global_clipnorm" not in v)
+    shapes = [(), (3,), (1029,), (0,), (64, 3), (40000,), (5,), (300, 7)]
+    results = []
+    for batch, threads in [(1 << 62, 1), (0, 1), (4 * 1029 * 4, 1), (50000, 3), (0, 3)]:
+        monkeypatch.setattr(_fused, "TWO_PASS_BYTES", batch)
+        monkeypatch.setattr(_fused, "PARALLEL_MIN_ELEMENTS", 0)
+        torch.set_num_threads(threads)
+        results.append(run(name, hyper, torch.float32, steps=6, shapes=shapes, **case.kernel_impl))
+    assert results[0][2] == {"fused"}
+    for other in results[1:]:
+        assert_same(other[0], other[1], results[0][0], results[0][1])
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.cls.chunk_elements is not None])
+def test_a_kernel_step_is_one_call_and_the_foreach_rule_goes_in_chunks(name, monkeypatch):
+    """Optimizers whose foreach rule runs in chunks (its temporaries reused from the heap) give
+    their kernel all tensors at once, and chunk again where the kernels are unavailable."""
+    case = CASES[name]
+    shapes = [(40,), (30, 2), (25,), (70,)]
+    monkeypatch.setattr(case.cls, "chunk_elements", 64)
+    calls = []
+    original = case.cls._update
+    monkeypatch.setattr(case.cls, "_update", lambda self, g, ps, *a: calls.append(len(ps)) or original(self, g, ps, *a))
+    _, opt, paths = run(name, case.variants[0], torch.float32, steps=1, shapes=shapes, **case.kernel_impl)
+    if _fused.available():
+        assert paths == {"fused"} and calls == [len(g["params"]) for g in opt.param_groups]
+    calls.clear()
+    monkeypatch.setattr(_fused, "_failed", True)
+    monkeypatch.setattr(_fused, "_lib", None)
+    _, opt, paths = run(name, case.variants[0], torch.float32, steps=1, shapes=shapes, **case.kernel_impl)
+    assert paths == {"foreach"} and len(calls) > len(opt.param_groups) and sum(calls) == len(shapes)
+
+
 # ------------------------------------------------------------------------- fall-backs
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if not c.keras])
 def test_explicit_flags_keep_the_foreach_path(name):

@@ -603,9 +603,11 @@ class Optimizer(torch.optim.Optimizer):
 
         For rules that allocate temporaries as large as their inputs: a few megabytes at a
         time are reused from the heap, where the whole model's worth would be fresh pages
-        (page faults) every step. Elementwise, per-tensor rules give the same result."""
+        (page faults) every step. Elementwise, per-tensor rules give the same result. Not for
+        a step that goes to a kernel (no temporaries; one call instead of one per chunk),
+        unless the kernels are known to be unavailable."""
         budget = self.chunk_elements
-        if budget is None or len(params) == 1:
+        if budget is None or len(params) == 1 or (self._kernel and not _fused.unavailable()):
             self._run_update(group, params, grads, states)
             return
         start, size = 0, 0

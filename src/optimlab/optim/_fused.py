@@ -84,6 +84,10 @@ __all__ = ["launch", "prepare", "rmsprop", "adadelta", "adamax", "nadam", "advan
 PARALLEL_MIN_ELEMENTS = 1 << 16
 #: Elements per unit of work a thread takes (a multiple of 16: whole cache lines).
 CHUNK_ELEMENTS = 1 << 15
+#: A two-pass kernel (LAMB's, LARS's: per-tensor norms, then the update) takes consecutive
+#: tensors of about this many bytes (all its arrays) at a time, both passes each, so that the
+#: second pass reads from cache what the first read from memory (a larger tensor goes alone).
+TWO_PASS_BYTES = 8 << 20
 
 _RUNTIME = Path(__file__).with_name("_kernel_runtime.c")
 _CFLAGS = ["-O2", "-ftree-vectorize", "-fvect-cost-model=dynamic", "-ffp-contract=off",
@@ -277,7 +281,7 @@ def _open(path: Path, expected: Library) -> ctypes.CDLL:
     lib.ol_signature.restype = ctypes.c_char_p
     if lib.ol_signature().decode() != expected.signature:
         raise RuntimeError(f"{path} is not the library of these kernel descriptions")
-    lib.ol_step.argtypes = [i32, i32, i32, i64, i64, vp, vp, vp, i32, vp]
+    lib.ol_step.argtypes = [i32, i32, i32, i64, i64, vp, vp, vp, i32, vp, i64]
     lib.ol_step.restype = i32
     lib.ol_advance.argtypes = [i64, vp, vp, vp]
     lib.ol_advance.restype = None
@@ -403,6 +407,12 @@ def _load() -> ctypes.CDLL | None:
 def available() -> bool:
     """Build (or load) the kernels now; True if ``fused=True`` will use them."""
     return _load() is not None
+
+
+def unavailable() -> bool:
+    """True once the kernels are known to be unavailable (switched off, or failed to build);
+    False before the first attempt, and where they loaded."""
+    return _failed
 
 
 def sqrt_is_torchs() -> bool:
@@ -561,7 +571,7 @@ def _run(kind: int, gathered, h: array.array, ts: array.array | None, nts: int,
     ptrs, numels, is_double, total = gathered
     ts_address = _address(ts) if ts is not None and len(ts) else None
     rc = lib.ol_step(kind, is_double, _threads(total), CHUNK_ELEMENTS, len(numels), _address(numels),
-                     _address(ptrs), ts_address, nts, _address(h) if len(h) else None)
+                     _address(ptrs), ts_address, nts, _address(h) if len(h) else None, TWO_PASS_BYTES)
     if rc != 0:
         raise RuntimeError(f"optimlab fused kernel {kind} failed with code {rc}")
     # The parameters changed behind autograd's back: bump their version counters, as an

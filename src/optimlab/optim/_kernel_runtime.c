@@ -112,7 +112,8 @@ typedef struct {
     int64_t n;              /* tensors */
     const int64_t *numels;  /* n */
     const int64_t *offsets; /* n + 1 prefix sums */
-    void *const *ptrs;      /* narrays * n, array-major: ptrs[a * n + i] */
+    void *const *ptrs;      /* array-major: ptrs[a * stride + i] */
+    int64_t stride;         /* the pointer table's row length (n, or more for a batch of tensors) */
     const double *ts;       /* per-tensor scalars, tensor-major: ts[i * nts + k] */
     int nts;
     const double *h;        /* scalars of the call */
@@ -131,7 +132,7 @@ static void run_tensor(const ol_job *job, int64_t i, int64_t lo, int64_t hi) {
     const ol_variant *v = &ol_variants[job->kind];
     char *a[OL_MAX_ARRAYS];
     const int64_t size = job->is_double ? 8 : 4;
-    for (int k = 0; k < v->narrays; k++) a[k] = (char *)job->ptrs[k * job->n + i] + lo * size;
+    for (int k = 0; k < v->narrays; k++) a[k] = (char *)job->ptrs[k * job->stride + i] + lo * size;
     const double *ts = job->ts ? job->ts + i * job->nts : NULL;
     const double *mid = job->mid ? job->mid + i * job->nmid : NULL;
     (job->is_double ? v->f64 : v->f32)(a, hi - lo, job->h, ts, mid);
@@ -150,7 +151,7 @@ static void run_item(const ol_job *job, int64_t k) {
     const ol_variant *v = &ol_variants[job->kind];
     char *a[OL_MAX_ARRAYS];
     const int64_t size = job->is_double ? 8 : 4;
-    for (int r = 0; r < v->narrays; r++) a[r] = (char *)job->ptrs[r * job->n + i] + first * size;
+    for (int r = 0; r < v->narrays; r++) a[r] = (char *)job->ptrs[r * job->stride + i] + first * size;
     const double *ts = job->ts ? job->ts + i * job->nts : NULL;
     (job->is_double ? v->r64 : v->r32)(a, last - first, job->h, ts, job->partial + k * v->nred);
 }
@@ -363,63 +364,96 @@ OL_EXPORT int ol_openmp(void) {
 #endif
 }
 
+/* Both passes of a two-pass variant over tensors [i0, i1) of `all` (whose offsets are
+ * unused): reductions per tensor (in a fixed order of items), the numbers between, the
+ * update. Returns 0, or -2 when out of memory. */
+static int run_two_pass(const ol_job *all, int64_t i0, int64_t i1, int nthreads) {
+    const ol_variant *v = &ol_variants[all->kind];
+    const int64_t n = i1 - i0;
+    const int64_t *numels = all->numels + i0;
+    const double *ts = all->ts ? all->ts + i0 * all->nts : NULL;
+    int64_t *off = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 1));
+    int64_t *item_off = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 1));
+    double *sums = (double *)calloc((size_t)(n * v->nred + 1), sizeof(double));
+    double *mid = (double *)malloc(sizeof(double) * (size_t)(n * v->nmid + 1));
+    double *partial = NULL;
+    if (off && item_off && sums && mid) {
+        off[0] = item_off[0] = 0;
+        for (int64_t i = 0; i < n; i++) {
+            off[i + 1] = off[i] + numels[i];
+            item_off[i + 1] = item_off[i] + (numels[i] + OL_ITEM - 1) / OL_ITEM;
+        }
+        partial = (double *)calloc((size_t)(item_off[n] * v->nred + 1), sizeof(double));
+    }
+    int rc = partial ? 0 : -2;
+    if (rc == 0) {
+        ol_job job = *all;
+        job.n = n;
+        job.numels = numels;
+        job.offsets = off;
+        job.ptrs = all->ptrs + i0; /* (rows keep their stride) */
+        job.ts = ts;
+        job.units = off[n];
+        ol_job first = job;
+        first.items = 1;
+        first.units = item_off[n];
+        first.item_off = item_off;
+        first.partial = partial;
+        first.chunk = job.chunk / OL_ITEM > 0 ? job.chunk / OL_ITEM : 1;
+        run_job(&first, nthreads);
+        for (int64_t i = 0; i < n; i++) {
+            const double *ts_i = ts ? ts + i * job.nts : NULL;
+            for (int64_t k = item_off[i]; k < item_off[i + 1]; k++)
+                for (int r = 0; r < v->nred; r++) sums[i * v->nred + r] += partial[k * v->nred + r];
+            (job.is_double ? v->m64 : v->m32)(sums + i * v->nred, job.h, ts_i, mid + i * v->nmid);
+        }
+        job.mid = mid;
+        job.nmid = v->nmid;
+        run_job(&job, nthreads);
+    }
+    free(partial);
+    free(mid);
+    free(sums);
+    free(item_off);
+    free(off);
+    return rc;
+}
+
 /* One step of variant `kind` (an index into the generated table) over n tensors. ptrs:
  * narrays * n data pointers (array-major, the variant's arrays in order), numels: n element
  * counts, ts: per-tensor scalars (tensor-major, nts per tensor), h: the call's scalars;
- * nthreads threads at most, taking `chunk` elements at a time. Returns 0, -1 for an unknown
- * variant, -2 when out of memory. */
+ * nthreads threads at most, taking `chunk` elements at a time. A two-pass variant goes over
+ * consecutive tensors of about `batch_bytes` bytes (all its arrays) at a time, both passes
+ * each, so that the second finds the first's data in cache (a larger tensor: alone).
+ * Returns 0, -1 for an unknown variant, -2 when out of memory. */
 OL_EXPORT int ol_step(int kind, int is_double, int nthreads, int64_t chunk, int64_t n,
                       const int64_t *numels, void *const *ptrs, const double *ts, int nts,
-                      const double *h) {
+                      const double *h, int64_t batch_bytes) {
     if (kind < 0 || kind >= OL_NVARIANTS) return -1;
     if (chunk < 1) chunk = 1;
+    const ol_variant *v = &ol_variants[kind];
+    ol_job job = {kind, is_double, n, numels, NULL, ptrs, n, ts, nts, h, chunk, 0, 0, NULL, NULL, NULL, 0};
+    if (v->nred != 0) { /* two passes: reductions (per tensor, in a fixed order), numbers between, update */
+        const int64_t per_element = (is_double ? 8 : 4) * (int64_t)v->narrays;
+        int rc = 0;
+        for (int64_t i0 = 0; i0 < n && rc == 0;) {
+            int64_t i1 = i0 + 1, bytes = numels[i0] * per_element;
+            while (i1 < n && bytes + numels[i1] * per_element <= batch_bytes) bytes += numels[i1++] * per_element;
+            rc = run_two_pass(&job, i0, i1, nthreads);
+            i0 = i1;
+        }
+        return rc;
+    }
     int64_t stack_off[257];
     int64_t *off = n < 256 ? stack_off : (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 1));
     if (!off) return -2;
     off[0] = 0;
     for (int64_t i = 0; i < n; i++) off[i + 1] = off[i] + numels[i];
-    ol_job job = {kind, is_double, n, numels, off, ptrs, ts, nts, h, chunk, 0, off[n], NULL, NULL, NULL, 0};
-    const ol_variant *v = &ol_variants[kind];
-    int rc = 0;
-    if (v->nred == 0) {
-        run_job(&job, nthreads);
-    } else { /* two passes: reductions (per tensor, in a fixed order), numbers between, update */
-        int64_t *item_off = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 1));
-        double *sums = (double *)calloc((size_t)(n * v->nred + 1), sizeof(double));
-        double *mid = (double *)malloc(sizeof(double) * (size_t)(n * v->nmid + 1));
-        double *partial = NULL;
-        if (item_off && sums && mid) {
-            item_off[0] = 0;
-            for (int64_t i = 0; i < n; i++) item_off[i + 1] = item_off[i] + (numels[i] + OL_ITEM - 1) / OL_ITEM;
-            partial = (double *)calloc((size_t)(item_off[n] * v->nred + 1), sizeof(double));
-        }
-        if (!partial) {
-            rc = -2;
-        } else {
-            ol_job first = job;
-            first.items = 1;
-            first.units = item_off[n];
-            first.item_off = item_off;
-            first.partial = partial;
-            first.chunk = chunk / OL_ITEM > 0 ? chunk / OL_ITEM : 1;
-            run_job(&first, nthreads);
-            for (int64_t i = 0; i < n; i++) {
-                const double *ts_i = ts ? ts + i * nts : NULL;
-                for (int64_t k = item_off[i]; k < item_off[i + 1]; k++)
-                    for (int r = 0; r < v->nred; r++) sums[i * v->nred + r] += partial[k * v->nred + r];
-                (is_double ? v->m64 : v->m32)(sums + i * v->nred, h, ts_i, mid + i * v->nmid);
-            }
-            job.mid = mid;
-            job.nmid = v->nmid;
-            run_job(&job, nthreads);
-        }
-        free(partial);
-        free(mid);
-        free(sums);
-        free(item_off);
-    }
+    job.offsets = off;
+    job.units = off[n];
+    run_job(&job, nthreads);
     if (off != stack_off) free(off);
-    return rc;
+    return 0;
 }
 
 OL_EXPORT int ol_variant_count(void) { return OL_NVARIANTS; }
