@@ -311,10 +311,9 @@ class Optimizer(torch.optim.Optimizer):
                 params, grads = self._step_other_dtype(group, params, grads, odd)
                 ran.add("single-tensor")
             if params:
-                known = self._facts.get(id(params))
-                before = _layout._vouched.lists
-                if known is not None and known[0] is params:  # checked or matched (_check_gradients)
-                    before = _layout.vouch(params, grads, known[2])
+                known = self._facts.get(id(params))  # (checked or matched by _check_gradients)
+                token = known[2] if known is not None and known[0] is params else None
+                before = _layout.vouch(params, grads, token)
                 try:
                     self._step_group(group, params, grads)
                 finally:

@@ -131,12 +131,13 @@ class _Vouched(threading.local):
 _vouched = _Vouched()
 
 
-def vouch(params: list[Tensor], grads: list[Tensor], token: Hashable) -> tuple | None:
+def vouch(params: list[Tensor], grads: list[Tensor], token: Hashable | None) -> tuple | None:
     """Say, for this thread, that ``params`` and ``grads`` (lists the caller made and does not
     change until :func:`unvouch`) have just matched the layouts remembered as ``token``, a
-    name that no other layout ever has (say, a fresh ``object()`` per remembered layout).
-    Returns what was vouched for before, for :func:`unvouch` (an optimizer inside another's step)."""
-    before, _vouched.lists = _vouched.lists, (params, grads, token)
+    name that no other layout ever has (say, a fresh ``object()`` per remembered layout);
+    ``token`` None vouches for nothing. Returns what was vouched for before, for
+    :func:`unvouch` (an optimizer inside another's step)."""
+    before, _vouched.lists = _vouched.lists, (None if token is None else (params, grads, token))
     return before
 
 
