@@ -207,6 +207,7 @@ def test_the_cli_lists_each_optimizers_kernel(capsys):
     lines = capsys.readouterr().out.splitlines()
     path = {lines[i].split()[0]: lines[i + 2] for i in range(len(lines)) if lines[i] and not lines[i][0].isspace()}
     assert "optimlab's single-pass kernel 'sgd'" in path["nag"] and "'lion'" in path["lion"]
+    assert "two-pass kernel 'lamb'" in path["lamb"] and "two-pass kernel 'lars'" in path["lars"]
     assert "torch's fused kernel" in path["adam"] and "foreach rule" in path["adafactor"]
     assert "inner optimizer" in path["lookahead"]
     for name in _registry.available():
@@ -242,3 +243,43 @@ def test_a_lazy_gradient_gives_what_its_values_give(cls, hyper, impl, shapes, la
         results.append(params)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+PATHS = {"fused", "foreach", "single-tensor", "rule"}
+
+
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
+def test_path_for_names_what_the_last_step_ran(convention, name, cls, variants, shapes):
+    """After a step, ``path_for`` names one of the documented paths (several joined by "+"),
+    for every registered optimizer; None for a group without gradients."""
+    params = [p.requires_grad_() for p in _params(shapes, torch.float32, "cpu")]
+    opt = cls(_groups(params, variants[0]), **variants[0])
+    assert opt.path_for(0) is None
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for k in range(len(opt.param_groups)):
+        path = opt.path_for(k)
+        assert path is not None and path and set(path.split("+")) <= PATHS, (name, k, path)
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+def test_a_wrapper_says_what_its_inner_optimizer_ran(wrapper):
+    import optimlab.optim as oo
+    p = torch.zeros(4, 3, requires_grad=True)
+    opt = (oo.Lookahead(oo.Adam([p], lr=0.1)) if wrapper == "lookahead"
+           else oo.SAM([p], oo.SGD, lr=0.1, momentum=0.9))
+    assert opt.path_for(0) is None
+
+    def closure():
+        opt.zero_grad()
+        loss = (p - 1).pow(2).sum()
+        loss.backward()
+        return loss
+
+    closure()
+    opt.step(closure) if wrapper == "sam" else opt.step()
+    inner = opt.optimizer if wrapper == "lookahead" else opt.base_optimizer
+    assert opt.path_for(0) == inner.path_for(0) == "fused"
+    plain = oo.Lookahead(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1))
+    assert plain.path_for(0) is None  # (a torch.optim inner optimizer does not say)

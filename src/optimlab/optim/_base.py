@@ -226,9 +226,9 @@ class Optimizer(torch.optim.Optimizer):
                     raise type(err)(f"{type(self).__name__}: {err}" + (f" (in {where})" if in_group else "")) from None
         try:
             self._check_implementation(group)
+            self._check_combination(group)
         except ValueError as err:
             raise type(err)(f"{type(self).__name__}: {err}" + (f" (in {where})" if in_group else "")) from None
-        self._check_combination(group)
 
     #: Hyperparameters that torch.optim's class refuses as tensors with ``foreach=True`` (and
     #: ``capturable=False``, which optimlab always has): Adam's and AdamW's "lr" and "betas".
@@ -368,7 +368,7 @@ class Optimizer(torch.optim.Optimizer):
         """The implementation the last ``step()`` ran for ``group`` (a param group or its
         index): "fused" (a single-pass kernel: torch's fused kernel or optimlab's), "foreach"
         (the multi-tensor rule), "single-tensor" (one tensor at a time: ``foreach=False``,
-        sparse gradients, gradients in another dtype), "rule" (the readable rule:
+        sparse gradients, gradients in another dtype, Muon's orthogonalisation), "rule" (the readable rule:
         ``differentiable=True``), several joined by "+" where a group's
         tensors took different paths; None if the group had no gradient in that step."""
         if isinstance(group, int):

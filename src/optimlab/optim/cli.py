@@ -71,6 +71,9 @@ def kernel_of(cls: type) -> str:
         return "its inner optimizer's path"
     k = getattr(cls, "kernel", None)
     if k is not None:
+        from optimlab.optim import _fused  # (tracing the descriptions: only when listing)
+        if any(v.reductions for v in _fused.library().variants if v.kernel is k):
+            return f"optimlab's two-pass kernel {k.name!r} (per-tensor norms, then the update; generated from its description)"
         return f"optimlab's single-pass kernel {k.name!r} (generated from its description)"
     if getattr(cls, "default_kernels", None) == "torch":
         return "torch's fused kernel"

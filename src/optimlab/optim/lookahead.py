@@ -99,6 +99,13 @@ class Lookahead(torch.optim.Optimizer):
             self.sync()
         return loss
 
+    def path_for(self, group: dict[str, Any] | int = 0) -> str | None:
+        """The implementation the inner optimizer's last step ran for ``group`` (see
+        ``optimlab.optim.Optimizer.path_for``); None where the inner optimizer does not say
+        (a ``torch.optim`` one)."""
+        inner = getattr(self.optimizer, "path_for", None)
+        return inner(group) if inner is not None else None
+
     @torch.no_grad()
     def sync(self) -> None:
         """``φ ← φ + α(θ − φ)``, ``θ ← φ`` for every parameter (done after every k-th step)."""

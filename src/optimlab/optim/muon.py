@@ -108,6 +108,7 @@ class Muon(RealOnly, Optimizer):
             if not s:
                 s.update(self._init_state(p, group))
         _muon_update(group, params, grads, states)
+        self._ran.add("single-tensor")  # (one matrix at a time: see path_for)
 
 
 def _require_2d(opt: torch.optim.Optimizer, group: dict[str, Any]) -> None:
@@ -245,6 +246,7 @@ class MuonWithAuxAdamW(Optimizer):
             if not s:
                 s.update(self._init_state(p, group))
         _muon_update(group, params, grads, states)
+        self._ran.add("single-tensor")  # (one matrix at a time: see path_for)
 
     def _update(self, group, params, grads, states) -> None:  # the AdamW groups: torch's AdamW
         beta1, beta2 = group["betas"]

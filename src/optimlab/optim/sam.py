@@ -134,6 +134,13 @@ class SAM(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self.base_optimizer.add_param_group(param_group)
 
+    def path_for(self, group: dict[str, Any] | int = 0) -> str | None:
+        """The implementation the base optimizer's last step ran for ``group`` (see
+        ``optimlab.optim.Optimizer.path_for``); None where the base optimizer does not say
+        (a ``torch.optim`` one)."""
+        inner = getattr(self.base_optimizer, "path_for", None)
+        return inner(group) if inner is not None else None
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
