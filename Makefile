@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(PY)
 	$(PIP) -e '.[test]'
 	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed
 	$(PY) -m optimlab showdown --out showdown
