@@ -245,6 +245,46 @@ def test_a_lazy_gradient_gives_what_its_values_give(cls, hyper, impl, shapes, la
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("lazy", list(LAZY_GRADIENTS))
+@pytest.mark.parametrize("cls,hyper,impl,shapes", [c for c in CONFORMANCE if c.id.endswith("-0-default")])
+def test_a_loaded_lazy_state_tensor_steps_as_its_values(cls, hyper, impl, shapes, lazy):
+    """A state dict whose tensors are lazy views (torch's load keeps them) loads as their values:
+    the in-place multi-tensor ops of the foreach rules refuse negated views and zero tensors."""
+    make = LAZY_GRADIENTS[lazy]
+    seq = gradient_sequence(6, shapes, torch.float64)
+    params = _params(shapes, torch.float64, "cpu")
+    opt = cls(_groups(params, hyper), **hyper, **impl)
+    for grads in seq[:3]:
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+    saved = opt.state_dict()
+
+    def entry(v, lazily):
+        if not isinstance(v, torch.Tensor):
+            return v
+        if not lazily or v.dim() == 0 or (lazy == "zero tensor" and v.any()):
+            return v.clone()  # (a fresh copy per run: a loaded state's tensors are stepped in place)
+        return make(v)
+
+    def copied(lazily):
+        return {**saved, "state": {i: {k: entry(v, lazily) for k, v in st.items()}
+                                   for i, st in saved["state"].items()}}
+
+    results = []
+    for state in (copied(lazily=True), copied(lazily=False)):
+        ps = [p.detach().clone() for p in params]
+        other = cls(_groups(ps, hyper), **hyper, **impl)
+        other.load_state_dict(state)
+        for grads in seq[3:]:
+            for p, g in zip(ps, grads):
+                p.grad = g
+            other.step()
+        results.append(ps)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 PATHS = {"fused", "foreach", "single-tensor", "rule"}
 
 

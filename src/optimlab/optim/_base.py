@@ -751,6 +751,10 @@ class Optimizer(torch.optim.Optimizer):
         self._check_loadable(state_dict)
         plain = {k: v for k, v in state_dict.items() if k != "optimlab"}
         super().load_state_dict(plain)
+        for st in self.state.values():  # lazy views (torch keeps them): in-place multi-tensor ops refuse them
+            for key, value in st.items():
+                if isinstance(value, Tensor) and (value.is_neg() or value.is_conj() or value._is_zerotensor()):
+                    st[key] = value.resolve_conj().resolve_neg() if not value._is_zerotensor() else value.clone()
         self.skipped_steps = int(extra.get("skipped_steps", 0))
 
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
