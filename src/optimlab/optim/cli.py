@@ -105,9 +105,12 @@ def run(args: argparse.Namespace) -> int:
     for name in oo.available(args.convention):
         cls = oo.get(name, args.convention)
         sig = inspect.signature(cls.__init__)
-        defaults = ", ".join(f"{k}={p.default!r}" for k, p in sig.parameters.items()
-                             if p.default is not p.empty and k not in ("foreach", "differentiable", "capturable"))
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        plain = [(k, p) for k, p in sig.parameters.items() if k not in ("self", "params")
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        arguments = ", ".join([f"{k} (required)" for k, p in plain if p.default is p.empty]
+                              + [f"{k}={p.default!r}" for k, p in plain if p.default is not p.empty
+                                 and k not in ("foreach", "differentiable", "capturable")])
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # (the first paragraph)
         print(f"{name:<9} {cls.__module__}.{cls.__name__}: {doc}\n          "
-              + textwrap.shorten(defaults, 2000) + f"\n          default path on CPU: {kernel_of(cls)}")
+              + textwrap.shorten(arguments, 2000) + f"\n          default path on CPU: {kernel_of(cls)}")
     return 0
