@@ -85,11 +85,12 @@ class Memo:
     group); correctness never depends on it. At most ``size`` keys are kept (oldest out).
     """
 
-    __slots__ = ("_entries", "_size")
+    __slots__ = ("_entries", "_size", "_lock")
 
     def __init__(self, size: int = 32):
         self._entries: OrderedDict[Hashable, tuple[Any, int, Any]] = OrderedDict()
         self._size = size
+        self._lock = threading.Lock()  # (put's three steps; optimizers may step in several threads)
 
     def get(self, key: Hashable, tensors: Sequence[Tensor], maybe_nested: Sequence[Tensor] | None = None) -> Any:
         """``maybe_nested``: the tensors that could be nested where ``tensors`` are otherwise
@@ -115,13 +116,15 @@ class Memo:
             guard = cls(*tensors, **_KW) if tensors else None
         except Exception:
             return
-        self._entries[key] = (guard, len(tensors), value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key] = (guard, len(tensors), value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
 
 class _Vouched(threading.local):
