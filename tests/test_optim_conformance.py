@@ -208,6 +208,7 @@ def test_the_cli_lists_each_optimizers_kernel(capsys):
     path = {lines[i].split()[0]: lines[i + 2] for i in range(len(lines)) if lines[i] and not lines[i][0].isspace()}
     assert "optimlab's single-pass kernel 'sgd'" in path["nag"] and "'lion'" in path["lion"]
     assert "two-pass kernel 'lamb'" in path["lamb"] and "two-pass kernel 'lars'" in path["lars"]
+    assert "single-tensor" in path["muon"] and "fused" in path["muon_adamw"] and "single-tensor" in path["muon_adamw"]
     arguments = {lines[i].split()[0]: lines[i + 1] for i in range(len(lines)) if lines[i] and not lines[i][0].isspace()}
     assert arguments["lars"].split()[:2] == ["lr", "(required),"] and "lr=0.001" in arguments["adam"]
     assert "torch's fused kernel" in path["adam"] and "foreach rule" in path["adafactor"]

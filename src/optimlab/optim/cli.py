@@ -69,6 +69,8 @@ def kernel_of(cls: type) -> str:
     its ``kernel`` description, or torch's fused kernels, or neither)."""
     if getattr(cls, "rule", None) is None:
         return "its inner optimizer's path"
+    if getattr(cls, "default_path", None):  # (a class whose path is not one kernel or rule: Muon's)
+        return cls.default_path
     k = getattr(cls, "kernel", None)
     if k is not None:
         from optimlab.optim import _fused  # (tracing the descriptions: only when listing)

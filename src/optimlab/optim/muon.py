@@ -79,6 +79,8 @@ class Muon(RealOnly, Optimizer):
     """
 
     registry_name = "muon"  # registered by this (see _registry)
+    #: What the default step runs, for ``optimlab optimizers`` (no kernel: not elementwise).
+    default_path = "one matrix at a time (Newton–Schulz; path_for: single-tensor)"
     rule = staticmethod(muon_rule)
 
     hyper_checks = {**_MUON_CHECKS}
@@ -190,6 +192,8 @@ class MuonWithAuxAdamW(Optimizer):
     """
 
     registry_name, registry_aliases = "muon_adamw", ("muon-adamw",)  # registered by this (see _registry)
+    #: What the default step runs, for ``optimlab optimizers``.
+    default_path = "Muon's groups one matrix at a time (single-tensor); the AdamW groups torch's fused kernel"
     rule = staticmethod(muon_adamw_rule)
     default_kernels = "torch"  # the AdamW groups: torch's fused AdamW kernel by default, as AdamW
 
