@@ -306,6 +306,31 @@ def test_path_for_names_what_the_last_step_ran(convention, name, cls, variants, 
         assert path is not None and path and set(path.split("+")) <= PATHS, (name, k, path)
 
 
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
+def test_a_graph_that_saved_a_parameter_notices_the_step(convention, name, cls, variants, shapes):
+    """Every registered optimizer's step bumps each parameter it updates' version counter, as
+    an in-place torch op does (kernels write behind autograd's back; torch's own fused ops do
+    not bump it), by default and with ``fused=True``: a backward through a graph that saved
+    the parameter before the step then refuses to run, as under torch's default."""
+    flags = [{}] + ([{"fused": True}] if "fused" in inspect.signature(cls).parameters else [])
+    for flag in flags:
+        params = [p.requires_grad_() for p in _params(shapes, torch.float32, "cpu")]
+        opt = cls(_groups(params, variants[0]), **variants[0], **flag)
+        moved_at_all = False
+        for _ in range(3):  # (the second step on: the kernels' remembered layouts; ADOPT moves from its second)
+            losses = [(p * p).sum() for p in params]  # each saves its parameter
+            for p in params:
+                p.grad = torch.ones_like(p)
+            before = [p.clone() for p in params]
+            opt.step()
+            for p, b, loss in zip(params, before, losses):
+                if not torch.equal(p, b):
+                    moved_at_all = True
+                    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                        loss.backward()
+        assert moved_at_all, (name, flag)
+
+
 @pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
 def test_a_wrapper_says_what_its_inner_optimizer_ran(wrapper):
     import optimlab.optim as oo

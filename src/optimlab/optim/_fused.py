@@ -71,7 +71,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.graph import increment_version as _increment_version
 
 from optimlab.optim import _layout
 from optimlab.optim._kernelgen import Kernel, Library
@@ -436,6 +435,7 @@ _shape_of = operator.attrgetter("shape")
 _is_cpu = operator.attrgetter("is_cpu")
 _is_neg = Tensor.is_neg
 _is_zerotensor = Tensor._is_zerotensor
+_increment_version = torch._C._increment_version  # (a list: one C call; graph.increment_version wraps it)
 #: Layouts :func:`_matching_numels` accepted, re-checked in one call (see :mod:`._layout`).
 _checked = _layout.Memo(64)
 #: The dtypes torch's fused CPU kernels (SGD, Adam, AdamW, Adagrad) take.
@@ -570,13 +570,14 @@ def _run(kind: int, gathered, h: array.array, ts: array.array | None, nts: int,
         return False
     ptrs, numels, is_double, total = gathered
     ts_address = _address(ts) if ts is not None and len(ts) else None
+    # The parameters change behind autograd's back: bump their version counters, as an
+    # in-place torch op does, so a graph that saved them notices. (Before the write: their
+    # metadata is still in cache; a bump without a change, should the call fail, is harmless.)
+    _increment_version(params)
     rc = lib.ol_step(kind, is_double, _threads(total), CHUNK_ELEMENTS, len(numels), _address(numels),
                      _address(ptrs), ts_address, nts, _address(h) if len(h) else None, TWO_PASS_BYTES)
     if rc != 0:
         raise RuntimeError(f"optimlab fused kernel {kind} failed with code {rc}")
-    # The parameters changed behind autograd's back: bump their version counters, as an
-    # in-place torch op would, so a graph that saved them notices.
-    _increment_version(params)
     return True
 
 
@@ -611,9 +612,19 @@ def advance_steps(steps: Sequence[Tensor]) -> list[float] | None:
     ptrs, is_double = scalars
     n = len(steps)
     out = array.array("d", [0.0]) * n
-    lib.ol_advance(n, _address(ptrs), _address(is_double), _address(out))
     _increment_version(steps)
+    lib.ol_advance(n, _address(ptrs), _address(is_double), _address(out))
     return out.tolist()
+
+
+def mark_written(params: Sequence[Tensor]) -> None:
+    """Bump the version counters of ``params``, as an in-place torch op does, for a kernel
+    that writes them behind autograd's back: then a backward through a graph that saved one
+    of them before the step raises instead of silently using the new values. Ours do it in
+    :func:`_run`; torch's fused optimizer ops (``torch._fused_adam_``, ``_fused_adamw_``,
+    ``_fused_adagrad_``, ``_fused_sgd_``; torch 2.13, any device) do not, so their callers
+    here call this."""
+    _increment_version(params)
 
 
 def increment(steps: Sequence[Tensor]) -> None:
@@ -631,8 +642,8 @@ def scale_scalars(tensors: Sequence[Tensor], factors: Sequence[float], pointers=
     n = len(tensors)
     out = array.array("d", [0.0]) * n
     factors = factors if isinstance(factors, array.array) else array.array("d", factors)  # (kept alive)
-    lib.ol_scale(n, _address(ptrs), _address(is_double), _address(factors), _address(out))
     _increment_version(tensors)
+    lib.ol_scale(n, _address(ptrs), _address(is_double), _address(factors), _address(out))
     return out.tolist()
 
 

@@ -176,12 +176,14 @@ class Adam(Optimizer):
             steps = [s["step"] for s in states]
             _fused.increment(steps)
             kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+            _fused.mark_written(params)
             kernel(params, grads, exp_avgs, exp_avg_sqs, maxes, steps, amsgrad=amsgrad, lr=lr,
                    beta1=float(beta1), beta2=float(beta2), weight_decay=wd, eps=group["eps"],
                    maximize=group["maximize"], grad_scale=self._grad_scale, found_inf=self._found_inf)
             self._amp_rewind(steps)  # as torch's _fused_adam: steps -= found_inf
             return
         if fused:
+            _fused.mark_written(params)
             _torch_adam(params, grads, exp_avgs, exp_avg_sqs, maxes, self._steps_on(params[0].device, states),
                                   fused=True, decoupled_weight_decay=group["decoupled_weight_decay"],
                                   amsgrad=amsgrad, beta1=float(beta1), beta2=float(beta2), lr=lr,

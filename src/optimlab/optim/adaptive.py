@@ -164,12 +164,14 @@ class Adagrad(Optimizer):
         self._kernel_ran = bool(fused)
         if fused and params[0].is_cpu:  # torch's fused CPU kernel, called directly
             _fused.increment(steps)
+            _fused.mark_written(params)
             torch._fused_adagrad_(params, grads, sums, steps, lr=lr, lr_decay=lr_decay,
                                   weight_decay=group["weight_decay"], eps=eps, maximize=group["maximize"],
                                   grad_scale=self._grad_scale, found_inf=self._found_inf)
             self._amp_rewind(steps)  # as torch's _fused_adagrad: steps -= found_inf
             return
         if fused:
+            _fused.mark_written(params)
             _torch_adagrad(params, grads, sums, self._steps_on(params[0].device, states), fused=True, lr=lr,
                                         weight_decay=group["weight_decay"], lr_decay=lr_decay, eps=eps,
                                         maximize=group["maximize"], grad_scale=self._grad_scale,

@@ -262,6 +262,7 @@ class MuonWithAuxAdamW(Optimizer):
                                                                *([maxes] if amsgrad else [])]):
             step_tensors = [s["step"] for s in states]  # torch's fused CPU AdamW kernel, as AdamW's default
             _fused.increment(step_tensors)
+            _fused.mark_written(params)
             torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, maxes, step_tensors, amsgrad=amsgrad,
                                 lr=lr, beta1=float(beta1), beta2=float(beta2), weight_decay=group["weight_decay"],
                                 eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)

@@ -115,6 +115,7 @@ class SGD(Optimizer):
         if fused and params[0].is_cpu:
             _fused_sgd_cpu(group, params, grads, bufs, lr, self._grad_scale, self._found_inf)
         elif fused:
+            _fused.mark_written(params)
             _torch_sgd(params, grads, bufs or [None] * len(params), fused=True, weight_decay=group["weight_decay"],
                                 momentum=momentum, lr=lr, dampening=group["dampening"],
                                 nesterov=group["nesterov"], maximize=group["maximize"],
@@ -189,6 +190,7 @@ def _fused_sgd_cpu(group: dict[str, Any], params: list[Tensor], grads: list[Tens
     if momentum == 0 and group["weight_decay"] == 0 and not amp:  # θ ± γg: one foreach op, bit-identical
         torch._foreach_add_(params, grads, alpha=lr if group["maximize"] else -lr)
         return
+    _fused.mark_written(params)
     hyper = dict(weight_decay=group["weight_decay"], momentum=momentum, lr=lr,
                  dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
                  grad_scale=grad_scale, found_inf=found_inf)
