@@ -331,6 +331,55 @@ def test_a_graph_that_saved_a_parameter_notices_the_step(convention, name, cls, 
         assert moved_at_all, (name, flag)
 
 
+class _Watched(torch.Tensor):
+    """A tensor subclass that notes the memory its in-place ops write, as its
+    ``__torch_function__`` sees them (the first argument, or each tensor of a foreach op's
+    first list), by the address of the storage."""
+
+    written: set[int] = set()
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.startswith("__") and args:
+            first = args[0]
+            with torch._C.DisableTorchFunctionSubclass():
+                for t in first if isinstance(first, (list, tuple)) else [first]:
+                    if isinstance(t, cls):
+                        cls.written.add(t.untyped_storage().data_ptr())
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
+def test_a_tensor_subclass_sees_every_write_to_its_parameters(convention, name, cls, variants, shapes):
+    """Parameters of a tensor subclass are updated through torch ops, which its
+    ``__torch_function__`` (or ``__torch_dispatch__``) sees, by default and with ``fused=True``:
+    no kernel writes their memory behind its back. torch.optim's default takes its
+    single-tensor path for parameters of any type but Tensor and Parameter; so do the torch
+    twins here (``path_for``), and the Keras twins their foreach rules. The values are the
+    plain tensors' (float32 tolerances: a kernel's square roots may differ by an ulp)."""
+    flags = [{}] + ([{"fused": True}] if "fused" in inspect.signature(cls).parameters else [])
+    for flag in flags:
+        plain = [p.requires_grad_() for p in _params(shapes, torch.float32, "cpu")]
+        params = [p.detach().clone().as_subclass(_Watched).requires_grad_() for p in plain]
+        opt = cls(_groups(params, variants[0]), **variants[0], **flag)
+        ref = cls(_groups(plain, variants[0]), **variants[0], **flag)
+        for k in range(3):
+            grads = [torch.full_like(p, 0.5 + k) for p in plain]
+            for p, q, g in zip(params, plain, grads):
+                p.grad, q.grad = g.clone().as_subclass(_Watched), g.clone()
+            before = [p.detach().clone() for p in plain]
+            _Watched.written.clear()
+            opt.step()
+            ref.step()
+            for i, (p, q, b) in enumerate(zip(params, plain, before)):
+                torch.testing.assert_close(p.as_subclass(torch.Tensor), q, **TOL[torch.float32])
+                if not torch.equal(q, b):
+                    assert p.untyped_storage().data_ptr() in _Watched.written, (name, flag, k, i)
+        if convention == "torch" and not flag and name not in ("muon", "muon_adamw"):
+            assert set(opt.path_for(0).split("+")) == {"single-tensor"}, (name, opt.path_for(0))
+
+
 @pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
 def test_a_wrapper_says_what_its_inner_optimizer_ran(wrapper):
     import optimlab.optim as oo

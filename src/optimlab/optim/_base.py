@@ -37,6 +37,10 @@ _NO_STATE: dict = {}  # read-only stand-in for a stateless update
 #: foreach rule to an ulp or two (float16/bfloat16 would be computed in float32 and rounded
 #: once, unlike torch's default loop: no twin).
 _KERNEL_DTYPES = frozenset({torch.float32, torch.float64})
+#: Parameter types the default path takes the multi-tensor and fused paths for; any other (a
+#: tensor subclass) steps one tensor at a time, through ops its ``__torch_function__`` and
+#: ``__torch_dispatch__`` see, as torch.optim's default (``_foreach_supported_types``).
+_PLAIN_TYPES = frozenset({Tensor, torch.nn.Parameter})
 
 
 @functools.lru_cache(maxsize=None)
@@ -454,12 +458,14 @@ class Optimizer(torch.optim.Optimizer):
         return other_dtype
 
     @staticmethod
-    def _layout_facts(params: list[Tensor], grads: list[Tensor]) -> tuple[bool, bool, bool]:
+    def _layout_facts(params: list[Tensor], grads: list[Tensor]) -> tuple[bool, bool, bool, bool]:
         """What :meth:`_step_group` needs to know of a group's tensors: dense gradients and
-        one dtype; all on the CPU; all on one device."""
+        one dtype; all on the CPU; all on one device; every parameter a plain Tensor or
+        Parameter (:data:`_PLAIN_TYPES`; the remembered layouts compare Python types)."""
         dense_one_dtype = not any(map(_is_sparse, grads)) and len(set(map(_dtype_of, params))) == 1
         on_cpu = all(map(_is_cpu, params))
-        return dense_one_dtype, on_cpu, on_cpu or len(set(map(_device_of, params))) == 1
+        plain = set(map(type, params)) <= _PLAIN_TYPES
+        return dense_one_dtype, on_cpu, on_cpu or len(set(map(_device_of, params))) == 1, plain
 
     @property
     def _layouts(self) -> _layout.Memo:
@@ -537,17 +543,19 @@ class Optimizer(torch.optim.Optimizer):
         states = self._states(group, params)
         known = getattr(self, "_facts", {}).get(id(params))
         if known is not None and known[0] is params:  # (from _check_gradients, this step)
-            dense_one_dtype, on_cpu, one_device = known[1]
+            dense_one_dtype, on_cpu, one_device, plain = known[1]
         else:
-            dense_one_dtype, on_cpu, one_device = self._layout_facts(params, grads)
-        self._kernel = self._wants_kernel(group, params, dense_one_dtype, on_cpu)
-        if group["foreach"] is not False and dense_one_dtype and one_device:
+            dense_one_dtype, on_cpu, one_device, plain = self._layout_facts(params, grads)
+        # a tensor subclass, by default: one tensor at a time, as torch (see _PLAIN_TYPES)
+        single = group["foreach"] is False or (not plain and group["foreach"] is None and group.get("fused") is None)
+        self._kernel = not single and self._wants_kernel(group, params, dense_one_dtype, on_cpu)
+        if not single and dense_one_dtype and one_device:
             self._update_in_chunks(group, params, grads, states)  # the usual case: one device, one dtype
             return
         for indices in self._buckets(params, grads):
             ps = [params[i] for i in indices]
             ss = [states[i] for i in indices]
-            if group["foreach"] is False or grads[indices[0]].is_sparse:
+            if single or grads[indices[0]].is_sparse:
                 for p, s in zip(ps, ss):  # torch's single-tensor path: same rule, one tensor at a time
                     self._run_update(group, [p], [p.grad], [s], "single-tensor")
             else:
