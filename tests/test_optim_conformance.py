@@ -16,6 +16,7 @@ runs), so state creation, param groups and step counting are the class's own.
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import pytest
@@ -378,6 +379,73 @@ def test_a_tensor_subclass_sees_every_write_to_its_parameters(convention, name, 
                     assert p.untyped_storage().data_ptr() in _Watched.written, (name, flag, k, i)
         if convention == "torch" and not flag and name not in ("muon", "muon_adamw"):
             assert set(opt.path_for(0).split("+")) == {"single-tensor"}, (name, opt.path_for(0))
+
+
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
+def test_an_inference_tensor_is_refused_outside_inference_mode(convention, name, cls, variants, shapes):
+    """A parameter made under ``torch.inference_mode()`` cannot be updated in place outside
+    it (torch's default step raises RuntimeError there; a kernel would write it anyway): the
+    step refuses it, naming it, before anything changes, also after steps whose layouts
+    were remembered; inside inference mode it steps, to the plain tensors' values."""
+    flags = [{}] + ([{"fused": True}] if "fused" in inspect.signature(cls).parameters else [])
+    for flag in flags:
+        params = [p.requires_grad_() for p in _params(shapes, torch.float32, "cpu")]
+        opt = cls(_groups(params, variants[0]), **variants[0], **flag)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.ones_like(p)
+            opt.step()
+        with torch.inference_mode():
+            frozen = params[-1].detach().clone()
+        params[-1].data = frozen  # (now an inference tensor)
+        params[-1].grad = torch.ones_like(frozen)
+        saved = [p.detach().clone() for p in params]
+        state = copy.deepcopy(opt.state_dict())
+        with pytest.raises(RuntimeError, match="inference") as err:
+            opt.step()
+        assert isinstance(err.value, ValueError), (name, err.value)
+        assert all(torch.equal(p, s) for p, s in zip(params, saved)), (name, flag)
+        _assert_same_state(opt.state_dict(), state, name)
+        twin = cls(_groups([p.detach().clone().requires_grad_() for p in params], variants[0]), **variants[0], **flag)
+        twin.load_state_dict(state)
+        with torch.inference_mode():
+            opt.step()
+        for p, q in zip(twin.param_groups[0]["params"] + twin.param_groups[1]["params"], params):
+            p.grad = torch.ones_like(p)
+        twin.step()
+        for p, q in zip(twin.param_groups[0]["params"] + twin.param_groups[1]["params"], params):
+            torch.testing.assert_close(q, p.detach(), **TOL[torch.float32])
+
+
+def _assert_same_state(a, b, name):
+    for key in b["state"]:
+        for k, v in b["state"][key].items():
+            w = a["state"][key][k]
+            assert (torch.equal(w, v) if isinstance(v, torch.Tensor) else w == v), (name, key, k)
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+def test_a_wrapper_refuses_an_inference_tensor_before_anything_changes(wrapper):
+    import optimlab.optim as oo
+    a = torch.ones(4, 3, requires_grad=True)
+    with torch.inference_mode():
+        b = torch.ones(3)
+    opt = (oo.Lookahead(oo.Adam([a, b], lr=0.1), k=1) if wrapper == "lookahead"
+           else oo.SAM([a, b], oo.SGD, lr=0.1, momentum=0.9))
+
+    def closure():
+        opt.zero_grad()
+        loss = (a - 2).pow(2).sum()
+        loss.backward()
+        b.grad = torch.ones(3)
+        return loss
+
+    closure()
+    with pytest.raises(ValueError, match="inference tensor"):
+        opt.step(closure) if wrapper == "sam" else opt.step()
+    assert torch.equal(a, torch.ones(4, 3)) and torch.equal(b, torch.ones(3))
+    inner = opt.optimizer if wrapper == "lookahead" else opt.base_optimizer
+    assert not any(inner.state.values()), inner.state
 
 
 @pytest.mark.parametrize("wrapper", sorted(WRAPPERS))

@@ -29,6 +29,7 @@ _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
 _is_cpu = operator.attrgetter("is_cpu")  # cheaper than building each device
 _is_complex = Tensor.is_complex
+_is_inference = Tensor.is_inference
 _numel = Tensor.numel
 #: Elements per _update call for rules with big temporaries (4 MB of float32).
 TEMPORARY_CHUNK = 1 << 20
@@ -425,6 +426,9 @@ class Optimizer(torch.optim.Optimizer):
                 self._facts[id(params)] = (params, *facts[1:])
                 other_dtype.append([])
                 continue
+            inference = any(map(_is_inference, params))
+            if inference:
+                check.refuse_inference_params(type(self).__name__, params, functools.partial(self._where, group))
             sparse = any(map(_is_sparse, grads))
             if sparse:
                 self._check_sparse(group)
@@ -450,7 +454,8 @@ class Optimizer(torch.optim.Optimizer):
                             f".grad.data?): {why}; convert it: p.grad = p.grad.to(p.dtype)")
                 if policy != "torch":
                     odd = []
-            if not odd and not sparse:  # (sparse: the checks depend on weight_decay)
+            if not odd and not sparse and not inference:  # (sparse: the checks depend on weight_decay;
+                # inference tensors: on whether inference mode is on, which the memo does not see)
                 facts, token = self._layout_facts(params, grads), object()  # (token: see _layout.vouch)
                 memo.put(id(group), flat, (group, facts, token))
                 self._facts[id(params)] = (params, facts, token)

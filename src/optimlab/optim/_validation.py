@@ -31,8 +31,24 @@ class MissingParamsError(ValueError, KeyError):
 class UnsupportedSettingError(ValueError, RuntimeError):
     """A setting the optimizer cannot run with (``fused=True`` with ``foreach=True``, or on
     a device without fused kernels; a tensor ``lr`` with ``foreach=True`` where torch
-    refuses it; ``differentiable=True``): a ``ValueError``, as every optimlab input error,
-    and a ``RuntimeError``, what torch.optim raises for most of these."""
+    refuses it; ``differentiable=True``; a parameter made under ``torch.inference_mode()``,
+    stepped outside it): a ``ValueError``, as every optimlab input error, and a
+    ``RuntimeError``, what torch.optim raises for most of these."""
+
+
+def refuse_inference_params(owner: str, params, where) -> None:
+    """Raise UnsupportedSettingError if, outside ``torch.inference_mode()``, a parameter is an
+    inference tensor: torch refuses to update one in place there (its default step raises
+    RuntimeError part-way), and a kernel would write it behind that check.
+    ``where(p)`` says which parameter, for the message."""
+    if torch.is_inference_mode_enabled():
+        return
+    for p in params:
+        if p.is_inference():
+            raise UnsupportedSettingError(
+                f"{owner}: {where(p)} is an inference tensor (made under torch.inference_mode()), which "
+                "cannot be updated in place outside inference mode; step inside torch.inference_mode(), "
+                "or make it a normal tensor first (e.g. p.data = p.data.clone() outside inference mode)")
 
 
 def _as_float(name: str, value: Any) -> float:

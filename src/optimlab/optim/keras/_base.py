@@ -353,7 +353,8 @@ class KerasOptimizer(Optimizer):
         return loss
 
     def _check_gradients(self, groups) -> None:
-        for _, params in groups:
+        for group, params in groups:
+            check.refuse_inference_params(type(self).__name__, params, functools.partial(self._where, group))
             for p in params:
                 if p.grad.is_sparse:
                     raise ValueError(f"{type(self).__name__} takes dense gradients only "
