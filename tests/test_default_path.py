@@ -311,3 +311,22 @@ def test_cuda_without_a_torch_kernel_is_foreach(name):
     pa, oa, pb, _ = twins(name, torch.float32, device="cuda")
     assert oa.path_for(0) == "foreach"
     assert_params_close(pa, pb, **TOL[torch.float32])
+
+
+@needs_kernels
+def test_the_default_device_context_keeps_the_kernels():
+    """``torch.set_default_device`` keeps a TorchFunctionMode on for good; it does not watch
+    updates, so the kernels stay on (any other active torch mode turns them off: see
+    test_optim_conformance.py)."""
+    p = torch.zeros(5, 3, requires_grad=True)
+    opt = oo.RMSprop([p], lr=0.1)
+    assert torch._C._len_torch_function_stack() == 0
+    torch.set_default_device("cpu")
+    try:
+        assert torch._C._len_torch_function_stack() == 1
+        p.grad = torch.ones_like(p)
+        opt.step()
+    finally:
+        torch.set_default_device(None)  # (pops the context)
+    assert torch._C._len_torch_function_stack() == 0
+    assert opt.path_for(0) == "fused"

@@ -21,6 +21,8 @@ import inspect
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from optimlab.optim import _registry
 from optimlab.optim._modern import RealOnly
@@ -379,6 +381,69 @@ def test_a_tensor_subclass_sees_every_write_to_its_parameters(convention, name, 
                     assert p.untyped_storage().data_ptr() in _Watched.written, (name, flag, k, i)
         if convention == "torch" and not flag and name not in ("muon", "muon_adamw"):
             assert set(opt.path_for(0).split("+")) == {"single-tensor"}, (name, opt.path_for(0))
+
+
+class _WritesSeen(TorchDispatchMode):
+    """A dispatch mode that notes the storages every op it sees writes (the arguments its
+    schema marks as written), by address."""
+
+    def __init__(self):
+        super().__init__()
+        self.written: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for i, arg in enumerate(func._schema.arguments):
+            if arg.alias_info is not None and arg.alias_info.is_write:
+                value = args[i] if i < len(args) else kwargs.get(arg.name)
+                for t in value if isinstance(value, (list, tuple)) else [value]:
+                    if isinstance(t, torch.Tensor):
+                        self.written.add(t.untyped_storage().data_ptr())
+        return func(*args, **kwargs)
+
+
+class _CallsSeen(TorchFunctionMode):
+    """A function mode that notes the storages in-place torch functions (name ending in "_")
+    are called on (their first argument, or each tensor of a foreach op's first list)."""
+
+    def __init__(self):
+        super().__init__()
+        self.written: set[int] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.startswith("__") and args:
+            first = args[0]
+            for t in first if isinstance(first, (list, tuple)) else [first]:
+                if isinstance(t, torch.Tensor):
+                    self.written.add(t.untyped_storage().data_ptr())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", [_WritesSeen, _CallsSeen])
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
+def test_an_active_torch_mode_sees_every_write(convention, name, cls, variants, shapes, mode):
+    """Under a TorchDispatchMode or a TorchFunctionMode (a profiler of ops, a tracer), every
+    update is made by torch ops the mode sees, by default and with ``fused=True``: no kernel
+    writes memory behind its back. (torch's default-device context, ``torch.set_default_device``,
+    is a function mode that leaves the kernels on: see test_default_path.py.)"""
+    flags = [{}] + ([{"fused": True}] if "fused" in inspect.signature(cls).parameters else [])
+    for flag in flags:
+        params = [p.requires_grad_() for p in _params(shapes, torch.float32, "cpu")]
+        plain = [p.detach().clone().requires_grad_() for p in params]
+        opt = cls(_groups(params, variants[0]), **variants[0], **flag)
+        ref = cls(_groups(plain, variants[0]), **variants[0], **flag)
+        for k in range(3):
+            for p, q in zip(params, plain):
+                p.grad, q.grad = torch.full_like(p, 0.5 + k), torch.full_like(q, 0.5 + k)
+            before = [p.detach().clone() for p in params]
+            ref.step()
+            with mode() as seen:
+                opt.step()
+            for i, (p, q, b) in enumerate(zip(params, plain, before)):
+                torch.testing.assert_close(p, q, **TOL[torch.float32])
+                if not torch.equal(p, b):
+                    assert p.untyped_storage().data_ptr() in seen.written, (name, flag, k, i)
 
 
 @pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])

@@ -439,6 +439,21 @@ _is_zerotensor = Tensor._is_zerotensor
 #: ``__torch_function__``/``__torch_dispatch__``, which must see the update (the remembered
 #: layouts compare Python types, so a hit is of these types too).
 _PLAIN_TYPES = frozenset({Tensor, torch.nn.Parameter})
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._len_torch_function_stack
+
+
+def _modes_watching() -> bool:
+    """Whether a TorchDispatchMode (a profiler of ops, fake tensors, a tracer) or a
+    TorchFunctionMode other than torch's default-device context (``torch.set_default_device``
+    keeps one on) is active: it must see every update, which a kernel makes behind its back."""
+    if _dispatch_modes():
+        return True
+    n = _function_modes()
+    if not n:
+        return False
+    from torch.utils._device import DeviceContext  # (rarely reached)
+    return any(not isinstance(torch._C._get_function_stack_at(i), DeviceContext) for i in range(n))
 _increment_version = torch._C._increment_version  # (a list: one C call; graph.increment_version wraps it)
 #: Layouts :func:`_matching_numels` accepted, re-checked in one call (see :mod:`._layout`).
 _checked = _layout.Memo(64)
@@ -534,9 +549,10 @@ def _gather(lists: Sequence[Sequence[Tensor]]):
     """Pointers and sizes for the kernel, or None if some tensor does not fit it.
 
     ``lists`` is [params, grads, *state lists]; every tensor is checked as
-    :func:`_matching_numels` says, with float32 or float64 as the dtype, on the CPU.
+    :func:`_matching_numels` says, with float32 or float64 as the dtype, on the CPU; None
+    too under a torch mode that must see the update (:func:`_modes_watching`).
     """
-    if not lists[0] or not lists[0][0].is_cpu:  # (torch's kernels take other devices' tensors)
+    if not lists[0] or not lists[0][0].is_cpu or _modes_watching():
         return None
     sizes = _matching_numels(lists, _DTYPES)
     if sizes is None:
@@ -591,6 +607,8 @@ def _scalar_pointers(tensors: Sequence[Tensor]):
     """Pointers and dtype flags of one-element float32/float64 strided CPU plain tensors (step
     counters, NAdam's μ-products, each in its own dtype), or None if one is anything else
     (``data_ptr()`` raises for the other layouts)."""
+    if _modes_watching():
+        return None
     try:
         kinds = list(map(_DTYPES.get, map(_dtype_of, tensors)))
         if (None in kinds or set(map(_numel, tensors)) - {1} or not all(map(_is_cpu, tensors))
