@@ -447,6 +447,45 @@ def test_an_active_torch_mode_sees_every_write(convention, name, cls, variants, 
 
 
 @pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
+def test_forward_mode_tangents_follow_the_update(convention, name, cls, variants, shapes):
+    """Inside a forward-mode AD level (``torch.autograd.forward_ad``) the update's torch ops
+    carry the parameters' tangents along (the step's no_grad does not stop forward AD), by
+    default and with ``fused=True``, as on the path that runs the ops one by one: no kernel
+    updates the values and leaves the tangents behind."""
+    import torch.autograd.forward_ad as fwAD
+
+    sig = inspect.signature(cls).parameters
+    forced = {"foreach": True} if "foreach" in sig else {"fused": False} if "fused" in sig else {}
+    results, failures = {}, {}
+    for flag in [forced, {}] + ([{"fused": True}] if "fused" in sig else []):
+        params = [p.requires_grad_() for p in _params(shapes, torch.float64, "cpu")]
+        opt = cls(_groups(params, variants[0]), **variants[0], **flag)
+        with fwAD.dual_level():
+            duals = [fwAD.make_dual(p.detach(), torch.zeros_like(p)) for p in params]
+            for group, start in zip(opt.param_groups, (0, 2)):  # (as _groups split them)
+                group["params"] = duals[start:start + len(group["params"])]
+            try:
+                for k in range(3):
+                    for d in duals:
+                        d.grad = fwAD.make_dual(torch.full_like(d, 0.5 + k), torch.full_like(d, 1.0 + k))
+                    opt.step()
+            except (RuntimeError, NotImplementedError) as e:  # an op without forward AD (LAMB's, LARS's)
+                failures[tuple(flag.items())] = type(e)
+                continue
+            results[tuple(flag.items())] = [tuple(fwAD.unpack_dual(d)[:2]) for d in duals]
+    if failures:  # then every path fails alike, rather than a kernel stepping without the tangents
+        assert not results and len(set(failures.values())) == 1, (name, failures, list(results))
+        return
+    reference = results[tuple(forced.items())]
+    if name not in ("lion", "adopt"):  # (Lion's sign has no derivative; ADOPT clips these tangents away)
+        assert any(t is not None and t.abs().sum() != 0 for _, t in reference), name
+    for flag, got in results.items():
+        for (v, t), (rv, rt) in zip(got, reference):
+            torch.testing.assert_close(v, rv, **TOL[torch.float64])
+            torch.testing.assert_close(t, rt, **TOL[torch.float64], equal_nan=True, msg=f"{name} {flag}: tangent")
+
+
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
 def test_an_inference_tensor_is_refused_outside_inference_mode(convention, name, cls, variants, shapes):
     """A parameter made under ``torch.inference_mode()`` cannot be updated in place outside
     it (torch's default step raises RuntimeError there; a kernel would write it anyway): the

@@ -70,6 +70,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 from optimlab.optim import _layout
@@ -443,11 +444,19 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._len_torch_function_stack
 
 
+def _forward_ad_on() -> bool:
+    """Whether a forward-mode AD level is active (``torch.autograd.forward_ad.dual_level``):
+    tensors may carry tangents, which no fused kernel, ours or torch's, updates."""
+    return _forward_ad._current_level >= 0
+
+
 def _modes_watching() -> bool:
-    """Whether a TorchDispatchMode (a profiler of ops, fake tensors, a tracer) or a
+    """Whether a TorchDispatchMode (a profiler of ops, fake tensors, a tracer), a
     TorchFunctionMode other than torch's default-device context (``torch.set_default_device``
-    keeps one on) is active: it must see every update, which a kernel makes behind its back."""
-    if _dispatch_modes():
+    keeps one on) or a forward-mode AD level (tensors may carry tangents, which torch's ops
+    update and a kernel would leave behind) is active: each must see every update, which a
+    kernel makes behind its back."""
+    if _dispatch_modes() or _forward_ad_on():
         return True
     n = _function_modes()
     if not n:
@@ -540,9 +549,10 @@ def fits(lists: Sequence[Sequence[Tensor]]) -> bool:
     Their CPU kernels trust the caller as ours do (a short state tensor is read and written
     out of bounds; a transposed gradient is read in memory order), so the same checks as
     :func:`_gather`, with torch's dtypes (an mkldnn tensor, which only a hand-edited state
-    could hold, makes torch's kernel raise). False: use the foreach rule.
+    could hold, makes torch's kernel raise); and none under forward-mode AD (torch's fused
+    ops drop the tangents). False: use the foreach rule.
     """
-    return _matching_numels(lists, TORCH_FUSED_DTYPES) is not None
+    return not _forward_ad_on() and _matching_numels(lists, TORCH_FUSED_DTYPES) is not None
 
 
 def _gather(lists: Sequence[Sequence[Tensor]]):
@@ -550,7 +560,7 @@ def _gather(lists: Sequence[Sequence[Tensor]]):
 
     ``lists`` is [params, grads, *state lists]; every tensor is checked as
     :func:`_matching_numels` says, with float32 or float64 as the dtype, on the CPU; None
-    too under a torch mode that must see the update (:func:`_modes_watching`).
+    too under a torch mode or forward AD level that must see the update (:func:`_modes_watching`).
     """
     if not lists[0] or not lists[0][0].is_cpu or _modes_watching():
         return None
