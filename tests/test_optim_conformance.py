@@ -572,3 +572,46 @@ def test_a_wrapper_says_what_its_inner_optimizer_ran(wrapper):
     assert opt.path_for(0) == inner.path_for(0) == "fused"
     plain = oo.Lookahead(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1))
     assert plain.path_for(0) is None  # (a torch.optim inner optimizer does not say)
+
+
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
+def test_a_compiled_training_step_runs_the_optimizer_eagerly(convention, name, cls, variants, shapes):
+    """``torch.compile`` of a training step that calls ``optimizer.step()`` compiles the model
+    and runs the step eagerly (a graph break): the same values as without compiling, and no
+    compilation after the first call (tracing into the step recompiled at every step, up to
+    dynamo's limit, with a warning)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(16, 4, generator=gen), torch.randn(16, 3, generator=gen)
+
+    def model_and_optimizer():
+        weights = [torch.linspace(-1, 1, 12).reshape(4, 3).requires_grad_()]
+        if name != "muon":  # (Muon takes matrices only)
+            weights.append(torch.zeros(3, requires_grad=True))
+        return weights, cls([{"params": weights}], **variants[0])
+
+    def train_step(weights, opt):
+        opt.zero_grad()
+        out = x @ weights[0] + (weights[1] if len(weights) > 1 else 0)
+        loss = ((out - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(train_step, backend="eager")
+    (wa, oa), (wb, ob) = model_and_optimizer(), model_and_optimizer()
+    try:
+        for k in range(5):
+            compiled(wa, oa)
+            train_step(wb, ob)
+            if k == 1:  # (the first two calls compile: the optimizer's state starts at the first)
+                compiled_after_two = counters["frames"]["total"]
+        assert counters["frames"]["total"] == compiled_after_two, (name, dict(counters["frames"]))
+    finally:
+        torch._dynamo.reset()
+    for a, b in zip(wa, wb):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -281,6 +281,9 @@ class Optimizer(torch.optim.Optimizer):
     optional_state_keys: ClassVar[frozenset[str]] = frozenset()
 
     # ----------------------------------------------------------------------------- step
+    # torch.compile runs the step eagerly (a graph break): it is one kernel call per group
+    # already, and tracing it (C calls, layouts remembered per step) would recompile every step.
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one update; ``closure`` (optional) re-evaluates the loss with grad enabled.
