@@ -216,6 +216,9 @@ def test_the_cli_lists_each_optimizers_kernel(capsys):
     assert arguments["lars"].split()[:2] == ["lr", "(required),"] and "lr=0.001" in arguments["adam"]
     assert "torch's fused kernel" in path["adam"] and "foreach rule" in path["adafactor"]
     assert "inner optimizer" in path["lookahead"]
+    titles = {line.split()[0]: line for line in lines if line and not line[0].isspace()}
+    assert not any(t.rstrip().endswith("::") for t in titles.values()), [n for n, t in titles.items() if t.endswith("::")]
+    assert titles["adamax"].rstrip().endswith("in place of the second moment.")
     for name in _registry.available():
         k = getattr(_registry.get(name), "kernel", None)
         assert k is None or f"kernel '{k.name}'" in path[name], name

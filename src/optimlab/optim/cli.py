@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
                               + [f"{k}={p.default!r}" for k, p in plain if p.default is not p.empty
                                  and k not in ("foreach", "differentiable", "capturable")])
         doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # (the first paragraph)
+        if doc.endswith("::"):  # (a sentence leading into a formula block that is not shown)
+            doc = doc.rsplit(". ", 1)[0] + "." if ". " in doc else doc[:-1]
         print(f"{name:<9} {cls.__module__}.{cls.__name__}: {doc}\n          "
               + textwrap.shorten(arguments, 2000) + f"\n          default path on CPU: {kernel_of(cls)}")
     return 0
