@@ -38,10 +38,6 @@ _NO_STATE: dict = {}  # read-only stand-in for a stateless update
 #: foreach rule to an ulp or two (float16/bfloat16 would be computed in float32 and rounded
 #: once, unlike torch's default loop: no twin).
 _KERNEL_DTYPES = frozenset({torch.float32, torch.float64})
-#: Parameter types the default path takes the multi-tensor and fused paths for; any other (a
-#: tensor subclass) steps one tensor at a time, through ops its ``__torch_function__`` and
-#: ``__torch_dispatch__`` see, as torch.optim's default (``_foreach_supported_types``).
-_PLAIN_TYPES = frozenset({Tensor, torch.nn.Parameter})
 
 
 @functools.lru_cache(maxsize=None)
@@ -469,10 +465,10 @@ class Optimizer(torch.optim.Optimizer):
     def _layout_facts(params: list[Tensor], grads: list[Tensor]) -> tuple[bool, bool, bool, bool]:
         """What :meth:`_step_group` needs to know of a group's tensors: dense gradients and
         one dtype; all on the CPU; all on one device; every parameter a plain Tensor or
-        Parameter (:data:`_PLAIN_TYPES`; the remembered layouts compare Python types)."""
+        Parameter (:data:`._fused.PLAIN_TYPES`; the remembered layouts compare Python types)."""
         dense_one_dtype = not any(map(_is_sparse, grads)) and len(set(map(_dtype_of, params))) == 1
         on_cpu = all(map(_is_cpu, params))
-        plain = set(map(type, params)) <= _PLAIN_TYPES
+        plain = set(map(type, params)) <= _fused.PLAIN_TYPES
         return dense_one_dtype, on_cpu, on_cpu or len(set(map(_device_of, params))) == 1, plain
 
     @property
@@ -554,8 +550,9 @@ class Optimizer(torch.optim.Optimizer):
             dense_one_dtype, on_cpu, one_device, plain = known[1]
         else:
             dense_one_dtype, on_cpu, one_device, plain = self._layout_facts(params, grads)
-        # a tensor subclass, by default: one tensor at a time, as torch (see _PLAIN_TYPES)
-        single = group["foreach"] is False or (not plain and group["foreach"] is None and group.get("fused") is None)
+        # a tensor subclass, by default: one tensor at a time, as torch (see _fused.PLAIN_TYPES)
+        single = group["foreach"] is False or (
+            not plain and group["foreach"] is None and group.get("fused") is None)
         self._kernel = not single and self._wants_kernel(group, params, dense_one_dtype, on_cpu)
         if not single and dense_one_dtype and one_device:
             self._update_in_chunks(group, params, grads, states)  # the usual case: one device, one dtype

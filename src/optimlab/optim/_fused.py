@@ -436,10 +436,13 @@ _shape_of = operator.attrgetter("shape")
 _is_cpu = operator.attrgetter("is_cpu")
 _is_neg = Tensor.is_neg
 _is_zerotensor = Tensor._is_zerotensor
-#: The only tensor types a kernel takes: it writes memory behind the back of a subclass's
-#: ``__torch_function__``/``__torch_dispatch__``, which must see the update (the remembered
-#: layouts compare Python types, so a hit is of these types too).
-_PLAIN_TYPES = frozenset({Tensor, torch.nn.Parameter})
+_increment_version = torch._C._increment_version  # (a list: one C call; graph.increment_version wraps it)
+#: The only tensor types a kernel takes, and the parameter types the default path sends to
+#: one (others step one tensor at a time, as torch.optim's default: its
+#: ``_foreach_supported_types``): a kernel writes memory behind the back of a subclass's
+#: ``__torch_function__``/``__torch_dispatch__``, which must see the update. (The remembered
+#: layouts compare Python types, so a hit is of these types too.)
+PLAIN_TYPES = frozenset({Tensor, torch.nn.Parameter})
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._len_torch_function_stack
 
@@ -463,7 +466,8 @@ def _modes_watching() -> bool:
         return False
     from torch.utils._device import DeviceContext  # (rarely reached)
     return any(not isinstance(torch._C._get_function_stack_at(i), DeviceContext) for i in range(n))
-_increment_version = torch._C._increment_version  # (a list: one C call; graph.increment_version wraps it)
+
+
 #: Layouts :func:`_matching_numels` accepted, re-checked in one call (see :mod:`._layout`).
 _checked = _layout.Memo(64)
 #: The dtypes torch's fused CPU kernels (SGD, Adam, AdamW, Adagrad) take.
@@ -485,9 +489,9 @@ def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> tuple[array.a
     tensor in ``lists`` ([params, grads, *state lists]) can go to an elementwise kernel beside
     its parameter; else None.
 
-    Each tensor must be a plain Tensor or Parameter (a subclass's ``__torch_function__`` or
-    ``__torch_dispatch__`` must see its update), of the first parameter's dtype (one of ``dtypes``) and device, have
-    its own parameter's number of elements, and be laid out as it: all contiguous (the usual
+    Each tensor must be a plain Tensor or Parameter (:data:`PLAIN_TYPES`), of the first
+    parameter's dtype (one of ``dtypes``) and device, have its own parameter's number of
+    elements, and be laid out as it: all contiguous (the usual
     case), or each with its parameter's shape and strides over dense memory (channels_last).
     A kernel then touches exactly numel elements from each data pointer and pairs them
     correctly. Sparse layouts fail here (``is_contiguous()`` is False or raises; so does
@@ -523,7 +527,7 @@ def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> tuple[array.a
         numels = list(map(_numel, params))
         contiguous = True
         for lst in lists:
-            if (len(lst) != len(params) or not set(map(type, lst)) <= _PLAIN_TYPES  # (see below)
+            if (len(lst) != len(params) or not set(map(type, lst)) <= PLAIN_TYPES
                     or set(map(_dtype_of, lst)) != {dtype}
                     or list(map(_numel, lst)) != numels
                     or not (all(map(_is_cpu, lst)) if on_cpu else set(map(_device_of, lst)) == {p0.device})):
@@ -622,7 +626,7 @@ def _scalar_pointers(tensors: Sequence[Tensor]):
     try:
         kinds = list(map(_DTYPES.get, map(_dtype_of, tensors)))
         if (None in kinds or set(map(_numel, tensors)) - {1} or not all(map(_is_cpu, tensors))
-                or not set(map(type, tensors)) <= _PLAIN_TYPES):
+                or not set(map(type, tensors)) <= PLAIN_TYPES):
             return None
         return array.array("Q", list(map(_data_ptr, tensors))), array.array("i", kinds)
     except (RuntimeError, NotImplementedError, TypeError, AttributeError):  # e.g. a plain number
