@@ -230,8 +230,9 @@ ROWS: list[Bad] = [
     Bad("sam base name", lambda tmp: oo.SAM(params(), "adamm", lr=0.1), ("adamm", "adam")),
     Bad("sam no base", lambda tmp: oo.SAM(params(), None), ("base_optimizer",)),
     Bad("sam step without closure", lambda tmp: _sam_step_without_closure(), ("closure",)),
-    Bad("lookahead k=0", _lookahead(k=0), ("k", "0")),
-    Bad("lookahead alpha=0", _lookahead(alpha=0.0), ("alpha", "0.0")),
+    Bad("lookahead k=0", _lookahead(k=0), ("Lookahead:", "k", "0")),
+    Bad("lookahead alpha=0", _lookahead(alpha=0.0), ("Lookahead:", "alpha", "0.0")),
+    Bad("lookahead alpha=2", _lookahead(alpha=2), ("Lookahead:", "alpha", "2")),
     # optimizers (Keras conventions)
     Bad("keras adam beta_1=1", _opt("adam", "keras", beta_1=1.0), ("beta_1", "1.0")),
     Bad("keras sgd momentum>1", _opt("sgd", "keras", momentum=1.5), ("momentum", "1.5")),

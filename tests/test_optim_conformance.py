@@ -534,9 +534,9 @@ def _assert_same_state(a, b, name):
 @pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
 def test_a_wrapper_refuses_an_inference_tensor_before_anything_changes(wrapper):
     import optimlab.optim as oo
-    a = torch.ones(4, 3, requires_grad=True)
+    a, b = torch.ones(4, 3, requires_grad=True), torch.ones(3)
     with torch.inference_mode():
-        b = torch.ones(3)
+        b.data = torch.ones(3)  # (now an inference tensor)
     opt = (oo.Lookahead(oo.Adam([a, b], lr=0.1), k=1) if wrapper == "lookahead"
            else oo.SAM([a, b], oo.SGD, lr=0.1, momentum=0.9))
 
@@ -548,11 +548,26 @@ def test_a_wrapper_refuses_an_inference_tensor_before_anything_changes(wrapper):
         return loss
 
     closure()
+    before = copy.deepcopy(opt.state_dict())
     with pytest.raises(ValueError, match="inference tensor"):
         opt.step(closure) if wrapper == "sam" else opt.step()
     assert torch.equal(a, torch.ones(4, 3)) and torch.equal(b, torch.ones(3))
     inner = opt.optimizer if wrapper == "lookahead" else opt.base_optimizer
     assert not any(inner.state.values()), inner.state
+    assert repr(opt.state_dict()) == repr(before)  # (Lookahead's slow weights too)
+    # the user fixes the weights and trains on: as a wrapper that never saw the refused step
+    b.data = torch.full((3,), 7.0)  # (a normal tensor again)
+    with torch.no_grad():
+        a.fill_(5.0)
+    if wrapper == "lookahead":
+        a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone()
+        fresh = oo.Lookahead(oo.Adam([a2, b2], lr=0.1), k=1)
+        for _ in range(2):
+            closure()
+            opt.step()
+            a2.grad, b2.grad = a.grad.clone(), torch.ones(3)  # (a2 == a: the same gradient)
+            fresh.step()
+        assert torch.equal(a, a2) and torch.equal(b, b2)
 
 
 @pytest.mark.parametrize("wrapper", sorted(WRAPPERS))

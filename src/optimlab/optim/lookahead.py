@@ -87,11 +87,12 @@ class Lookahead(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One fast step of the inner optimizer; every k-th, the slow weights move and θ ← φ."""
-        for p in self._params():
-            if p not in self.slow:  # φ₀ = θ at the first step that sees p (after any checkpoint load)
-                self.slow[p] = p.detach().clone(memory_format=torch.preserve_format)
+        # φ₀ = θ at the first step that sees p (after any checkpoint load); kept only once the
+        # inner step has run, so a step it refuses changes nothing here either
+        new = {p: p.detach().clone(memory_format=torch.preserve_format) for p in self._params() if p not in self.slow}
         skipped = getattr(self.optimizer, "skipped_steps", None)
         loss = self.optimizer.step(closure)
+        self.slow.update(new)
         if skipped is not None and getattr(self.optimizer, "skipped_steps", None) != skipped:
             return loss
         self.fast_steps += 1
@@ -132,16 +133,18 @@ class Lookahead(torch.optim.Optimizer):
         slow = {}
         for i, value in extra.get("slow", {}).items():
             if not isinstance(i, int) or not 0 <= i < len(params):
-                raise ValueError(f"the slow weights name parameter {i!r}; this Lookahead has {len(params)}")
+                raise ValueError(f"Lookahead: the slow weights name parameter {i!r}; this Lookahead has "
+                                 f"{len(params)}")
             if not isinstance(value, Tensor) or value.shape != params[i].shape:
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"slow weight {i} has shape {shape}, its parameter {tuple(params[i].shape)}")
+                raise ValueError(f"Lookahead: slow weight {i} has shape {shape}, its parameter "
+                                 f"{tuple(params[i].shape)}")
             slow[params[i]] = value.to(device=params[i].device, dtype=params[i].dtype).clone()
         k, alpha = extra.get("k", self.k), extra.get("alpha", self.alpha)
         _check_k_alpha(k, alpha)
         fast_steps = extra.get("fast_steps", 0)
         if isinstance(fast_steps, bool) or not isinstance(fast_steps, int) or fast_steps < 0:
-            raise ValueError(f"lookahead fast_steps must be a non-negative integer, got {fast_steps!r}")
+            raise ValueError(f"Lookahead: fast_steps must be a non-negative integer, got {fast_steps!r}")
         self.optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != "lookahead"})
         self.slow, self.fast_steps = slow, fast_steps
         self.k, self.alpha = k, float(alpha)
@@ -149,10 +152,13 @@ class Lookahead(torch.optim.Optimizer):
 
 def _check_k_alpha(k: Any, alpha: Any) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    check.closed_unit_interval("alpha", alpha)
+        raise ValueError(f"Lookahead: k must be an integer >= 1, got {k!r}")
+    try:
+        check.closed_unit_interval("alpha", alpha)
+    except ValueError as err:  # (keeps the type: a string is an InputTypeError, a TypeError too)
+        raise type(err)(f"Lookahead: {err}") from None
     if alpha == 0:
-        raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+        raise ValueError(f"Lookahead: alpha must be in (0, 1], got {alpha!r}")
 
 
 class LookaheadByName(Lookahead):
