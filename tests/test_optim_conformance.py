@@ -207,18 +207,30 @@ def test_the_cli_lists_each_optimizers_kernel(capsys):
     from optimlab.cli import main
 
     assert main(["optimizers"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    path = {lines[i].split()[0]: lines[i + 2] for i in range(len(lines)) if lines[i] and not lines[i][0].isspace()}
+    blocks: dict[str, list[str]] = {}  # name: its block's lines, the wrapped ones joined
+    for line in capsys.readouterr().out.splitlines():
+        if line and not line[0].isspace():
+            name = line.split()[0]
+            blocks[name] = [line[len(name):].strip()]
+        elif line.strip().startswith(("arguments: ", "default path on CPU: ")):
+            blocks[name].append(line.strip())
+        else:  # (a wrapped line's continuation)
+            blocks[name][-1] += " " + line.strip()
+    assert set(blocks) == set(_registry.available())
+    titles = {n: b[0] for n, b in blocks.items()}
+    arguments = {n: b[1].removeprefix("arguments: ") for n, b in blocks.items()}
+    path = {n: b[2] for n, b in blocks.items()}
+    assert all(b[1].startswith("arguments: ") and b[2].startswith("default path on CPU: ") and len(b) == 3
+               for b in blocks.values())
     assert "optimlab's single-pass kernel 'sgd'" in path["nag"] and "'lion'" in path["lion"]
     assert "two-pass kernel 'lamb'" in path["lamb"] and "two-pass kernel 'lars'" in path["lars"]
     assert "single-tensor" in path["muon"] and "fused" in path["muon_adamw"] and "single-tensor" in path["muon_adamw"]
-    arguments = {lines[i].split()[0]: lines[i + 1] for i in range(len(lines)) if lines[i] and not lines[i][0].isspace()}
     assert arguments["lars"].split()[:2] == ["lr", "(required),"] and "lr=0.001" in arguments["adam"]
+    assert "foreach=None" in arguments["adam"] and "fused=None" in arguments["adam"]
     assert "torch's fused kernel" in path["adam"] and "foreach rule" in path["adafactor"]
     assert "inner optimizer" in path["lookahead"]
-    titles = {line.split()[0]: line for line in lines if line and not line[0].isspace()}
-    assert not any(t.rstrip().endswith("::") for t in titles.values()), [n for n, t in titles.items() if t.endswith("::")]
-    assert titles["adamax"].rstrip().endswith("in place of the second moment.")
+    assert not any(t.endswith("::") or "``" in t for t in titles.values()), titles
+    assert titles["adamax"].endswith("in place of the second moment.")
     for name in _registry.available():
         k = getattr(_registry.get(name), "kernel", None)
         assert k is None or f"kernel '{k.name}'" in path[name], name

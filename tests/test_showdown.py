@@ -281,3 +281,17 @@ def test_every_registered_optimizer_is_a_row_that_builds(tmp_path):
     results = run_showdown(config(tmp_path, optimizers=("nag", "sam", "lookahead"), epochs=1), quiet=True)
     for row, runs in results["lecture"].items():
         assert math.isfinite(runs[0]["history"]["epochs"][-1]["val_loss"]), row
+
+
+def test_the_printed_notes_say_which_rows_are_below_the_lecture():
+    """The sentence under the table names only the rows below the lecture's accuracy, and says so."""
+    from optimlab.showdown.summary import _below, lecture_table
+
+    def runs(label, acc):
+        epochs = [{"epoch": 1, "val_acc": acc, "val_loss": 0.1, "time_s": 1.0}]
+        return [{"label": label, "recipe": "r", "eval_train_acc": acc,
+                 "history": {"epochs": epochs, "status": "done"}}]
+
+    _, rows, notes = lecture_table({"momentum": runs("SGD w/ Momentum", 0.9833), "sgd": runs("SGD", 0.9432)})
+    assert len(rows) == 2 and len(notes) == 1 and notes[0].startswith("SGD: 0.9432 vs the lecture's 0.9693")
+    assert _below(notes) == "Below the lecture's accuracy (the other rows match or beat it): " + notes[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+import shutil
 import textwrap
 import types
 
@@ -104,17 +105,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"# {cls.__module__}.{cls.__name__}: the readable rule\n")
         print(rule_source(cls))
         return 0
-    for name in oo.available(args.convention):
+    names = oo.available(args.convention)
+    indent = " " * (max(map(len, names)) + 2)
+    width = max(60, shutil.get_terminal_size().columns - 1)  # ($COLUMNS, else the terminal's, else 80)
+    for name in names:
         cls = oo.get(name, args.convention)
         sig = inspect.signature(cls.__init__)
         plain = [(k, p) for k, p in sig.parameters.items() if k not in ("self", "params")
                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         arguments = ", ".join([f"{k} (required)" for k, p in plain if p.default is p.empty]
-                              + [f"{k}={p.default!r}" for k, p in plain if p.default is not p.empty
-                                 and k not in ("foreach", "differentiable", "capturable")])
+                              + [f"{k}={p.default!r}" for k, p in plain if p.default is not p.empty])
         doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # (the first paragraph)
         if doc.endswith("::"):  # (a sentence leading into a formula block that is not shown)
             doc = doc.rsplit(". ", 1)[0] + "." if ". " in doc else doc[:-1]
-        print(f"{name:<9} {cls.__module__}.{cls.__name__}: {doc}\n          "
-              + textwrap.shorten(arguments, 2000) + f"\n          default path on CPU: {kernel_of(cls)}")
+        doc = doc.replace("``", "")  # (reST literals, read as plain text here)
+        for text, first in ((f"{cls.__module__}.{cls.__name__}: {doc}", name.ljust(len(indent))),
+                            (f"arguments: {arguments}", indent), (f"default path on CPU: {kernel_of(cls)}", indent)):
+            print(textwrap.fill(text, width, initial_indent=first, subsequent_indent=indent + "  ",
+                                break_on_hyphens=False))
     return 0
