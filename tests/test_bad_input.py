@@ -232,7 +232,8 @@ ROWS: list[Bad] = [
     Bad("sam step without closure", lambda tmp: _sam_step_without_closure(), ("closure",)),
     Bad("lookahead k=0", _lookahead(k=0), ("Lookahead:", "k", "0")),
     Bad("lookahead alpha=0", _lookahead(alpha=0.0), ("Lookahead:", "alpha", "0.0")),
-    Bad("lookahead alpha=2", _lookahead(alpha=2), ("Lookahead:", "alpha", "2")),
+    Bad("lookahead alpha=2", _lookahead(alpha=2), ("Lookahead:", "alpha", "(0, 1]", "2")),
+    Bad("lookahead k string", _lookahead(k="5"), ("Lookahead:", "k", "'5'")),
     # optimizers (Keras conventions)
     Bad("keras adam beta_1=1", _opt("adam", "keras", beta_1=1.0), ("beta_1", "1.0")),
     Bad("keras sgd momentum>1", _opt("sgd", "keras", momentum=1.5), ("momentum", "1.5")),

@@ -294,4 +294,4 @@ def test_the_printed_notes_say_which_rows_are_below_the_lecture():
 
     _, rows, notes = lecture_table({"momentum": runs("SGD w/ Momentum", 0.9833), "sgd": runs("SGD", 0.9432)})
     assert len(rows) == 2 and len(notes) == 1 and notes[0].startswith("SGD: 0.9432 vs the lecture's 0.9693")
-    assert _below(notes) == "Below the lecture's accuracy (the other rows match or beat it): " + notes[0]
+    assert _below(notes) == "Below the lecture's accuracy: " + notes[0]

@@ -34,7 +34,7 @@ class Lookahead(torch.optim.Optimizer):
 
     def __init__(self, optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5):
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ValueError(f"Lookahead wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            raise check.InputTypeError(f"Lookahead wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
         _check_k_alpha(k, alpha)
         self.optimizer, self.k, self.alpha = optimizer, k, float(alpha)
         self.fast_steps = 0
@@ -126,7 +126,7 @@ class Lookahead(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load the inner state and the slow weights; everything is checked before anything changes."""
         if not isinstance(state_dict, dict) or "lookahead" not in state_dict:
-            raise ValueError("this state_dict has no 'lookahead' entry: it was not saved by a Lookahead "
+            raise ValueError("Lookahead: this state_dict has no 'lookahead' entry: it was not saved by a Lookahead "
                              "(load it into the inner optimizer instead)")
         extra = state_dict["lookahead"]
         params = self._params()
@@ -151,13 +151,18 @@ class Lookahead(torch.optim.Optimizer):
 
 
 def _check_k_alpha(k: Any, alpha: Any) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise check.InputTypeError(f"Lookahead: k must be an integer >= 1, got {k!r}")
+    if k < 1:
         raise ValueError(f"Lookahead: k must be an integer >= 1, got {k!r}")
     try:
         check.closed_unit_interval("alpha", alpha)
-    except ValueError as err:  # (keeps the type: a string is an InputTypeError, a TypeError too)
-        raise type(err)(f"Lookahead: {err}") from None
-    if alpha == 0:
+        in_range = alpha != 0
+    except check.InputTypeError as err:  # (a string: a TypeError too)
+        raise check.InputTypeError(f"Lookahead: {err}") from None
+    except ValueError:  # (NaN, or outside [0, 1])
+        in_range = False
+    if not in_range:
         raise ValueError(f"Lookahead: alpha must be in (0, 1], got {alpha!r}")
 
 
@@ -175,5 +180,5 @@ class LookaheadByName(Lookahead):
         from optimlab.optim._registry import create
 
         if not isinstance(base, str) or base.lower() == "lookahead":
-            raise ValueError(f"base must be the name of an optimizer other than 'lookahead', got {base!r}")
+            raise ValueError(f"Lookahead: base must be the name of an optimizer other than 'lookahead', got {base!r}")
         super().__init__(create(base, params, lr=lr, **base_hyper), k=k, alpha=alpha)

@@ -166,7 +166,7 @@ def _update_ratio(step: dict) -> float | None:
 
 
 def _below(notes: list[str]) -> str:
-    return "Below the lecture's accuracy (the other rows match or beat it): " + " ".join(notes)
+    return "Below the lecture's accuracy: " + " ".join(notes)
 
 
 def build_report(results: dict, meta: dict, out: str | Path) -> tuple[Report, str]:
