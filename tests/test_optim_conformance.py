@@ -227,6 +227,7 @@ def test_the_cli_lists_each_optimizers_kernel(capsys):
     assert "single-tensor" in path["muon"] and "fused" in path["muon_adamw"] and "single-tensor" in path["muon_adamw"]
     assert arguments["lars"].split()[:2] == ["lr", "(required),"] and "lr=0.001" in arguments["adam"]
     assert "foreach=None" in arguments["adam"] and "fused=None" in arguments["adam"]
+    assert all("**base_hyper (the base optimizer's hyperparameters)" in arguments[n] for n in ("lookahead", "sam"))
     assert "torch's fused kernel" in path["adam"] and "foreach rule" in path["adafactor"]
     assert "inner optimizer" in path["lookahead"]
     assert not any(t.endswith("::") or "``" in t for t in titles.values()), titles

@@ -114,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         plain = [(k, p) for k, p in sig.parameters.items() if k not in ("self", "params")
                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         arguments = ", ".join([f"{k} (required)" for k, p in plain if p.default is p.empty]
-                              + [f"{k}={p.default!r}" for k, p in plain if p.default is not p.empty])
+                              + [f"{k}={p.default!r}" for k, p in plain if p.default is not p.empty]
+                              + [f"**{k} (the base optimizer's hyperparameters)" for k, p in sig.parameters.items()
+                                 if p.kind is p.VAR_KEYWORD])
         doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # (the first paragraph)
         if doc.endswith("::"):  # (a sentence leading into a formula block that is not shown)
             doc = doc.rsplit(". ", 1)[0] + "." if ". " in doc else doc[:-1]
