@@ -537,6 +537,59 @@ def test_an_inference_tensor_is_refused_outside_inference_mode(convention, name,
             torch.testing.assert_close(q, p.detach(), **TOL[torch.float32])
 
 
+BAD_WRITES = [("lr", "0.1"), ("lr", torch.tensor([0.1, 0.2])), ("lr", None), ("lr", float("nan")), ("lr", -0.1),
+              ("betas", (0.9,)), ("lr", KeyError)]  # (KeyError: the key deleted)
+
+
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
+def test_a_bad_hyperparameter_written_into_a_group_is_refused_before_anything_changes(
+        convention, name, cls, variants, shapes):
+    """torch.optim checks hyperparameters at construction only; a value written into
+    ``param_groups`` later (by a scheduler, or by hand) that the constructor would refuse is
+    refused by the next step, naming the group, before anything changes (the step counters
+    moved before a string ``lr`` was silently converted, or a tensor of two elements or a
+    ``None`` failed deep in the update). With the value put back, training goes on as an
+    optimizer that never saw it: on the first step (state still to be made) and later."""
+    for steps_before in (0, 2):
+        for key, bad in BAD_WRITES:
+            params = [p.requires_grad_() for p in _params(shapes, torch.float32, "cpu")]
+            opt = cls(_groups(params, variants[0]), **variants[0])
+            if key not in opt.param_groups[1]:
+                continue
+            for _ in range(steps_before):
+                for p in params:
+                    p.grad = torch.ones_like(p)
+                opt.step()
+            for p in params:
+                p.grad = torch.full_like(p, 0.5)
+            saved = [p.detach().clone() for p in params]
+            state = copy.deepcopy(opt.state_dict())
+            group = opt.param_groups[1]
+            good = group[key]
+            if bad is KeyError:
+                del group[key]
+            else:
+                group[key] = bad
+            with pytest.raises(ValueError, match="param group 1") as err:
+                opt.step()
+            named = {"lr": ("lr", "learning_rate")}.get(key, (key,))  # (Keras's name for its group's lr)
+            assert any(n in str(err.value) for n in named), (name, key, bad, err.value)
+            assert all(torch.equal(p, s) for p, s in zip(params, saved)), (name, key, bad)
+            after = opt.state_dict()
+            assert sorted(after["state"]) == sorted(state["state"]), (name, key, bad)
+            _assert_same_state(after, state, name)
+            group[key] = good
+            twin_params = [p.detach().clone().requires_grad_() for p in params]
+            twin = cls(_groups(twin_params, variants[0]), **variants[0])
+            twin.load_state_dict(state)
+            for p in twin_params:
+                p.grad = torch.full_like(p, 0.5)
+            opt.step()
+            twin.step()
+            for p, q in zip(params, twin_params):
+                assert torch.equal(p, q), (name, key, bad)
+
+
 def _assert_same_state(a, b, name):
     for key in b["state"]:
         for k, v in b["state"][key].items():
@@ -581,6 +634,35 @@ def test_a_wrapper_refuses_an_inference_tensor_before_anything_changes(wrapper):
             a2.grad, b2.grad = a.grad.clone(), torch.ones(3)  # (a2 == a: the same gradient)
             fresh.step()
         assert torch.equal(a, a2) and torch.equal(b, b2)
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+def test_a_wrapper_refuses_a_bad_hyperparameter_written_into_its_groups_before_anything_changes(wrapper):
+    """SAM checks its base's groups before it perturbs the weights (the base's own step
+    would refuse them only after); Lookahead's inner step refuses before Lookahead moves."""
+    import optimlab.optim as oo
+    a = torch.ones(4, 3, requires_grad=True)
+    opt = (oo.Lookahead(oo.Adam([a], lr=0.1), k=1) if wrapper == "lookahead"
+           else oo.SAM([a], oo.SGD, lr=0.1, momentum=0.9))
+
+    def closure():
+        opt.zero_grad()
+        loss = (a - 2).pow(2).sum()
+        loss.backward()
+        return loss
+
+    for steps_before in (0, 1):
+        for _ in range(steps_before):
+            closure()
+            opt.step(closure)
+        closure()
+        saved, before = a.detach().clone(), copy.deepcopy(opt.state_dict())
+        opt.param_groups[0]["lr"] = "0.1"
+        with pytest.raises(ValueError, match="lr must be a real number"):
+            opt.step(closure)
+        assert torch.equal(a, saved), wrapper
+        opt.param_groups[0]["lr"] = 0.1
+        assert repr(opt.state_dict()) == repr(before), wrapper
 
 
 @pytest.mark.parametrize("wrapper", sorted(WRAPPERS))

@@ -216,10 +216,12 @@ class Optimizer(torch.optim.Optimizer):
         group["params"] = group_params
         super().add_param_group(group)
 
-    def _check_hyperparameters(self, group: dict[str, Any], where: str) -> None:
+    def _check_hyperparameters(self, group: dict[str, Any], where: str, keys: Iterable[str] | None = None) -> None:
+        """The checks of ``group``'s hyperparameters (of ``keys`` only, if given), then of the
+        group's settings together; raises the check's ValueError, naming class, key and value."""
         checks = {**self._common_checks, **self.hyper_checks}
         in_group = bool(getattr(self, "param_groups", None))
-        for key, value in group.items():
+        for key, value in group.items() if keys is None else ((k, group[k]) for k in keys):
             if key in checks:
                 try:
                     checks[key](key, value)
@@ -230,6 +232,36 @@ class Optimizer(torch.optim.Optimizer):
             self._check_combination(group)
         except ValueError as err:
             raise type(err)(f"{type(self).__name__}: {err}" + (f" (in {where})" if in_group else "")) from None
+
+    def _check_written_hyperparameters(self) -> None:
+        """Check, before a step changes anything, the hyperparameters written into
+        ``param_groups`` since they were last checked (by an LR scheduler, or by hand): each
+        changed value gets the check the constructor gives it, and its group the checks of
+        settings together (e.g. a tensor ``lr`` with ``foreach=True``). torch.optim checks only
+        at construction; without this, a string ``lr`` was silently converted and a
+        two-element tensor or a ``None`` failed deep in the update, after the step counters
+        had moved. Raises ValueError (or its subclasses), naming the class, group, key and
+        value; also for a group that lost one of its keys. An unchanged group costs one
+        comparison of identities."""
+        groups = self.param_groups
+        seen = self.__dict__.get("_hyper_seen")
+        if seen is None or len(seen) != len(groups):
+            seen = self.__dict__["_hyper_seen"] = [None] * len(groups)
+        for i, group in enumerate(groups):
+            keys, values = tuple(group), tuple(group.values())
+            last = seen[i]
+            changed = None
+            if last is not None and last[0] is group and last[1] == keys:
+                if all(map(operator.is_, values, last[2])):
+                    continue
+                changed = [k for k, v, w in zip(keys, values, last[2]) if v is not w]
+            else:
+                missing = [k for k in self._group_keys if k not in group]
+                if missing:
+                    raise ValueError(f"{type(self).__name__}: param group {i} has lost the key(s) {missing} "
+                                     f"(each group holds {list(self._group_keys)}); put them back")
+            self._check_hyperparameters(group, f"param group {i}, as written into param_groups", changed)
+            seen[i] = (group, keys, values)
 
     #: Hyperparameters that torch.optim's class refuses as tensors with ``foreach=True`` (and
     #: ``capturable=False``, which optimlab always has): Adam's and AdamW's "lr" and "betas".
@@ -291,6 +323,7 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_written_hyperparameters()
         groups = []
         for group in self.param_groups:
             params = list(group["params"])

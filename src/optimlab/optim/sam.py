@@ -149,7 +149,8 @@ class SAM(torch.optim.Optimizer):
     def first_step(self, zero_grad: bool = False) -> None:
         """θ ← θ + e (see the class docstring), keeping a copy of θ; ``zero_grad``: then clear
         the gradients. Raises ValueError if no parameter has a gradient (backward not run?),
-        or (UnsupportedSettingError) if one is an inference tensor outside inference mode."""
+        if (UnsupportedSettingError) one is an inference tensor outside inference mode, or if
+        an optimlab base optimizer holds a bad hyperparameter written into its param groups."""
         if self._saved:  # a second perturbation would overwrite the only copy of θ
             raise ValueError("SAM.first_step: the weights are already perturbed; call second_step() first")
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
@@ -161,6 +162,9 @@ class SAM(torch.optim.Optimizer):
             raise ValueError("SAM does not support sparse gradients "
                              "(use nn.Embedding(sparse=False))")
         check.refuse_inference_params("SAM", params, lambda p: f"a parameter of shape {tuple(p.shape)}")
+        written = getattr(self.base_optimizer, "_check_written_hyperparameters", None)
+        if written is not None:  # (before the perturbation: the base's step would refuse them after it)
+            written()
         weighted = [g * self._scale(p) for p, g in zip(params, grads)] if self.adaptive else grads
         norm = _global_norm(weighted).add_(self.perturb_eps)
         del weighted
