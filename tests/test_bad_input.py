@@ -142,6 +142,39 @@ def _lookahead(**kwargs):
     return lambda tmp: oo.Lookahead(oo.SGD(params(), lr=0.1), **kwargs)
 
 
+def _set(make, attribute, value):
+    """Assign ``value`` to a setting of the object ``make()`` builds: refused where it is written
+    (the object keeps its old value: :func:`test_a_refused_setting_keeps_its_value`)."""
+    def call(tmp):
+        setattr(make(), attribute, value)
+    return call
+
+
+def _made(kind):
+    return {"lookahead": lambda: oo.Lookahead(oo.SGD(params(), lr=0.1)),
+            "sam": lambda: oo.SAM(params(), "sgd", lr=0.1),
+            "keras": lambda: oo.create("adam", params(), "keras", clipnorm=1.0),
+            "adam": lambda: oo.Adam(params())}[kind]
+
+
+SETTINGS = [  # (object, setting, bad value, what the message names)
+    ("lookahead", "k", 0, ("Lookahead:", "k", "0")),
+    ("lookahead", "k", 2.5, ("Lookahead:", "k", "2.5")),
+    ("lookahead", "alpha", 2.0, ("Lookahead:", "alpha", "(0, 1]", "2.0")),
+    ("lookahead", "alpha", "x", ("Lookahead:", "alpha", "'x'")),
+    ("sam", "rho", -1.0, ("SAM:", "rho", "-1.0")),
+    ("sam", "rho", math.nan, ("SAM:", "rho", "nan")),
+    ("sam", "adaptive", 1, ("SAM:", "adaptive", "1")),
+    ("sam", "use_gc", "no", ("SAM:", "use_gc", "'no'")),
+    ("sam", "perturb_eps", 0.0, ("SAM:", "perturb_eps", "0.0")),
+    ("sam", "eta", -0.1, ("SAM:", "eta", "-0.1")),
+    ("keras", "clipnorm", -1.0, ("Adam:", "clipnorm", "-1.0")),
+    ("keras", "clipvalue", 1.0, ("Adam:", "only one of", "clipnorm=1.0", "clipvalue=1.0")),
+    ("keras", "global_clipnorm", "1", ("Adam:", "global_clipnorm", "'1'")),
+    ("adam", "skip_nonfinite", "yes", ("Adam:", "skip_nonfinite", "'yes'")),
+]
+
+
 def _landscape(**kwargs):
     from optimlab import landscape
 
@@ -234,6 +267,8 @@ ROWS: list[Bad] = [
     Bad("lookahead alpha=0", _lookahead(alpha=0.0), ("Lookahead:", "alpha", "0.0")),
     Bad("lookahead alpha=2", _lookahead(alpha=2), ("Lookahead:", "alpha", "(0, 1]", "2")),
     Bad("lookahead k string", _lookahead(k="5"), ("Lookahead:", "k", "'5'")),
+    *(Bad(f"{kind} setting {attribute}={value!r}", _set(_made(kind), attribute, value), names)
+      for kind, attribute, value, names in SETTINGS),
     # optimizers (Keras conventions)
     Bad("keras adam beta_1=1", _opt("adam", "keras", beta_1=1.0), ("beta_1", "1.0")),
     Bad("keras sgd momentum>1", _opt("sgd", "keras", momentum=1.5), ("momentum", "1.5")),
@@ -682,6 +717,35 @@ def test_bad_value_is_refused_with_its_name_and_nothing_is_written(row, sandbox,
     for name in row.names:
         assert name in message, f"{row.id}: the message does not name {name!r}: {message}"
     assert _tree(sandbox) == before, f"{row.id}: files were written: {set(_tree(sandbox)) - set(before)}"
+
+
+@pytest.mark.parametrize("kind,attribute,value,names", SETTINGS, ids=[f"{k}-{a}-{v!r}" for k, a, v, _ in SETTINGS])
+def test_a_refused_setting_keeps_its_value(kind, attribute, value, names):
+    """A setting kept as an attribute (Lookahead's k, SAM's rho, a Keras twin's clipping, any
+    optimizer's skip_nonfinite) is checked on every assignment, not only by the constructor:
+    a bad value written mid-training is refused where it is written and the old one stays;
+    a good one is taken, and survives a pickle (deepcopy, torch.save) and a state_dict load."""
+    import copy
+    import io
+
+    obj = _made(kind)()
+    old = getattr(obj, attribute)
+    with pytest.raises(ValueError) as err:
+        setattr(obj, attribute, value)
+    assert all(n in str(err.value) for n in names), err.value
+    assert getattr(obj, attribute) == old
+    good = {"k": 3, "alpha": 0.25, "rho": 0.2, "adaptive": True, "use_gc": True, "perturb_eps": 1e-9, "eta": 0.01,
+            "clipnorm": 2.0, "clipvalue": None, "global_clipnorm": None, "skip_nonfinite": True}[attribute]
+    setattr(obj, attribute, good)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    for twin in (copy.deepcopy(obj), torch.load(buffer, weights_only=False)):
+        assert getattr(twin, attribute) == good
+        with pytest.raises(ValueError):
+            setattr(twin, attribute, value)
+    obj.load_state_dict(obj.state_dict())
+    assert getattr(obj, attribute) == good
 
 
 def test_the_catalogue_covers_every_public_constructor():

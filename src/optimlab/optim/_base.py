@@ -157,8 +157,12 @@ class Optimizer(torch.optim.Optimizer):
             cls.__init__ = _reject_unknown_keywords(cls.__dict__["__init__"], cls.__name__,
                                                     cls.keyword_aliases)
 
+    #: Skip a step whose gradients hold a NaN or an infinity (counted in ``skipped_steps``).
+    skip_nonfinite = check.checked_setting(
+        "skip_nonfinite", lambda self, v: check.named(type(self).__name__, check.boolean, "skip_nonfinite", v),
+        "Skip a step whose gradients hold a NaN or an infinity (True or False; checked on every assignment).")
+
     def __init__(self, params: Any, defaults: dict[str, Any], *, skip_nonfinite: bool = False):
-        check.boolean("skip_nonfinite", skip_nonfinite)
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
         # a group's keys (torch's __setstate__ adds "differentiable" to every optimizer's defaults)

@@ -117,3 +117,29 @@ def must_be_false(name: str, value: Any) -> None:
 
 def anything(name: str, value: Any) -> None:
     """For bookkeeping keys (e.g. a counter) that carry no maths."""
+
+
+def named(owner: str, checked: Callable[[str, Any], None], name: str, value: Any) -> Any:
+    """``value`` once ``checked(name, value)`` passed; its error, prefixed with ``owner``, if not."""
+    try:
+        checked(name, value)
+    except ValueError as err:
+        raise type(err)(f"{owner}: {err}") from None
+    return value
+
+
+def checked_setting(name: str, checked: Callable[[Any, Any], Any], doc: str = "") -> property:
+    """A setting kept as an attribute (Lookahead's ``k``, SAM's ``rho``, a Keras twin's
+    ``clipnorm``) whose every assignment, in the constructor or by hand mid-training, runs
+    ``checked(owner, value)`` first: it raises ValueError (naming the setting and the value)
+    or returns the value to keep (in ``owner._<name>``). A bad value is refused where it is
+    written, before a step can use it."""
+    attr = "_" + name
+
+    def get(self):
+        return getattr(self, attr)
+
+    def set_(self, value):
+        setattr(self, attr, checked(self, value))
+
+    return property(get, set_, doc=doc or f"``{name}`` (checked on every assignment)")

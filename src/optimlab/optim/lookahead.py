@@ -36,7 +36,7 @@ class Lookahead(torch.optim.Optimizer):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise check.InputTypeError(f"Lookahead wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
         _check_k_alpha(k, alpha)
-        self.optimizer, self.k, self.alpha = optimizer, k, float(alpha)
+        self.optimizer, self.k, self.alpha = optimizer, k, alpha
         self.fast_steps = 0
         self.slow: dict[Tensor, Tensor] = {}
         self._optimizer_step_pre_hooks: dict[int, Callable] = OrderedDict()
@@ -46,6 +46,12 @@ class Lookahead(torch.optim.Optimizer):
         self._optimizer_load_state_dict_pre_hooks: dict[int, Callable] = OrderedDict()
         self._optimizer_load_state_dict_post_hooks: dict[int, Callable] = OrderedDict()
         self._patch_step_function()
+
+    # k and alpha may be changed between steps: each assignment is checked (as the constructor's)
+    k = check.checked_setting("k", lambda self, k: _check_k_alpha(k, 0.5) or k,
+                              "Steps between syncs, an integer >= 1 (checked on every assignment).")
+    alpha = check.checked_setting("alpha", lambda self, a: _check_k_alpha(1, a) or float(a),
+                                  "The slow weights' step α in (0, 1] (checked on every assignment).")
 
     # the inner optimizer's groups, defaults and state are this optimizer's
     @property
@@ -65,6 +71,8 @@ class Lookahead(torch.optim.Optimizer):
                 "slow": self.slow}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.k, self.alpha = state.pop("k"), state.pop("alpha")
         self.__dict__.update(state)
         for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
                      "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
@@ -147,7 +155,7 @@ class Lookahead(torch.optim.Optimizer):
             raise ValueError(f"Lookahead: fast_steps must be a non-negative integer, got {fast_steps!r}")
         self.optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != "lookahead"})
         self.slow, self.fast_steps = slow, fast_steps
-        self.k, self.alpha = k, float(alpha)
+        self.k, self.alpha = k, alpha
 
 
 def _check_k_alpha(k: Any, alpha: Any) -> None:

@@ -104,6 +104,18 @@ class SAM(torch.optim.Optimizer):
             setattr(self, name, OrderedDict())
         self._patch_step_function()
 
+    # the settings may be changed between steps: each assignment is checked (as the constructor's)
+    rho = check.checked_setting("rho", lambda self, v: _setting("rho", v),
+                                "The neighbourhood radius ρ > 0 (checked on every assignment).")
+    adaptive = check.checked_setting("adaptive", lambda self, v: _setting("adaptive", v),
+                                     "ASAM's scale-invariant neighbourhood (checked on every assignment).")
+    use_gc = check.checked_setting("use_gc", lambda self, v: _setting("use_gc", v),
+                                   "Gradient centralisation (checked on every assignment).")
+    perturb_eps = check.checked_setting("perturb_eps", lambda self, v: _setting("perturb_eps", v),
+                                        "ε₀ > 0 added to the norm (checked on every assignment).")
+    eta = check.checked_setting("eta", lambda self, v: _setting("eta", v),
+                                "ASAM's η >= 0 (checked on every assignment).")
+
     # the base optimizer's groups, defaults and state are this optimizer's
     @property
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
@@ -122,6 +134,9 @@ class SAM(torch.optim.Optimizer):
                 "use_gc": self.use_gc, "perturb_eps": self.perturb_eps, "eta": self.eta, "_saved": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        for name in _SETTINGS:
+            setattr(self, name, state.pop(name))
         self.__dict__.update(state)
         for name in _HOOK_DICTS:
             self.__dict__.setdefault(name, OrderedDict())
@@ -253,17 +268,20 @@ def _global_norm(tensors: list[Tensor]) -> Tensor:
     return torch.stack([n.to(device=device, dtype=dtype) for n in norms]).square_().sum().sqrt_()
 
 
-def _checked_settings(*, rho: Any, adaptive: Any, use_gc: Any, perturb_eps: Any, eta: Any) -> dict[str, Any]:
-    try:
-        check.positive("rho", rho)
-        check.boolean("adaptive", adaptive)
-        check.boolean("use_gc", use_gc)
-        check.positive("perturb_eps", perturb_eps)
-        check.non_negative("eta", eta)
-    except ValueError as err:
-        raise ValueError(f"SAM: {err}") from None
-    return {"rho": float(rho), "adaptive": adaptive, "use_gc": use_gc, "perturb_eps": float(perturb_eps),
-            "eta": float(eta)}
+#: SAM's settings: their checks, and the type each is kept as.
+_SETTINGS: dict[str, tuple[Callable[[str, Any], None], Callable[[Any], Any]]] = {
+    "rho": (check.positive, float), "adaptive": (check.boolean, bool), "use_gc": (check.boolean, bool),
+    "perturb_eps": (check.positive, float), "eta": (check.non_negative, float),
+}
+
+
+def _setting(name: str, value: Any) -> Any:
+    checked, kept_as = _SETTINGS[name]
+    return kept_as(check.named("SAM", checked, name, value))
+
+
+def _checked_settings(**settings: Any) -> dict[str, Any]:
+    return {name: _setting(name, value) for name, value in settings.items()}
 
 
 def _build_base(params: Any, base: Any, foreach: bool | None, kwargs: dict[str, Any]) -> torch.optim.Optimizer:

@@ -200,20 +200,30 @@ class KerasOptimizer(Optimizer):
     def __init__(self, params: Any, defaults: dict[str, Any], *, clipnorm: float | None = None,
                  clipvalue: float | None = None, global_clipnorm: float | None = None,
                  skip_nonfinite: bool = False):
-        name = type(self).__name__
-        clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
-        for key, value in clip.items():
-            try:
-                optional_positive(key, value)
-            except ValueError as err:
-                raise ValueError(f"{name}: {err}") from None
-        if sum(v is not None for v in clip.values()) > 1:
-            raise ValueError(f"{name}: only one of clipnorm, clipvalue and global_clipnorm can be set "
-                             f"(as in Keras), got clipnorm={clipnorm!r}, clipvalue={clipvalue!r}, "
-                             f"global_clipnorm={global_clipnorm!r}")
-        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+        self._clipnorm = self._clipvalue = self._global_clipnorm = None
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm  # (checked)
         self.iterations = 0  # Keras's optimizer.iterations: completed steps, shared by every parameter
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+    # Keras's clipping options, checked on every assignment (also between steps, by hand)
+    clipnorm = check.checked_setting("clipnorm", lambda self, v: self._checked_clip("clipnorm", v),
+                                     "Per-tensor norm clipping (None: off); checked on every assignment.")
+    clipvalue = check.checked_setting("clipvalue", lambda self, v: self._checked_clip("clipvalue", v),
+                                      "Elementwise value clipping (None: off); checked on every assignment.")
+    global_clipnorm = check.checked_setting(
+        "global_clipnorm", lambda self, v: self._checked_clip("global_clipnorm", v),
+        "Norm clipping over every gradient (None: off); checked on every assignment.")
+
+    def _checked_clip(self, key: str, value: Any) -> Any:
+        """``value`` for the clipping option ``key``: None or > 0, and at most one option set."""
+        name = type(self).__name__
+        check.named(name, optional_positive, key, value)
+        clip = {k: getattr(self, "_" + k, None) for k in _CLIP_OPTIONS}
+        clip[key] = value
+        if sum(v is not None for v in clip.values()) > 1:
+            raise ValueError(f"{name}: only one of clipnorm, clipvalue and global_clipnorm can be set "
+                             f"(as in Keras), got " + ", ".join(f"{k}={v!r}" for k, v in clip.items()))
+        return value
 
     # ------------------------------------------------------------------ learning rate
     @property
@@ -476,10 +486,19 @@ class KerasOptimizer(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:  # torch pickles only defaults/state/param_groups
         state = super().__getstate__()
-        keep = ("iterations", "skip_nonfinite", "skipped_steps", "_decay_exclusion", *_CLIP_OPTIONS,
-                *self._extra_attributes)
+        keep = ("iterations", "skipped_steps", "_decay_exclusion", *self._extra_attributes)
         state.update({k: self.__dict__[k] for k in keep if k in self.__dict__})
+        state.update({k: getattr(self, k) for k in _CLIP_OPTIONS})
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)  # (a pickle's; load_state_dict passes only state and groups: no options)
+        clip = {k: state.pop(k) for k in _CLIP_OPTIONS if k in state}
+        super().__setstate__(state)
+        if clip:
+            self._clipnorm = self._clipvalue = self._global_clipnorm = None
+            for key, value in clip.items():  # (checked, as when set)
+                setattr(self, key, value)
 
     _extra_attributes: ClassVar[tuple[str, ...]] = ()
 
