@@ -154,7 +154,8 @@ def _made(kind):
     return {"lookahead": lambda: oo.Lookahead(oo.SGD(params(), lr=0.1)),
             "sam": lambda: oo.SAM(params(), "sgd", lr=0.1),
             "keras": lambda: oo.create("adam", params(), "keras", clipnorm=1.0),
-            "adam": lambda: oo.Adam(params())}[kind]
+            "adam": lambda: oo.Adam(params()),
+            "ema": lambda: __import__("optimlab.ema", fromlist=["EMA"]).EMA(mlp())}[kind]
 
 
 SETTINGS = [  # (object, setting, bad value, what the message names)
@@ -172,6 +173,9 @@ SETTINGS = [  # (object, setting, bad value, what the message names)
     ("keras", "clipvalue", 1.0, ("Adam:", "only one of", "clipnorm=1.0", "clipvalue=1.0")),
     ("keras", "global_clipnorm", "1", ("Adam:", "global_clipnorm", "'1'")),
     ("adam", "skip_nonfinite", "yes", ("Adam:", "skip_nonfinite", "'yes'")),
+    ("ema", "decay", 1.0, ("decay", "[0, 1)", "1.0")),
+    ("ema", "decay", "0.9", ("decay", "'0.9'")),
+    ("ema", "warmup", "yes", ("warmup", "'yes'")),
 ]
 
 
@@ -303,6 +307,7 @@ ROWS: list[Bad] = [
     # training utilities
     Bad("ema decay=1", _ema(decay=1.0), ("decay", "1.0")),
     Bad("ema decay nan", _ema(decay=NAN), ("decay", "nan")),
+    Bad("ema warmup string", _ema(warmup="yes"), ("warmup", "'yes'")),
     Bad("early stopping patience<0", _stopping(patience=-1), ("patience", "-1")),
     Bad("early stopping mode", _stopping(mode="lowest"), ("mode", "'lowest'")),
     Bad("early stopping min_delta<0", _stopping(min_delta=-0.1), ("min_delta", "-0.1")),
@@ -735,7 +740,8 @@ def test_a_refused_setting_keeps_its_value(kind, attribute, value, names):
     assert all(n in str(err.value) for n in names), err.value
     assert getattr(obj, attribute) == old
     good = {"k": 3, "alpha": 0.25, "rho": 0.2, "adaptive": True, "use_gc": True, "perturb_eps": 1e-9, "eta": 0.01,
-            "clipnorm": 2.0, "clipvalue": None, "global_clipnorm": None, "skip_nonfinite": True}[attribute]
+            "clipnorm": 2.0, "clipvalue": None, "global_clipnorm": None, "skip_nonfinite": True, "decay": 0.5,
+            "warmup": True}[attribute]
     setattr(obj, attribute, good)
     buffer = io.BytesIO()
     torch.save(obj, buffer)

@@ -13,7 +13,6 @@ model, update it after every optimizer step, and evaluate with it::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -61,13 +60,14 @@ class EMA:
     ``model``: an ``nn.Module``, or an iterable of parameters (named ``"[i]"``; no buffers).
     Build the EMA after moving the model to its device.
 
-    Raises ``ValueError`` for a ``decay`` outside [0, 1), ``buffers`` other than
-    ``"average"``/``"copy"``, or a model with no floating-point parameters.
+    Raises ``ValueError`` for a ``decay`` outside [0, 1), a ``warmup`` other than True or
+    False, ``buffers`` other than ``"average"``/``"copy"``, or a model with no floating-point
+    parameters. ``decay`` and ``warmup`` may be changed between updates; each assignment is
+    checked the same way (``buffer_mode`` is fixed).
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, *, warmup: bool = False, buffers: str = "average"):
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got decay={decay!r}")
+        self.decay, self.warmup = decay, warmup  # (checked: see below)
         if not isinstance(buffers, str) or buffers not in BUFFER_MODES:
             raise ValueError(f"buffers must be 'average' or 'copy', got buffers={buffers!r}")
         is_module = isinstance(model, nn.Module)
@@ -75,9 +75,7 @@ class EMA:
         self.params = {name: p for name, p in named if torch.is_floating_point(p)}
         if not self.params:
             raise ValueError(f"model has no floating-point parameters to average: model={model!r}")
-        self.decay = float(decay)
-        self.warmup = bool(warmup)
-        self.buffer_mode = buffers
+        self._buffer_mode = buffers
         self.num_updates = 0
         # 16-bit weights are averaged in float32: a bfloat16 shadow would drop every update
         # smaller than its 8-bit mantissa's resolution, i.e. (1 - decay)·Δθ for decay near 1.
@@ -89,6 +87,33 @@ class EMA:
         self.buffer_shadow = {name: b.detach().to(_shadow_dtype(b.dtype), copy=True)
                               for name, b in self.buffers.items()}
         self._buffers_pending = False  # a state without buffer averages was loaded: start them at the next use
+
+    # decay and warmup may be changed between updates: each assignment is checked, as the constructor's
+    @property
+    def decay(self) -> float:
+        """The decay d in [0, 1) (a float; checked on every assignment)."""
+        return self._decay
+
+    @decay.setter
+    def decay(self, value: float) -> None:
+        self._decay = _checked_decay(value)
+
+    @property
+    def warmup(self) -> bool:
+        """Whether the decay ramps up as ``min(d, (1 + n)/(10 + n))`` (True or False; checked on
+        every assignment)."""
+        return self._warmup
+
+    @warmup.setter
+    def warmup(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"warmup must be True or False, got warmup={value!r}")
+        self._warmup = value
+
+    @property
+    def buffer_mode(self) -> str:
+        """``"average"`` or ``"copy"``, fixed at construction (which buffers are averaged)."""
+        return self._buffer_mode
 
     @property
     def all_buffers(self) -> dict[str, torch.Tensor]:
@@ -178,13 +203,14 @@ class EMA:
         num_updates = state["num_updates"]
         if isinstance(num_updates, bool) or not isinstance(num_updates, int) or num_updates < 0:
             raise ValueError(f"num_updates must be an integer >= 0, got num_updates={num_updates!r}")
-        decay = state["decay"]
-        if not (isinstance(decay, float) and math.isfinite(decay) and 0.0 <= decay < 1.0):
-            raise ValueError(f"decay must be in [0, 1), got decay={decay!r}")
+        decay = _checked_decay(state["decay"])
+        warmup = state["warmup"]
+        if not isinstance(warmup, bool):
+            raise ValueError(f"warmup must be True or False, got warmup={warmup!r}")
         buffer_shadow = state.get("buffer_shadow") or None
         if buffer_shadow is not None and self.buffers:
             _check_names("buffer_shadow", buffer_shadow, self.buffers)
-        self.decay, self.warmup, self.num_updates = decay, bool(state["warmup"]), num_updates
+        self.decay, self.warmup, self.num_updates = decay, warmup, num_updates
         for name, tensor in shadow.items():
             self.shadow[name].copy_(tensor)
         if self.buffers:
@@ -209,3 +235,10 @@ def _check_names(what: str, saved: dict, live: dict) -> None:
         if not isinstance(tensor, torch.Tensor) or tensor.shape != live[name].shape:
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise ValueError(f"{what}[{name!r}] has shape {shape}, the model's is {tuple(live[name].shape)}")
+
+
+def _checked_decay(decay: float) -> float:
+    """``decay`` as a float, if a real number in [0, 1); else ValueError naming it."""
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay must be in [0, 1), got decay={decay!r}")
+    return float(decay)
