@@ -3,8 +3,8 @@
     python bench/modern_step.py [--case big|small|both] [--steps N] [--quick] [--threads 1,2]
                                 [--only RAdam,Lion] [--state-only]
 
-The sibling of ``bench/optim_step.py`` (same cases, same round-robin timing, same
-fused-Adam bandwidth yardstick measured in each block). Each optimlab optimizer (its
+The sibling of ``bench/optim_step.py`` (same cases, same round-robin timing in rounds on
+fresh allocations, same fused-Adam bandwidth yardstick measured in each block). Each optimlab optimizer (its
 default path: the single-pass kernel where it has one, see docs/performance.md) is stepped
 beside its own foreach path (``foreach=True``; ``fused=False`` for the Keras twins, which take
 no ``foreach``) and beside the peer the tests use as its oracle, where that peer is
@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import optimlab.optim as oo  # noqa: E402
 import optimlab.optim.keras as ok  # noqa: E402
-from optim_step import CASES, LR, Runner, gbps, make_params, numel, run_block  # noqa: E402
+from optim_step import CASES, LR, STEPS_PER_PLACEMENT, gbps, make_params, numel, run_placements  # noqa: E402
 
 
 def _package(name: str):
@@ -150,8 +150,9 @@ _KERAS = [("SGD m", ok.SGD, dict(learning_rate=LR, momentum=0.9), 20),
 def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = False) -> None:
     n_all = numel(shapes)
     print(f"\n=== case {case}: {n_all / 1e6:.2f}M float32 parameters in {len(shapes)} tensors "
-          f"(Muon: the {sum(len(s) == 2 for s in shapes)} matrices); median of {steps} steps after "
-          f"{warmup} warm-up; {torch.get_num_threads()} threads ===")
+          f"(Muon: the {sum(len(s) == 2 for s in shapes)} matrices); median of {steps} steps, in rounds of "
+          f"{STEPS_PER_PLACEMENT} on fresh allocations, each after {warmup} warm-up; "
+          f"{torch.get_num_threads()} threads ===")
     head = (f"{'optimizer':<14} {'B/p':>3} {'peer':<22} {'peer ms':>8} {'ours fe':>8} {'ours ms':>8} {'path':<7} "
             f"{'ours/fe':>7} {'ours/peer':>9} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}")
     print(head)
@@ -172,15 +173,18 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
         sub_shapes = [shapes[i] for i in picked]
         grads = [all_grads[i] for i in picked]
         n = numel(sub_shapes)
-        ours_opt = spec.ours(make_params(sub_shapes, grads, seed=0))
-        runners = {"ours": Runner("ours", ours_opt.step)}
+        def build(factory, seed, params_of=(sub_shapes, grads)):
+            return lambda: factory(make_params(*params_of, seed=seed))
+
+        factories = [("ours", build(spec.ours, 0))]
         if spec.foreach is not None:
-            runners["ours foreach"] = Runner("ours foreach", spec.foreach(make_params(sub_shapes, grads, seed=7)).step)
-        for i, (label, factory) in enumerate(spec.peers.items()):
-            runners[label] = Runner(label, factory(make_params(sub_shapes, grads, seed=i + 1)).step)
-        adam_ref = Runner("ref", torch.optim.Adam(make_params(shapes, all_grads, seed=99), lr=LR, fused=True).step)
+            factories.append(("ours foreach", build(spec.foreach, 7)))
+        factories += [(label, build(factory, i + 1)) for i, (label, factory) in enumerate(spec.peers.items())]
+        factories.append(("ref", build(lambda ps: torch.optim.Adam(ps, lr=LR, fused=True), 99, (shapes, all_grads))))
         spec_steps = max(3, steps // 3) if spec.matrices_only else steps
-        run_block(list(runners.values()) + [adam_ref], warmup, spec_steps)
+        runners, built = run_placements(factories, warmup, spec_steps)  # (fresh tensors every 10 steps)
+        adam_ref = runners.pop("ref")
+        ours_opt = built["ours"]
         ours = runners["ours"].median_ms()
         ref_gbps = gbps(28, n_all, adam_ref.median_ms())
         peers = {k: r.median_ms() for k, r in runners.items() if k not in ("ours", "ours foreach")}

@@ -3,15 +3,19 @@
     python bench/optim_step.py [--case big|small|both] [--steps N] [--quick]
                                [--threads 1,2] [--only Adam,NAdam]
 
-For each optimizer, in one process, the implementations are stepped round-robin (the
-order rotating every round, so drift in machine load hits them alike): torch's default
+For each optimizer, in one process, the implementations are stepped round-robin (in a
+newly shuffled order every round, so drift in machine load and what the previous step left
+in the caches hit them alike): torch's default
 (on the CPU its single-tensor loop, ``foreach=False``), ``foreach=True`` and, where torch
 has one on the CPU, ``fused=True``; optimlab with ``foreach=True`` and with its default
 (``fused=None``: the single-pass kernel on these float32 CPU tensors; the path it took is
 checked). Every block also steps torch's fused Adam and a plain copy, so each optimizer is
 compared with the fused-Adam bandwidth measured under the same conditions. Reported: the
-median of ``--steps`` timed steps after warm-up, at each thread count of ``--threads``
-(default 1 and 2).
+median of ``--steps`` timed steps, at each thread count of ``--threads`` (default 1 and 2).
+The steps run in rounds of 10, each on tensors allocated afresh (in an order rotated every
+round) and after its own warm-up, so the medians mix several memory placements: where a
+tensor lands moved one implementation's small-case step by up to ±12% against an identical
+one's (see ``run_placements``).
 
 Effective GB/s counts the minimal bytes one update must move per parameter (float32):
 
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -135,21 +140,16 @@ def make_params(shapes, grads, seed):
     return params
 
 
-def optimizer_runners(spec: Spec, shapes, grads) -> tuple[dict[str, Runner], Callable[[], str | None]]:
-    """The runners, and a function that says which path optimlab's default took."""
-    runners: dict[str, Runner] = {}
+def optimizer_factories(spec: Spec, shapes, grads) -> list[tuple[str, Callable[[], torch.optim.Optimizer]]]:
+    """(label, a function that allocates the tensors and builds the optimizer) per implementation."""
     kinds = [("torch default", lambda ps: spec.theirs(ps, **spec.their_hyper)),  # its CPU loop
              ("torch foreach", lambda ps: spec.theirs(ps, **spec.their_hyper, foreach=True))]
     if spec.torch_fused:
         kinds.append(("torch fused", lambda ps: spec.theirs(ps, **spec.their_hyper, fused=True)))
     kinds += [("optimlab foreach", lambda ps: spec.ours(ps, **spec.hyper, foreach=True)),
               ("optimlab default", lambda ps: spec.ours(ps, **spec.hyper))]
-    default = None
-    for i, (label, factory) in enumerate(kinds):
-        opt = factory(make_params(shapes, grads, seed=i))
-        runners[label] = Runner(label, opt.step)
-        default = opt
-    return runners, lambda: default.path_for(0)
+    return [(label, (lambda f, i: lambda: f(make_params(shapes, grads, seed=i)))(factory, i))
+            for i, (label, factory) in enumerate(kinds)]
 
 
 def timed(fn) -> float:
@@ -158,14 +158,56 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def run_block(runners: list[Runner], warmup: int, steps: int) -> None:
+def run_block(runners: list[Runner], warmup: int, steps: int, seed: int = 0) -> None:
+    """Step every runner ``warmup`` times, then ``steps`` timed times, round-robin in a newly
+    shuffled order each round (seeded): what one runner leaves in the caches (the shared
+    gradients, its tensors' metadata) helps or hurts the next, and a fixed cyclic order gave
+    each runner the same predecessor every round, which moved identical runners' medians by
+    up to 15% against each other."""
     for _ in range(warmup):
         for r in runners:
             r.fn()
-    for k in range(steps):
-        order = runners[k % len(runners):] + runners[:k % len(runners)]
+    rng = random.Random(seed)
+    for _ in range(steps):
+        order = list(runners)
+        rng.shuffle(order)
         for r in order:
             r.times.append(timed(r.fn))
+
+
+#: Timed steps between fresh allocations of a block's tensors. Where a tensor lands in memory
+#: (a parameter's offset from its gradient: 4K aliasing, cache-set conflicts) moved the small
+#: case's step of one optimizer by up to ±12% against an identical optimizer's: kept for a
+#: whole block, a placement biased the ratios. So each block is run in rounds; before each,
+#: every implementation's tensors are allocated afresh, in an order rotated by one each round,
+#: and the medians are over the steps of all rounds, i.e. over several placements.
+STEPS_PER_PLACEMENT = 10
+
+
+def run_placements(factories: list[tuple[str, Callable[[], Callable[[], None]]]], warmup: int, steps: int,
+                   per_placement: int = STEPS_PER_PLACEMENT) -> tuple[dict[str, Runner], dict[str, object]]:
+    """Time each ``(label, build)`` of ``factories`` round-robin (see :func:`run_block`) for
+    ``steps`` steps, in rounds of ``per_placement``: before each round, every ``build()``
+    (which allocates its tensors and returns what to time, or an optimizer, whose ``step`` is
+    timed) runs again, in an order rotated by one. Returns the runners with the times of all
+    rounds, and the last object each ``build`` returned (e.g. to ask an optimizer its path)."""
+    runners = {label: Runner(label, lambda: None) for label, _ in factories}
+    built: dict[str, object] = {}
+    rounds = [per_placement] * (steps // per_placement) + ([steps % per_placement] if steps % per_placement else [])
+    for r, n in enumerate(rounds):
+        built.clear()  # (the last round's tensors are freed first: the new ones land elsewhere)
+        order = factories[r % len(factories):] + factories[:r % len(factories)]
+        fresh = {}
+        for label, build in order:
+            obj = build()
+            built[label] = obj
+            fresh[label] = Runner(label, obj.step if isinstance(obj, torch.optim.Optimizer) else obj)
+        block = [fresh[label] for label, _ in factories]
+        run_block(block, warmup, n, seed=r)
+        for runner in block:
+            runners[runner.label].times += runner.times
+        del fresh, block, obj
+    return runners, built
 
 
 def gbps(bytes_per_param: int, n: int, ms: float) -> float:
@@ -175,10 +217,10 @@ def gbps(bytes_per_param: int, n: int, ms: float) -> float:
 def bench_case(case: str, shapes, steps: int, warmup: int, specs) -> None:
     n = numel(shapes)
     print(f"\n=== case {case}: {n / 1e6:.2f}M float32 parameters in {len(shapes)} tensors; "
-          f"median of {steps} steps after {warmup} warm-up; {torch.get_num_threads()} threads ===")
+          f"median of {steps} steps, in rounds of {STEPS_PER_PLACEMENT} on fresh allocations, each after "
+          f"{warmup} warm-up; {torch.get_num_threads()} threads ===")
     gen = torch.Generator().manual_seed(123)
     grads = [torch.randn(s, generator=gen) for s in shapes]  # shared, read-only
-    src, dst = torch.randn(n), torch.empty(n)
     head = (f"{'optimizer':<12} {'B/p':>3} " + " ".join(f"{k:>10}" for k in
             ["torch def", "foreach", "fused", "ours fe", "ours def"])
             + f" {'path':>6} {'def/best':>8} {'def/tdef':>8} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}"
@@ -192,18 +234,20 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs) -> None:
     copy_all: list[float] = []
     verdicts = []
     for spec in specs:
-        runners, path_of_default = optimizer_runners(spec, shapes, grads)
-        adam_ref = Runner("ref", torch.optim.Adam(make_params(shapes, grads, seed=99), lr=LR, fused=True).step)
-        copy = Runner("copy", lambda: dst.copy_(src))
-        run_block(list(runners.values()) + [adam_ref, copy], warmup, steps)
+        factories = optimizer_factories(spec, shapes, grads) + [
+            ("ref", lambda: torch.optim.Adam(make_params(shapes, grads, seed=99), lr=LR, fused=True)),
+            ("copy", lambda: (lambda src, dst: lambda: dst.copy_(src))(torch.randn(n), torch.empty(n)))]
+        timed_runners, built = run_placements(factories, warmup, steps)
+        adam_ref, copy = timed_runners.pop("ref"), timed_runners.pop("copy")
+        runners = timed_runners
         ms = {label: r.median_ms() for label, r in runners.items()}
         best = min(v for k, v in ms.items() if k.startswith("torch"))
         ref_gbps = gbps(28, n, adam_ref.median_ms())
         copy_gbps = 8 * n / (copy.median_ms() * 1e-3) / 1e9
         ref_adam_all += adam_ref.times
         copy_all += copy.times
-        path = path_of_default()
-        del runners, adam_ref
+        path = built["optimlab default"].path_for(0)
+        del built
         ours = ms["optimlab default"]
         eff = gbps(spec.bytes_per_param, n, ours)
         ratio, frac, vs_default = ours / best, eff / ref_gbps, ours / ms["torch default"]
