@@ -154,7 +154,7 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
           f"{STEPS_PER_PLACEMENT} on fresh allocations, each after {warmup} warm-up; "
           f"{torch.get_num_threads()} threads ===")
     head = (f"{'optimizer':<14} {'B/p':>3} {'peer':<22} {'peer ms':>8} {'ours fe':>8} {'ours ms':>8} {'path':<7} "
-            f"{'ours/fe':>7} {'ours/peer':>9} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}")
+            f"{'ours/fe':>7} {'ours/peer':>9} {'twin':>5} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}")
     print(head)
     print("-" * len(head), flush=True)
     gen = torch.Generator().manual_seed(123)
@@ -173,10 +173,11 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
         sub_shapes = [shapes[i] for i in picked]
         grads = [all_grads[i] for i in picked]
         n = numel(sub_shapes)
+
         def build(factory, seed, params_of=(sub_shapes, grads)):
             return lambda: factory(make_params(*params_of, seed=seed))
 
-        factories = [("ours", build(spec.ours, 0))]
+        factories = [("ours", build(spec.ours, 0)), ("ours twin", build(spec.ours, 5))]  # (twin: the noise)
         if spec.foreach is not None:
             factories.append(("ours foreach", build(spec.foreach, 7)))
         factories += [(label, build(factory, i + 1)) for i, (label, factory) in enumerate(spec.peers.items())]
@@ -187,7 +188,8 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
         ours_opt = built["ours"]
         ours = runners["ours"].median_ms()
         ref_gbps = gbps(28, n_all, adam_ref.median_ms())
-        peers = {k: r.median_ms() for k, r in runners.items() if k not in ("ours", "ours foreach")}
+        twin = runners["ours twin"].median_ms() / ours
+        peers = {k: r.median_ms() for k, r in runners.items() if k not in ("ours", "ours foreach", "ours twin")}
         path = ours_opt.path_for(0) if hasattr(ours_opt, "path_for") else "-"
         fe = runners["ours foreach"].median_ms() if "ours foreach" in runners else None
         fe_cells = f"{fe:>8.2f} {ours:>8.2f} {path or '-':<7} {ours / fe:>7.2f}" if fe else \
@@ -203,7 +205,7 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
         else:
             none = "(none)" if spec.name.startswith("keras") else "(not installed)"
             cells = f"{none:<22} {'-':>8} {fe_cells} {'-':>9}"
-        print(f"{spec.name:<14} {spec.bytes_per_param or '-':>3} {cells} {bw}", flush=True)
+        print(f"{spec.name:<14} {spec.bytes_per_param or '-':>3} {cells} {twin:>5.2f} {bw}", flush=True)
 
 
 # ------------------------------------------------------------------------ state bytes
