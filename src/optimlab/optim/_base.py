@@ -245,7 +245,7 @@ class Optimizer(torch.optim.Optimizer):
         at construction; without this, a string ``lr`` was silently converted and a
         two-element tensor or a ``None`` failed deep in the update, after the step counters
         had moved. Raises ValueError (or its subclasses), naming the class, group, key and
-        value; also for a group that lost one of its keys. An unchanged group costs one
+        value; also for a group that lacks one of its keys. An unchanged group costs one
         comparison of identities."""
         groups = self.param_groups
         seen = self.__dict__.get("_hyper_seen")
@@ -262,7 +262,7 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 missing = [k for k in self._group_keys if k not in group]
                 if missing:
-                    raise ValueError(f"{type(self).__name__}: param group {i} has lost the key(s) {missing} "
+                    raise ValueError(f"{type(self).__name__}: param group {i} lacks the key(s) {missing} "
                                      f"(each group holds {list(self._group_keys)}); put them back")
             self._check_hyperparameters(group, f"param group {i}, as written into param_groups", changed)
             seen[i] = (group, keys, values)
