@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import optimlab.optim as oo  # noqa: E402
 import optimlab.optim.keras as ok  # noqa: E402
-from optim_step import CASES, LR, STEPS_PER_PLACEMENT, gbps, make_params, numel, run_placements  # noqa: E402
+from optim_step import CASES, LR, gbps, make_params, numel, placements, run_placements  # noqa: E402
 
 
 def _package(name: str):
@@ -150,8 +150,7 @@ _KERAS = [("SGD m", ok.SGD, dict(learning_rate=LR, momentum=0.9), 20),
 def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = False) -> None:
     n_all = numel(shapes)
     print(f"\n=== case {case}: {n_all / 1e6:.2f}M float32 parameters in {len(shapes)} tensors "
-          f"(Muon: the {sum(len(s) == 2 for s in shapes)} matrices); median of {steps} steps, in rounds of "
-          f"{STEPS_PER_PLACEMENT} on fresh allocations, each after {warmup} warm-up; "
+          f"(Muon: the {sum(len(s) == 2 for s in shapes)} matrices); {placements(steps, warmup)}; "
           f"{torch.get_num_threads()} threads ===")
     head = (f"{'optimizer':<14} {'B/p':>3} {'peer':<22} {'peer ms':>8} {'ours fe':>8} {'ours ms':>8} {'path':<7} "
             f"{'ours/fe':>7} {'ours/peer':>9} {'twin':>5} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}")
@@ -277,7 +276,8 @@ def main(argv=None) -> None:
     ap.add_argument("--case", choices=["big", "small", "both"], default="both")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 15 big, 40 small; "
                     "Muon a third of that); the median is reported")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1/10 of the cases, 3 steps")
+    ap.add_argument("--quick", action="store_true", help="smoke run: both cases with layers a tenth as wide (the big "
+                    "case's 0.5M parameters, the small case's 0.1M), 3 steps: one placement, too few to read a ratio from")
     ap.add_argument("--only", default=None, help="comma-separated optimizer names (as in the table, or registry names; any case)")
     ap.add_argument("--threads", default=None, help="comma-separated torch.set_num_threads values, each timed "
                     "in turn (default: torch's own setting)")

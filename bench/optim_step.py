@@ -185,6 +185,15 @@ def run_block(runners: list[Runner], warmup: int, steps: int, seed: int = 0) -> 
 STEPS_PER_PLACEMENT = 10
 
 
+def placements(steps: int, warmup: int) -> str:
+    """How a block is timed, for its header."""
+    if steps <= STEPS_PER_PLACEMENT:
+        return (f"median of {steps} steps on one allocation after {warmup} warm-up (a smoke run: one placement, "
+                "too few steps to read a ratio from)")
+    return (f"median of {steps} steps, in rounds of {STEPS_PER_PLACEMENT} on fresh allocations, each after "
+            f"{warmup} warm-up")
+
+
 def run_placements(factories: list[tuple[str, Callable[[], Callable[[], None]]]], warmup: int, steps: int,
                    per_placement: int = STEPS_PER_PLACEMENT) -> tuple[dict[str, Runner], dict[str, object]]:
     """Time each ``(label, build)`` of ``factories`` round-robin (see :func:`run_block`) for
@@ -218,8 +227,7 @@ def gbps(bytes_per_param: int, n: int, ms: float) -> float:
 def bench_case(case: str, shapes, steps: int, warmup: int, specs) -> None:
     n = numel(shapes)
     print(f"\n=== case {case}: {n / 1e6:.2f}M float32 parameters in {len(shapes)} tensors; "
-          f"median of {steps} steps, in rounds of {STEPS_PER_PLACEMENT} on fresh allocations, each after "
-          f"{warmup} warm-up; {torch.get_num_threads()} threads ===")
+          f"{placements(steps, warmup)}; {torch.get_num_threads()} threads ===")
     gen = torch.Generator().manual_seed(123)
     grads = [torch.randn(s, generator=gen) for s in shapes]  # shared, read-only
     head = (f"{'optimizer':<12} {'B/p':>3} " + " ".join(f"{k:>10}" for k in
@@ -316,7 +324,8 @@ def main(argv=None) -> None:
     ap.add_argument("--case", choices=["big", "small", "both"], default="both")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per implementation "
                     "(default 40; the median is reported)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1/10 of the big case, 3 steps")
+    ap.add_argument("--quick", action="store_true", help="smoke run: both cases with layers a tenth as wide (the big case's "
+                    "0.5M parameters, the small case's 0.1M), 3 steps: one placement, too few to read a ratio from")
     ap.add_argument("--only", default=None, help="comma-separated optimizer names")
     ap.add_argument("--threads", default=None, help="comma-separated torch.set_num_threads values, each "
                     "timed in turn (default 1,2; with --quick 1; 0: torch's own setting)")

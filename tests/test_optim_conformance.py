@@ -538,7 +538,8 @@ def test_an_inference_tensor_is_refused_outside_inference_mode(convention, name,
 
 
 BAD_WRITES = [("lr", "0.1"), ("lr", torch.tensor([0.1, 0.2])), ("lr", None), ("lr", float("nan")), ("lr", -0.1),
-              ("betas", (0.9,)), ("lr", KeyError)]  # (KeyError: the key deleted)
+              ("betas", (0.9,)), ("lr", KeyError),  # (KeyError: the key deleted)
+              ("learning_rate", 0.5)]  # (lr under another name, which the update would not read)
 
 
 @pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
@@ -554,7 +555,7 @@ def test_a_bad_hyperparameter_written_into_a_group_is_refused_before_anything_ch
         for key, bad in BAD_WRITES:
             params = [p.requires_grad_() for p in _params(shapes, torch.float32, "cpu")]
             opt = cls(_groups(params, variants[0]), **variants[0])
-            if key not in opt.param_groups[1]:
+            if key not in opt.param_groups[1] and key != "learning_rate":
                 continue
             for _ in range(steps_before):
                 for p in params:
@@ -565,7 +566,7 @@ def test_a_bad_hyperparameter_written_into_a_group_is_refused_before_anything_ch
             saved = [p.detach().clone() for p in params]
             state = copy.deepcopy(opt.state_dict())
             group = opt.param_groups[1]
-            good = group[key]
+            good = group.get(key, KeyError)
             if bad is KeyError:
                 del group[key]
             else:
@@ -578,7 +579,10 @@ def test_a_bad_hyperparameter_written_into_a_group_is_refused_before_anything_ch
             after = opt.state_dict()
             assert sorted(after["state"]) == sorted(state["state"]), (name, key, bad)
             _assert_same_state(after, state, name)
-            group[key] = good
+            if good is KeyError:
+                del group[key]
+            else:
+                group[key] = good
             twin_params = [p.detach().clone().requires_grad_() for p in params]
             twin = cls(_groups(twin_params, variants[0]), **variants[0])
             twin.load_state_dict(state)
@@ -588,6 +592,44 @@ def test_a_bad_hyperparameter_written_into_a_group_is_refused_before_anything_ch
             twin.step()
             for p, q in zip(params, twin_params):
                 assert torch.equal(p, q), (name, key, bad)
+
+
+TORCH_ROWS = [row for row in TABLE if row[0] == "torch"]  # (Keras's lr and betas are floats: nothing in place)
+
+
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TORCH_ROWS, ids=[n for _, n, *_ in TORCH_ROWS])
+def test_a_hyperparameter_changed_in_place_is_checked_too(convention, name, cls, variants, shapes):
+    """torch's LR schedulers (and optimlab's) ``fill_`` a tensor ``lr`` in place, and a list
+    of betas can be edited in place: such values are re-checked at every step (a NaN written
+    this way made NaN weights), before anything changes."""
+    params = [p.requires_grad_() for p in _params(shapes, torch.float32, "cpu")]
+    hyper = dict(variants[0])
+    opt = cls(_groups(params, hyper), **hyper)
+    group = opt.param_groups[1]
+    if convention == "torch" and not isinstance(group["lr"], torch.Tensor):
+        group["lr"] = torch.tensor(float(group["lr"]))  # (a tensor lr, where the class takes one)
+    if isinstance(group.get("betas"), tuple):
+        group["betas"] = list(group["betas"])
+    for p in params:
+        p.grad = torch.ones_like(p)
+    try:
+        opt.step()
+    except ValueError:  # (this class refuses a tensor lr, as torch's twin does: nothing to mutate)
+        group["lr"] = float(group["lr"])
+        opt.step()
+    edits = [("betas", lambda g: g["betas"].__setitem__(0, 1.0))] if isinstance(group.get("betas"), list) else []
+    if isinstance(group["lr"], torch.Tensor):
+        edits.append(("lr", lambda g: g["lr"].fill_(float("nan"))))
+    assert edits, name
+    for key, edit in edits:
+        saved, state = [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
+        good = copy.deepcopy(group[key])
+        edit(group)
+        with pytest.raises(ValueError, match="param group 1"):
+            opt.step()
+        assert all(torch.equal(p, s) for p, s in zip(params, saved)), (name, key)
+        group[key] = good
+        _assert_same_state(opt.state_dict(), state, name)
 
 
 def _assert_same_state(a, b, name):

@@ -212,8 +212,12 @@ class Optimizer(torch.optim.Optimizer):
                                  "each parameter may appear in one group only")
         unknown = set(group) - set(self.defaults) - {"params", "param_names"}
         if unknown:
+            hints = [f"{k!r}: did you mean {self._group_key_for(k) or m[0]!r}?" for k in sorted(unknown)
+                     for m in [difflib.get_close_matches(k, list(self.defaults), n=1) or [None]]
+                     if self._group_key_for(k) or m[0]]
             raise ValueError(f"{where} has unknown hyperparameter(s) {sorted(unknown)}; "
-                             f"{type(self).__name__} takes {sorted(self.defaults)}")
+                             f"{type(self).__name__} takes {sorted(self.defaults)}"
+                             + (f" ({'; '.join(hints)})" if hints else ""))
         for key, default in self.defaults.items():
             group.setdefault(key, default)
         self._check_hyperparameters(group, where)
@@ -244,9 +248,13 @@ class Optimizer(torch.optim.Optimizer):
         settings together (e.g. a tensor ``lr`` with ``foreach=True``). torch.optim checks only
         at construction; without this, a string ``lr`` was silently converted and a
         two-element tensor or a ``None`` failed deep in the update, after the step counters
-        had moved. Raises ValueError (or its subclasses), naming the class, group, key and
-        value; also for a group that lacks one of its keys. An unchanged group costs one
-        comparison of identities."""
+        had moved. Values that can change in place (a CPU tensor, as torch's schedulers
+        ``fill_`` a tensor ``lr``; a list; a tuple holding tensors) are checked at every step;
+        a CUDA tensor's value is not read (that would wait for the device). Raises ValueError
+        (or its subclasses), naming the class, group, key and value; also for a group that
+        lacks one of its keys, or holds one of them under another name (``learning_rate``
+        for ``lr``), which the update would not read. An unchanged group of plain numbers
+        costs one comparison of identities."""
         groups = self.param_groups
         seen = self.__dict__.get("_hyper_seen")
         if seen is None or len(seen) != len(groups):
@@ -254,18 +262,41 @@ class Optimizer(torch.optim.Optimizer):
         for i, group in enumerate(groups):
             keys, values = tuple(group), tuple(group.values())
             last = seen[i]
-            changed = None
             if last is not None and last[0] is group and last[1] == keys:
                 if all(map(operator.is_, values, last[2])):
-                    continue
-                changed = [k for k, v, w in zip(keys, values, last[2]) if v is not w]
+                    if not last[3]:
+                        continue
+                    changed = last[3]  # (values that may have changed in place)
+                else:
+                    changed = [k for k, v, w in zip(keys, values, last[2]) if v is not w or k in last[3]]
             else:
-                missing = [k for k in self._group_keys if k not in group]
-                if missing:
-                    raise ValueError(f"{type(self).__name__}: param group {i} lacks the key(s) {missing} "
-                                     f"(each group holds {list(self._group_keys)}); put them back")
+                changed = None
+                self._check_group_keys(group, i, () if last is None or last[0] is not group else last[1])
             self._check_hyperparameters(group, f"param group {i}, as written into param_groups", changed)
-            seen[i] = (group, keys, values)
+            seen[i] = (group, keys, values, [k for k, v in zip(keys, values) if _mutable(v)])
+
+    def _check_group_keys(self, group: dict[str, Any], i: int, known: Iterable[str]) -> None:
+        """A group must hold every key of this optimizer's groups, and none of them under
+        another name (``learning_rate`` for ``lr``: the update would not read it). Other keys
+        (a scheduler's ``initial_lr``, the user's own) are left alone, as torch.optim does."""
+        name = type(self).__name__
+        missing = [k for k in self._group_keys if k not in group]
+        if missing:
+            raise ValueError(f"{name}: param group {i} lacks the key(s) {missing} "
+                             f"(each group holds {list(self._group_keys)}); put them back")
+        known = set(known)
+        for key in group:
+            meant = self._group_key_for(key)
+            if key not in known and meant is not None:
+                raise ValueError(f"{name}: param group {i} holds {key!r}={group[key]!r}, which {name} does not "
+                                 f"read: its key is {meant!r} (write param_groups[{i}][{meant!r}])")
+
+    def _group_key_for(self, key: str) -> str | None:
+        """The group key that ``key`` (not one itself) names under another name, or None."""
+        if key in self.defaults:
+            return None
+        meant = "lr" if key == "learning_rate" else self.keyword_aliases.get(key)
+        return meant if meant in self.defaults else None
 
     #: Hyperparameters that torch.optim's class refuses as tensors with ``foreach=True`` (and
     #: ``capturable=False``, which optimlab always has): Adam's and AdamW's "lr" and "betas".
@@ -810,7 +841,9 @@ class Optimizer(torch.optim.Optimizer):
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
         name = type(self).__name__
         source = state_dict.get("optimlab", {}).get("optimizer")
-        origin = f"it was saved by a {source}, not by {name}" if source else f"incomplete, or not saved by {name}"
+        origin = (f"it was saved by a {source}, not by {name}" if source and source != name
+                  else f"it was saved by a {name} and is incomplete (edited since?)" if source
+                  else f"incomplete, or not saved by {name}")
         groups = state_dict["param_groups"]
         if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
             count = len(groups) if isinstance(groups, (list, tuple)) else repr(type(groups).__name__)
@@ -889,6 +922,16 @@ def _rule_on_real_views(rule: Callable, param: Tensor, grad: Tensor, state: dict
     for k, v in real.items():  # what the rule created (e.g. SGD's momentum buffer), back in the state
         if k not in state:
             state[k] = torch.view_as_complex(v) if isinstance(v, Tensor) and v.shape == real_param.shape else v
+
+
+def _mutable(value: Any) -> bool:
+    """Whether a hyperparameter's value can change in place and is cheap to read: a CPU
+    tensor, a list, or a tuple holding a CPU tensor (tensor ``betas``)."""
+    if isinstance(value, Tensor):
+        return value.is_cpu
+    if isinstance(value, list):
+        return True
+    return isinstance(value, tuple) and any(isinstance(v, Tensor) and v.is_cpu for v in value)
 
 
 def _all_finite(grads: list[Tensor]) -> bool:

@@ -237,7 +237,7 @@ class KerasOptimizer(Optimizer):
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
-        check_learning_rate("learning_rate", value)
+        check.named(type(self).__name__, check_learning_rate, "learning_rate", value)
         for group in self.param_groups:
             group["lr"] = value
 
