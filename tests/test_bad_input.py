@@ -729,7 +729,8 @@ def test_a_refused_setting_keeps_its_value(kind, attribute, value, names):
     """A setting kept as an attribute (Lookahead's k, SAM's rho, a Keras twin's clipping, any
     optimizer's skip_nonfinite) is checked on every assignment, not only by the constructor:
     a bad value written mid-training is refused where it is written and the old one stays;
-    a good one is taken, and survives a pickle (deepcopy, torch.save) and a state_dict load."""
+    a good one is taken, and survives a pickle (deepcopy, torch.save) and a state_dict load,
+    also into a fresh object (a Keras twin's clipping and skip_nonfinite were lost there)."""
     import copy
     import io
 
@@ -752,6 +753,9 @@ def test_a_refused_setting_keeps_its_value(kind, attribute, value, names):
             setattr(twin, attribute, value)
     obj.load_state_dict(obj.state_dict())
     assert getattr(obj, attribute) == good
+    fresh = _made(kind)()  # (a resumed run: the state brings the setting back)
+    fresh.load_state_dict(obj.state_dict())
+    assert getattr(fresh, attribute) == good
 
 
 def test_the_catalogue_covers_every_public_constructor():

@@ -812,7 +812,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["optimlab"] = {"optimizer": type(self).__name__, "skipped_steps": self.skipped_steps}
+        sd["optimlab"] = {"optimizer": type(self).__name__, "skipped_steps": self.skipped_steps,
+                          "skip_nonfinite": self.skip_nonfinite}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -837,10 +838,15 @@ class Optimizer(torch.optim.Optimizer):
                 if isinstance(value, Tensor) and (value.is_neg() or value.is_conj() or value._is_zerotensor()):
                     st[key] = value.resolve_conj().resolve_neg() if not value._is_zerotensor() else value.clone()
         self.skipped_steps = int(extra.get("skipped_steps", 0))
+        if "skip_nonfinite" in extra:  # (checked with the rest; a state from before it keeps this one's)
+            self.skip_nonfinite = extra["skip_nonfinite"]
 
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
         name = type(self).__name__
-        source = state_dict.get("optimlab", {}).get("optimizer")
+        extra = state_dict.get("optimlab", {})
+        if "skip_nonfinite" in extra:
+            check.named(name, check.boolean, "skip_nonfinite", extra["skip_nonfinite"])
+        source = extra.get("optimizer")
         origin = (f"it was saved by a {source}, not by {name}" if source and source != name
                   else f"it was saved by a {name} and is incomplete (edited since?)" if source
                   else f"incomplete, or not saved by {name}")

@@ -453,11 +453,16 @@ class KerasOptimizer(Optimizer):
 
     # ------------------------------------------------------------------------ state I/O
     def _global_state(self) -> dict[str, Any]:
-        """Optimizer-wide state saved next to the per-parameter state."""
-        return {"iterations": self.iterations}
+        """Optimizer-wide state saved next to the per-parameter state (the clipping too, so a
+        resumed run clips as the saved one did)."""
+        return {"iterations": self.iterations, **{k: getattr(self, k) for k in _CLIP_OPTIONS}}
 
     def _set_global_state(self, saved: dict[str, Any]) -> None:
         self.iterations = saved["iterations"]
+        if any(k in saved for k in _CLIP_OPTIONS):  # (checked in _check_loadable; older states keep these)
+            self._clipnorm = self._clipvalue = self._global_clipnorm = None
+            for key in _CLIP_OPTIONS:
+                setattr(self, key, saved.get(key))
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -477,6 +482,12 @@ class KerasOptimizer(Optimizer):
         iterations = extra.get("iterations")
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
             raise ValueError(f"the state's iteration counter must be an int >= 0, got {iterations!r}")
+        clip = {k: extra.get(k) for k in _CLIP_OPTIONS}
+        for key, value in clip.items():
+            check.named(name, optional_positive, key, value)
+        if sum(v is not None for v in clip.values()) > 1:
+            raise ValueError(f"{name}: the state sets more than one of clipnorm, clipvalue and global_clipnorm: "
+                             + ", ".join(f"{k}={v!r}" for k, v in clip.items()))
         super()._check_loadable(state_dict)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
