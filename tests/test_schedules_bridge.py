@@ -52,6 +52,27 @@ def test_finite_schedule_keeps_last_value_at_its_end_then_refuses_to_go_on():
         bridge.step()
 
 
+def test_one_cycle_cycles_a_keras_twins_beta_1_as_torch_cycles_adams_betas():
+    """A Keras-convention Adam's group says beta_1 where torch's says betas[0]: the bridge
+    cycles it to the values torch's OneCycleLR gives betas[0] (torch's scheduler refuses the
+    Keras group: it looks for momentum or betas only)."""
+    import optimlab.optim.keras as ok
+
+    keras_adam = ok.Adam(torch.nn.Linear(2, 1).parameters(), learning_rate=0.001)
+    torch_adam = torch.optim.Adam(torch.nn.Linear(2, 1).parameters(), lr=0.001)
+    bridge = S.Scheduler(keras_adam, S.OneCycle(max_lr=0.1, total_steps=20, base_momentum=0.85, max_momentum=0.95))
+    theirs = torch.optim.lr_scheduler.OneCycleLR(torch_adam, max_lr=0.1, total_steps=20,
+                                                 base_momentum=0.85, max_momentum=0.95)
+    for _ in range(19):
+        group, twin = keras_adam.param_groups[0], torch_adam.param_groups[0]
+        assert group["beta_1"] == pytest.approx(twin["betas"][0], rel=1e-12, abs=0)
+        assert group["lr"] == pytest.approx(twin["lr"], rel=1e-12, abs=0)
+        torch_adam.step()
+        theirs.step()
+        bridge.step()
+    keras_adam.step()  # (the written values pass the step's checks)
+
+
 def test_cycling_momentum_on_an_optimizer_without_momentum_is_an_error():
     optimizer = torch.optim.Adagrad(torch.nn.Linear(2, 1).parameters())
     with pytest.raises(ValueError, match="neither 'momentum' nor 'betas'"):

@@ -107,7 +107,7 @@ class EMA:
     @warmup.setter
     def warmup(self, value: bool) -> None:
         if not isinstance(value, bool):
-            raise ValueError(f"warmup must be True or False, got warmup={value!r}")
+            raise ValueError(f"EMA: warmup must be True or False, got warmup={value!r}")
         self._warmup = value
 
     @property
@@ -206,7 +206,7 @@ class EMA:
         decay = _checked_decay(state["decay"])
         warmup = state["warmup"]
         if not isinstance(warmup, bool):
-            raise ValueError(f"warmup must be True or False, got warmup={warmup!r}")
+            raise ValueError(f"EMA: warmup must be True or False, got warmup={warmup!r}")
         buffer_shadow = state.get("buffer_shadow") or None
         if buffer_shadow is not None and self.buffers:
             _check_names("buffer_shadow", buffer_shadow, self.buffers)
@@ -240,5 +240,5 @@ def _check_names(what: str, saved: dict, live: dict) -> None:
 def _checked_decay(decay: float) -> float:
     """``decay`` as a float, if a real number in [0, 1); else ValueError naming it."""
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-        raise ValueError(f"decay must be in [0, 1), got decay={decay!r}")
+        raise ValueError(f"EMA: decay must be in [0, 1), got decay={decay!r}")
     return float(decay)

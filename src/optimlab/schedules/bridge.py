@@ -18,10 +18,12 @@ def write_lr(group: dict, value: float) -> None:
 
 
 def write_momentum(group: dict, value: float) -> None:
-    """Cycle Adam-style ``betas[0]`` if the group has ``betas``, else SGD-style ``momentum``
-    (the same precedence as torch's ``OneCycleLR``)."""
+    """Cycle Adam-style ``betas[0]`` if the group has ``betas`` (the same precedence as
+    torch's ``OneCycleLR``), else a Keras twin's ``beta_1``, else SGD-style ``momentum``."""
     if "betas" in group:
         group["betas"] = (value, *group["betas"][1:])
+    elif "beta_1" in group:
+        group["beta_1"] = float(value)
     else:
         group["momentum"] = value
 
@@ -59,10 +61,10 @@ class Scheduler:
         for i, (s, group) in enumerate(zip(schedules, groups)):
             if not isinstance(s, Schedule):
                 raise ValueError(f"schedule for param group {i} must be a Schedule, got {s!r}")
-            if s.cycles_momentum and "momentum" not in group and "betas" not in group:
+            if s.cycles_momentum and not {"momentum", "betas", "beta_1"} & set(group):
                 raise ValueError(
-                    f"{s!r} cycles momentum but param group {i} has neither 'momentum' nor 'betas'; "
-                    "pass cycle_momentum=False"
+                    f"{s!r} cycles momentum but param group {i} has neither 'momentum' nor 'betas' "
+                    "(nor a Keras twin's 'beta_1'); pass cycle_momentum=False"
                 )
         self.optimizer = optimizer
         self.schedules = schedules
