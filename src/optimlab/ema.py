@@ -19,6 +19,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from optimlab.optim._validation import checked_setting
+
 BUFFER_MODES = ("average", "copy")
 
 
@@ -89,26 +91,11 @@ class EMA:
         self._buffers_pending = False  # a state without buffer averages was loaded: start them at the next use
 
     # decay and warmup may be changed between updates: each assignment is checked, as the constructor's
-    @property
-    def decay(self) -> float:
-        """The decay d in [0, 1) (a float; checked on every assignment)."""
-        return self._decay
-
-    @decay.setter
-    def decay(self, value: float) -> None:
-        self._decay = _checked_decay(value)
-
-    @property
-    def warmup(self) -> bool:
-        """Whether the decay ramps up as ``min(d, (1 + n)/(10 + n))`` (True or False; checked on
-        every assignment)."""
-        return self._warmup
-
-    @warmup.setter
-    def warmup(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise ValueError(f"EMA: warmup must be True or False, got warmup={value!r}")
-        self._warmup = value
+    decay = checked_setting("decay", lambda self, v: _checked_decay(v),
+                            "The decay d in [0, 1) (a float; checked on every assignment).")
+    warmup = checked_setting("warmup", lambda self, v: _checked_warmup(v),
+                             "Whether the decay ramps up as ``min(d, (1 + n)/(10 + n))`` (True or False; "
+                             "checked on every assignment).")
 
     @property
     def buffer_mode(self) -> str:
@@ -203,10 +190,7 @@ class EMA:
         num_updates = state["num_updates"]
         if isinstance(num_updates, bool) or not isinstance(num_updates, int) or num_updates < 0:
             raise ValueError(f"num_updates must be an integer >= 0, got num_updates={num_updates!r}")
-        decay = _checked_decay(state["decay"])
-        warmup = state["warmup"]
-        if not isinstance(warmup, bool):
-            raise ValueError(f"EMA: warmup must be True or False, got warmup={warmup!r}")
+        decay, warmup = _checked_decay(state["decay"]), _checked_warmup(state["warmup"])
         buffer_shadow = state.get("buffer_shadow") or None
         if buffer_shadow is not None and self.buffers:
             _check_names("buffer_shadow", buffer_shadow, self.buffers)
@@ -242,3 +226,9 @@ def _checked_decay(decay: float) -> float:
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
         raise ValueError(f"EMA: decay must be in [0, 1), got decay={decay!r}")
     return float(decay)
+
+
+def _checked_warmup(warmup: bool) -> bool:
+    if not isinstance(warmup, bool):
+        raise ValueError(f"EMA: warmup must be True or False, got warmup={warmup!r}")
+    return warmup

@@ -210,10 +210,7 @@ class MuonWithAuxAdamW(Optimizer):
         # checked here, not only when an AdamW group arrives: a bad value is a constructor error
         for key, check_fn in (("lr", check.non_negative), ("betas", check.betas), ("eps", check.positive),
                               ("weight_decay", check.non_negative)):
-            try:
-                check_fn(f"adamw_{key}", self._aux_defaults[key])
-            except ValueError as err:
-                raise ValueError(f"{type(self).__name__}: {err}") from None
+            check.named(type(self).__name__, check_fn, f"adamw_{key}", self._aux_defaults[key])
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
                         use_muon=True, betas=adamw_betas, amsgrad=amsgrad, foreach=foreach)

@@ -126,6 +126,16 @@ def optional_positive(name: str, value: Any) -> None:
         check.positive(name, value)
 
 
+def _check_clipping(owner: str, clip: dict[str, Any]) -> None:
+    """Keras's clipping options (``clipnorm``, ``clipvalue``, ``global_clipnorm``): each None
+    or > 0, and at most one of them set; ValueError naming them otherwise."""
+    for key, value in clip.items():
+        check.named(owner, optional_positive, key, value)
+    if sum(v is not None for v in clip.values()) > 1:
+        raise ValueError(f"{owner}: only one of clipnorm, clipvalue and global_clipnorm can be set "
+                         f"(as in Keras), got " + ", ".join(f"{k}={v!r}" for k, v in clip.items()))
+
+
 def _reject_keras_only(init: Callable, cls_name: str) -> Callable:
     @functools.wraps(init)
     def checked_init(self, *args, **kwargs):
@@ -215,14 +225,9 @@ class KerasOptimizer(Optimizer):
         "Norm clipping over every gradient (None: off); checked on every assignment.")
 
     def _checked_clip(self, key: str, value: Any) -> Any:
-        """``value`` for the clipping option ``key``: None or > 0, and at most one option set."""
-        name = type(self).__name__
-        check.named(name, optional_positive, key, value)
-        clip = {k: getattr(self, "_" + k, None) for k in _CLIP_OPTIONS}
-        clip[key] = value
-        if sum(v is not None for v in clip.values()) > 1:
-            raise ValueError(f"{name}: only one of clipnorm, clipvalue and global_clipnorm can be set "
-                             f"(as in Keras), got " + ", ".join(f"{k}={v!r}" for k, v in clip.items()))
+        """``value`` for the clipping option ``key``, with the other two as they are (see
+        :func:`_check_clipping`)."""
+        _check_clipping(type(self).__name__, {**{k: getattr(self, "_" + k, None) for k in _CLIP_OPTIONS}, key: value})
         return value
 
     # ------------------------------------------------------------------ learning rate
@@ -482,12 +487,7 @@ class KerasOptimizer(Optimizer):
         iterations = extra.get("iterations")
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
             raise ValueError(f"the state's iteration counter must be an int >= 0, got {iterations!r}")
-        clip = {k: extra.get(k) for k in _CLIP_OPTIONS}
-        for key, value in clip.items():
-            check.named(name, optional_positive, key, value)
-        if sum(v is not None for v in clip.values()) > 1:
-            raise ValueError(f"{name}: the state sets more than one of clipnorm, clipvalue and global_clipnorm: "
-                             + ", ".join(f"{k}={v!r}" for k, v in clip.items()))
+        _check_clipping(name, {k: extra.get(k) for k in _CLIP_OPTIONS})
         super()._check_loadable(state_dict)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
