@@ -24,8 +24,7 @@ exactly where torch's vectorised kernels use them): a kernel without square root
 the foreach path bit for bit. Square roots are the C library's (correctly rounded; torch's
 CPU ``sqrt``, MKL's vector routine in torch's wheels, is not always, so these kernels agree
 with the foreach path to an ulp or two per step), except in the descriptions marked
-``torch_sqrt`` (the Keras twins, which must be Keras bit for bit, and ADOPT, its readable rule
-bit for bit), which call torch's own routine on blocks of elements: found in libtorch and
+``torch_sqrt`` (the Keras twins, which must be Keras bit for bit), which call torch's own routine on blocks of elements: found in libtorch and
 checked against ``torch.sqrt`` when the library loads (:func:`sqrt_is_torchs`); where that
 check fails they use the C library's and decline calls that ask for ``exact`` results.
 

@@ -61,9 +61,10 @@ def adopt_state_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: 
         hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "clip_exponent"), per_tensor=("step",),
         flags={"maximize": "maximize", "decay": decay_on, "decoupled": "decoupled_weight_decay",
                "clip": lambda h: h["clip_exponent"] is not None},
-        tensor_flags={"first": lambda t: t["step"] == 1}, torch_sqrt=True)
+        tensor_flags={"first": lambda t: t["step"] == 1})
 def adopt_kernel(x, *, maximize, decay, decoupled, clip, first):
-    """:func:`optimlab.optim.adopt.adopt_rule`, bit for bit (its square root is torch's).
+    """:func:`optimlab.optim.adopt.adopt_rule` (within an ulp per square root: the C library's,
+    correctly rounded, where torch's CPU ``sqrt`` is MKL's, which is not always; bit for bit otherwise).
     ``first``: the tensor's first step, which only sets v = g² (and decays)."""
     g = -x.grad if maximize else x.grad
     if decay and decoupled:
@@ -113,7 +114,7 @@ class ADOPT(RealOnly, Optimizer):
     hyper_checks = {"betas": check.betas, "eps": check.positive, "decoupled_weight_decay": check.boolean,
                     "clip_exponent": _clip_exponent}
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
-    default_kernels = "optimlab"  # adopt_kernel: adopt_rule bit for bit, in one pass
+    default_kernels = "optimlab"  # adopt_kernel: adopt_rule in one pass
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.9999),
                  eps: float = 1e-6, weight_decay: float = 0.0, decoupled_weight_decay: bool = False, *,
@@ -136,7 +137,7 @@ class ADOPT(RealOnly, Optimizer):
                 dict(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
                      weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
                      clip_exponent=group["clip_exponent"], maximize=group["maximize"]),
-                dict(step=steps), exact=True):
+                dict(step=steps)):
             self._kernel_ran = True
             return
         for p, g, s, t in zip(params, grads, states, steps):
