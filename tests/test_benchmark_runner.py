@@ -151,6 +151,67 @@ def test_resume_after_sigkill_loses_no_trial_and_runs_none_twice(tmp_path):
     assert not list((out / "checkpoints").glob("*.pt"))
 
 
+def _small(out):
+    """One workload, one optimizer, 2 trials and 1 confirm seed: 3 runs of 4 epochs each."""
+    return tiny.config(out, workloads=("tiny_regression",), optimizers=("sgd",), trials=2, seeds=1)
+
+
+def _killed_at(out: str, event: str, nth: int) -> None:
+    """Run the small benchmark and SIGKILL this (forked) process right after the ``nth`` ``event``:
+    ``log_epoch`` (the store holds an epoch's row), ``save`` (an epoch's checkpoint is on disk),
+    ``recorded`` (a run's test result is in the store), ``unlink`` (a trial's checkpoint is deleted)."""
+    from optimlab.train import checkpoint
+
+    seen = collections.Counter()
+
+    def after(obj, attr, name, when=lambda *a, **k: True):
+        original = getattr(obj, attr)
+
+        def wrapped(*args, **kwargs):
+            result = original(*args, **kwargs)
+            if when(*args, **kwargs):
+                seen[name] += 1
+                if name == event and seen[name] == nth:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        setattr(obj, attr, wrapped)
+
+    after(RunStore, "log_epoch", "log_epoch")
+    after(checkpoint, "save", "save")
+    after(runner, "_record", "recorded")
+    after(Path, "unlink", "unlink", lambda self, *a, **k: self.suffix == ".pt")
+    runner.run_benchmark(_small(out))
+    os._exit(3)  # never killed: the test's kill point was not reached
+
+
+KILL_POINTS = {  # the second trial's events (the first trial writes 4 epoch rows and 4 checkpoints)
+    "store holds the first epoch": ("log_epoch", 5),  # (before the checkpoint, on the old code)
+    "checkpoint holds the first epoch": ("save", 5),
+    "store holds the last epoch": ("log_epoch", 8),
+    "test result recorded": ("recorded", 2),
+    "checkpoint deleted, Optuna not told": ("unlink", 2),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_sigkill_at_each_write_of_a_trial_loses_none_runs_none_twice_and_resumes_its_run(tmp_path, point):
+    """A kill between any two of a trial's writes (store row, checkpoint, test result, checkpoint
+    deletion, Optuna's tell): the next run_benchmark finishes every trial exactly once, a run killed
+    past its first evaluation finishes under its own id, and nothing is left dead or on disk."""
+    from tests.forked import run_forked
+
+    out = tmp_path / "b"
+    cfg = _small(out)
+    assert run_forked(_killed_at, [(str(out), *KILL_POINTS[point])]) == [-signal.SIGKILL]
+    dead = _runs(cfg, status=("dead",))  # every kill point is past the trial's first checkpoint
+    runner.run_benchmark(cfg)
+    runs = _check_complete(cfg)
+    assert {r["run_id"] for r in dead} <= {r["run_id"] for r in runs}
+    assert not _runs(cfg, status=("dead", "running", "stale", "interrupted", "incomplete"))
+    assert not list((out / "checkpoints").glob("*.pt"))
+
+
 def test_the_command_line_runs_a_one_shot_benchmark_and_rebuilds_its_report(tmp_path, capsys):
     from optimlab import cli
 

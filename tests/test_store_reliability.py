@@ -178,6 +178,23 @@ def test_a_resumed_run_records_again_what_the_store_missed(tmp_path):
     assert run["steps_rows"] == clean(h.steps)
 
 
+def test_the_store_never_holds_an_epoch_the_checkpoint_lacks(tmp_path, monkeypatch):
+    """fit writes an epoch's checkpoint before the epoch's store row: a process killed between the
+    two resumes from that epoch under the same run id. (The other order left the store showing
+    the first epoch with no checkpoint on disk: the resume started afresh under a new id.)"""
+    from optimlab.train import checkpoint
+
+    ck, seen, log_epoch = tmp_path / "ck.pt", [], RunStore.log_epoch
+
+    def logged(self, run_id, row, steps=()):
+        seen.append((row["epoch"], checkpoint.load(ck)["epoch"] if ck.exists() else None))
+        return log_epoch(self, run_id, row, steps)
+
+    monkeypatch.setattr(RunStore, "log_epoch", logged)
+    _fit(tmp_path / "s.sqlite", checkpoint=ck)
+    assert seen == [(1, 1), (2, 2), (3, 3)]
+
+
 def test_clean_lives_below_train():
     assert history_clean is clean  # optimlab.train.history.clean still works for its users
     assert clean({"a": (1, float("nan"))}) == {"a": [1, None]}

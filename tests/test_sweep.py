@@ -146,6 +146,44 @@ def test_interrupted_sweep_continues_the_same_study(tmp_path):
     assert len(runs) == 4
 
 
+def _sweep_killed_after_a_trial_checkpoint_is_deleted(cfg) -> None:
+    """The sweep, in a forked child that SIGKILLs itself right after deleting the first
+    trial's checkpoint (on the old code, before Optuna was told the trial's result)."""
+    original = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.suffix == ".pt":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    Path.unlink = unlink
+    run_sweep(cfg)
+
+
+def test_a_kill_as_a_trial_finishes_runs_it_neither_twice_nor_afresh(tmp_path):
+    """A worker killed once its trial's result is in but before the trial's checkpoint is gone:
+    the next sweep trains nothing of that trial again (the old order deleted the checkpoint first,
+    and a kill before Optuna's tell left the trial RUNNING and its retry trained afresh, a second
+    run of the same trial in the store)."""
+    out = tmp_path / "sw"
+    cfg = SweepConfig(out=str(out), sampler="random", optimizers=("momentum",), lr=(0.005, 0.05),
+                      batch_sizes=(64,), epochs=2, dataset="synthetic", n_train=256, n_val=128, trials=2,
+                      pruner="none")
+    open_study(cfg)
+    proc = mp.get_context("fork").Process(target=_sweep_killed_after_a_trial_checkpoint_is_deleted, args=(cfg,))
+    proc.start()
+    proc.join(300)
+    assert proc.exitcode == -signal.SIGKILL
+    run_sweep(cfg)
+    trials = open_study(cfg).get_trials()
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 2 and not [t for t in trials if t.state.name != "COMPLETE"]
+    runs = _store_runs(out / "runs.sqlite")
+    assert sorted(runs) == sorted(t.user_attrs["run_id"] for t in finished)  # one run per trial
+    assert set(runs.values()) == {"completed"}
+    assert not list((out / "checkpoints").glob("*.pt"))
+
+
 def test_settings_of_an_existing_study_are_checked(tmp_path):
     cfg = SweepConfig(out=str(tmp_path), dataset="synthetic", epochs=1)
     open_study(cfg)

@@ -16,6 +16,12 @@ result added afterwards; the report is built from the store alone. A run checkpo
 every evaluation; a worker killed mid-trial leaves the trial ``RUNNING``: the next start on
 this machine marks it failed and queues the same trial again (same number, same setting,
 same seed), which resumes from the checkpoint, so no trial is lost or counted twice.
+The order of the writes makes every kill point safe: ``fit`` writes an epoch's checkpoint
+before the epoch's store row (a run the store shows past an evaluation resumes under its
+id); a trial's checkpoint is deleted only after its test result is in the store, and a
+re-queued trial the store already holds finished and recorded is not trained again (a kill
+between deleting the checkpoint and telling Optuna). A kill before a run's first evaluation
+leaves its row ``dead`` (nothing to resume) and the trial starts afresh under a new id.
 """
 
 from __future__ import annotations
@@ -171,23 +177,44 @@ def _record(store: str, run_id: str | None, extra: dict) -> None:
         db.close()
 
 
+def _recorded(store: str, name: str) -> dict | None:
+    """The newest finished run named ``name`` whose test result :func:`_record` added, else None."""
+    from optimlab.benchmark.results import FINISHED
+    from optimlab.store import RunStore
+
+    if not Path(store).is_file():
+        return None
+    db = RunStore(store, readonly=True)
+    try:
+        return next((r for r in db.runs(name=name) if r["status"] in FINISHED and "val_metric" in r["summary"]),
+                    None)
+    finally:
+        db.close()
+
+
 def run_job(cfg: BenchmarkConfig, workload: str, optimizer: str, phase: str, trial: int, point: dict, seed: int,
             *, selected_trial: int | None = None, cpus=()) -> float | None:
     """Train one setting on one workload (resuming from its checkpoint); return the final
-    validation metric (None when the run diverged)."""
+    validation metric (None when the run diverged). A trial whose run the store already holds
+    finished, with its test result, is not trained again: its worker was killed after recording
+    it (and deleting its checkpoint) but before telling Optuna, which queued the trial again."""
     import torch
 
     from optimlab.benchmark import space
     from optimlab.train import fit
 
     bid = cfg.benchmark_id
+    tag = f"{workload}-{optimizer}-{phase}{trial}-s{seed}"
+    ckpt = Path(cfg.out) / "checkpoints" / f"{bid}-{tag}.pt"
+    done = _recorded(cfg.store_path, f"{bid}/{tag}")
+    if done is not None:
+        ckpt.unlink(missing_ok=True)
+        return done["summary"]["val_metric"]
     w = cfg.workload(workload)
     splits = w.data()
     torch.manual_seed(seed)
     model = w.model()
     opt, schedule = space.build(optimizer, point, model.parameters(), w.steps, one_shot=cfg.budget == "one-shot")
-    tag = f"{workload}-{optimizer}-{phase}{trial}-s{seed}"
-    ckpt = Path(cfg.out) / "checkpoints" / f"{bid}-{tag}.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     load = list(os.getloadavg())
     started = time.perf_counter()

@@ -434,13 +434,15 @@ class RunStore:
             raise KeyError(f"no run {run_id!r} in {self.path}")
         raise KeyError(f"run id {run_id!r} is ambiguous: {', '.join(ids[:5])}")
 
-    def runs(self, *, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def runs(self, *, status: str | None = None, limit: int | None = None,
+             name: str | None = None) -> list[dict[str, Any]]:
         """Every run (newest first): id, name, status, times, config, summary, epoch count, host, pid.
 
         ``status`` is read as the module describes: a ``running`` row whose process is known
         to be gone reads ``dead``, one that cannot be checked and has not written for
         ``stale_after`` seconds reads ``stale``; ``stored_status`` is what the file says.
-        ``status=``: only runs with this (read) status; ``limit``: at most this many.
+        ``status=``: only runs with this (read) status; ``limit``: at most this many;
+        ``name=``: only runs of exactly this name.
         """
         conn = self.conn  # opening the file learns its columns
         proc_column = "r.proc" if "proc" in self._columns else "NULL"  # a store from before dead-run detection
@@ -448,9 +450,15 @@ class RunStore:
                f"(SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.run_id), r.host, r.pid, {proc_column} FROM runs r")
         args: list = []
         derived = status in (RUNNING, DEAD, STALE)  # decided on reading: filtered and limited below
+        where = []
         if status:
-            sql += " WHERE r.status = ?"
+            where.append("r.status = ?")
             args.append(RUNNING if derived else status)
+        if name is not None:
+            where.append("r.name = ?")
+            args.append(name)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY r.created DESC, r.run_id DESC"
         if limit and not derived:
             sql += " LIMIT ?"

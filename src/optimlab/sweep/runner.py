@@ -390,9 +390,8 @@ def run_trial(cfg: SweepConfig, trial, data) -> tuple[str, float | None]:
     model = models.lecture_cnn()
     opt = optim.create(params["optimizer"], model.parameters(), cfg.convention, lr=params["lr"])
     schedule = schedule_text(params["schedule"], params["lr"], schedule_total, steps)
-    ckpt_dir = Path(cfg.out) / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = ckpt_dir / f"{cfg.study}-{origin}.pt"
+    checkpoint = _checkpoint(cfg, origin)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     reporter = _Reporter(trial)
     history = optimlab.fit(model, opt, data, epochs=cfg.epochs, batch_size=params["batch_size"], schedule=schedule,
                            seed=params["seed"], store=str(cfg.store_path), name=f"{cfg.study}#{origin}",
@@ -410,7 +409,6 @@ def run_trial(cfg: SweepConfig, trial, data) -> tuple[str, float | None]:
     if best is not None:
         trial.set_user_attr("val_acc", best.get("val_acc"))
         trial.set_user_attr("best_epoch", best["epoch"])
-    checkpoint.unlink(missing_ok=True)
     if history.status == "nonfinite":
         return "PRUNED", None
     if reporter.pruned:
@@ -418,6 +416,11 @@ def run_trial(cfg: SweepConfig, trial, data) -> tuple[str, float | None]:
     if best is None:
         return "FAIL", None
     return "COMPLETE", float(best["val_loss"])
+
+
+def _checkpoint(cfg: SweepConfig, origin: int) -> Path:
+    """The checkpoint of the trial first numbered ``origin`` (its retries resume from it)."""
+    return Path(cfg.out) / "checkpoints" / f"{cfg.study}-{origin}.pt"
 
 
 def worker(cfg: SweepConfig, index: int = 0, *, quiet: bool = True) -> int:
@@ -456,6 +459,9 @@ def worker(cfg: SweepConfig, index: int = 0, *, quiet: bool = True) -> int:
             _tell(study, trial, None, S.FAIL)
             raise
         _tell(study, trial, value if state == "COMPLETE" else None, getattr(S, state))
+        # Only now, with the result in the study: a worker killed before the tell leaves the trial
+        # RUNNING, and its retry resumes from this checkpoint (deleted first, it trained afresh).
+        _checkpoint(cfg, trial.user_attrs.get("origin", trial.number)).unlink(missing_ok=True)
         ran += 1
         if not quiet:
             shown = f"{value:.4f}" if value is not None else state.lower()

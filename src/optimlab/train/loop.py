@@ -480,9 +480,13 @@ class Trainer:
             self.sharpness.merge(self, epoch + 1, row, step_rows)
         self.history.epochs.append(row)
         self.history.steps.extend(step_rows)
-        self._record("log_epoch", self.history.run_id, row, step_rows)
+        # The checkpoint first, then the store: an epoch the store holds is one a resume can continue
+        # from (under the same run id). Killed between the two, the resume rewrites the store from the
+        # checkpoint's history (write_history); the other order lost the first epoch's checkpoint while
+        # the store showed the epoch, and a resume started the run afresh under a new id.
         if self.checkpoint is not None:
             self._save(epoch + 1, 0, 0.0)
+        self._record("log_epoch", self.history.run_id, row, step_rows)
         self.display.epoch_end(epoch + 1, row)
         for cb in self.callbacks:
             if hasattr(cb, "on_epoch_end"):
