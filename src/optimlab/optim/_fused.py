@@ -53,14 +53,10 @@ from __future__ import annotations
 
 import array
 import ctypes
-import hashlib
 import operator
 import os
-import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import warnings
 from itertools import chain
@@ -72,7 +68,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
-from optimlab.optim import _layout
+from optimlab.optim import _layout, _native, _pointers
 from optimlab.optim._kernelgen import Kernel, Library
 from optimlab.optim._rules import nadam_momentum
 
@@ -145,39 +141,8 @@ def _named(name: str) -> Kernel:
 
 
 # --------------------------------------------------------------------------- building
-def _cache_dir() -> Path:
-    explicit = os.environ.get("OPTIMLAB_KERNEL_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "optimlab" / "kernels"
-
-
-def _cpu_fingerprint() -> str:
-    """What -march=native depends on: the machine and its CPU's feature flags."""
-    parts = [platform.machine(), platform.system()]
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key = line.split(":", 1)[0].strip()
-                if key in ("flags", "Features", "model name", "vendor_id", "cpu family", "model"):
-                    parts.append(line.strip())
-                elif not line.strip() and len(parts) > 2:
-                    break  # the first CPU describes them all
-    except OSError:
-        parts.append(platform.processor())
-    return "\n".join(parts)
-
-
 def _compiler() -> str | None:
-    cc = os.environ.get("CC")
-    if cc:
-        return cc
-    for name in ("cc", "gcc", "clang"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
+    return _native.compiler("c")
 
 
 def _gomp_paths() -> set[str]:
@@ -210,68 +175,22 @@ def _openmp_flags() -> list[str]:
     return ["-fopenmp"]
 
 
-def _private_tmp() -> Path | None:
-    """A per-user directory under the system temp dir, if it is (or can be) ours alone."""
-    if not hasattr(os, "getuid"):
-        return None
-    path = Path(tempfile.gettempdir()) / f"optimlab-kernels-{os.getuid()}"
-    try:
-        path.mkdir(mode=0o700, exist_ok=True)
-        st = path.stat()
-    except OSError:
-        return None
-    return path if st.st_uid == os.getuid() and not st.st_mode & 0o022 else None
-
-
 def _build(source: bytes, cache: Path, threads: Sequence[str] = ()) -> Path:
-    """Compile (or find in the cache) the shared library; raise RuntimeError on failure.
+    """Compile (or find in the cache) the kernel library; raise RuntimeError on failure.
     ``threads``: extra flags choosing the kernels' threads (``-fopenmp``: :func:`_openmp_flags`)."""
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (set $CC or install gcc)")
-    errors = []
-    for extra in (_NATIVE, []):  # -march=native where the compiler takes it, else portable
-        flags = _CFLAGS + extra + list(threads)
-        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(),
-                                         _cpu_fingerprint().encode()])).hexdigest()[:24]
-        name = f"optimlab_kernels_{key}.so"
-        for directory in (cache, None):  # an unwritable cache: a private temporary one
-            directory = directory or _private_tmp()
-            if directory is None:
-                continue
-            target = directory / name
-            if target.exists():
-                return target
-            try:
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".build-", suffix=".so")
-            except OSError as err:
-                errors.append(f"{directory}: {err}")
-                continue
-            os.close(fd)
-            try:
-                proc = subprocess.run([*cc.split(), *flags, "-x", "c", "-o", tmp, "-", "-lm"], input=source,
-                                      capture_output=True, timeout=300)
-                if proc.returncode == 0:
-                    os.replace(tmp, target)  # atomic: a concurrent process sees all or nothing
-                    return target
-                errors.append(f"{cc} {' '.join(flags)}: {proc.stderr.decode(errors='replace').strip()[-2000:]}")
-            except (OSError, subprocess.SubprocessError) as err:
-                errors.append(f"{cc}: {err}")
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            break  # the directory was fine, the compiler was not: try other flags
-    raise RuntimeError("compiling the fused kernels failed:\n" + "\n".join(errors))
+    # -march=native where the compiler takes it, else portable
+    return _native.build(source, cache, prefix="optimlab_kernels", language="c", libs=["-lm"],
+                         flag_sets=[_CFLAGS + extra + list(threads) for extra in (_NATIVE, [])],
+                         key_extra=_native.cpu_fingerprint(), what="the fused kernels")
 
 
 def _open_built(source: bytes, threads: list[str], expected: Library) -> ctypes.CDLL:
-    path = _build(source, _cache_dir(), threads)
+    path = _build(source, _native.cache_dir(), threads)
     try:
         return _open(path, expected)
     except OSError:  # a damaged cache entry: build it again, once
         path.unlink(missing_ok=True)
-        return _open(_build(source, _cache_dir(), threads), expected)
+        return _open(_build(source, _native.cache_dir(), threads), expected)
 
 
 def _open(path: Path, expected: Library) -> ctypes.CDLL:
@@ -427,7 +346,6 @@ def _address(buf: array.array) -> int:
 
 _contiguous = Tensor.is_contiguous
 _numel = Tensor.numel
-_data_ptr = Tensor.data_ptr
 _stride = Tensor.stride
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
@@ -570,13 +488,10 @@ def _gather(lists: Sequence[Sequence[Tensor]]):
     sizes = _matching_numels(lists, _DTYPES)
     if sizes is None:
         return None
-    try:
-        addresses = list(map(_data_ptr, lists[0]))  # (array("Q", list) is faster than from map)
-        for lst in lists[1:]:
-            addresses += map(_data_ptr, lst)
-    except (RuntimeError, NotImplementedError):  # sparse, mkldnn, ...: no data pointer
+    addresses = _pointers.gather(lists)
+    if addresses is None:  # sparse, mkldnn, ...: no data pointer
         return None
-    return array.array("Q", addresses), sizes[0], _DTYPES[lists[0][0].dtype], sizes[1]
+    return addresses, sizes[0], _DTYPES[lists[0][0].dtype], sizes[1]
 
 
 def _threads(total: int) -> int:
@@ -627,7 +542,8 @@ def _scalar_pointers(tensors: Sequence[Tensor]):
         if (None in kinds or set(map(_numel, tensors)) - {1} or not all(map(_is_cpu, tensors))
                 or not set(map(type, tensors)) <= PLAIN_TYPES):
             return None
-        return array.array("Q", list(map(_data_ptr, tensors))), array.array("i", kinds)
+        addresses = _pointers.gather((tensors,))
+        return None if addresses is None else (addresses, array.array("i", kinds))
     except (RuntimeError, NotImplementedError, TypeError, AttributeError):  # e.g. a plain number
         return None
 
