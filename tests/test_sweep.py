@@ -184,6 +184,40 @@ def test_a_kill_as_a_trial_finishes_runs_it_neither_twice_nor_afresh(tmp_path):
     assert not list((out / "checkpoints").glob("*.pt"))
 
 
+def _recover_at_once(url: str, barrier) -> None:
+    from optimlab.sweep.runner import recover_stale
+
+    study = optuna.load_study(study_name="stale", storage=url)
+    barrier.wait()
+    recover_stale(study, url)
+
+
+def test_workers_recovering_at_once_queue_each_dead_trial_once(tmp_path):
+    """Three workers start at the same moment on a study with four trials of a dead worker: each
+    trial is retried once (without a lock each worker read them RUNNING and both tells passed on
+    SQLite: two retries of one trial, a trial trained twice)."""
+    import socket
+
+    url = f"sqlite:///{tmp_path / 'stale.db'}"
+    study = optuna.create_study(study_name="stale", storage=url)
+    for _ in range(4):
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1.0)})
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", 2**22 + 12345)  # (above Linux's pid_max default: no such process)
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_recover_at_once, args=(url, barrier)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0]
+    trials = optuna.load_study(study_name="stale", storage=url).get_trials()
+    retries = sorted(t.user_attrs["retry_of"] for t in trials if t.state.name == "WAITING")
+    assert retries == [0, 1, 2, 3]
+    assert [t.state.name for t in trials[:4]] == ["FAIL"] * 4
+
+
 def test_settings_of_an_existing_study_are_checked(tmp_path):
     cfg = SweepConfig(out=str(tmp_path), dataset="synthetic", epochs=1)
     open_study(cfg)

@@ -295,7 +295,7 @@ def worker(cfg: BenchmarkConfig, index: int = 0, *, quiet: bool = True, cpus=Non
     pairs = pairs[index % len(pairs):] + pairs[:index % len(pairs)]  # workers start on different pairs
     confirm: dict = {}
     for study in tune.values():
-        recover_stale(study)
+        recover_stale(study, cfg.storage_url)
     ran = 0
     while True:
         took, open_work = False, False
@@ -310,7 +310,7 @@ def worker(cfg: BenchmarkConfig, index: int = 0, *, quiet: bool = True, cpus=Non
                             open_work = True
                             continue
                         confirm[(w, o)] = found
-                        recover_stale(found)
+                        recover_stale(found, cfg.storage_url)
                     study = confirm[(w, o)]
                 if len(_finished(study)) < (cfg.trials if phase == "tune" else cfg.seeds):
                     open_work = True
@@ -326,7 +326,7 @@ def worker(cfg: BenchmarkConfig, index: int = 0, *, quiet: bool = True, cpus=Non
         if not open_work:
             return ran
         for study in [*tune.values(), *confirm.values()]:  # others are running what is left
-            recover_stale(study)
+            recover_stale(study, cfg.storage_url)
         time.sleep(poll)
 
 

@@ -319,23 +319,34 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def recover_stale(study) -> int:
+def recover_stale(study, url: str) -> int:
     """Trials left RUNNING by a dead worker of this machine: mark them failed and queue their
-    configuration again (once). Returns how many were re-queued."""
+    configuration again (once). Returns how many were re-queued. ``url``: the study's storage;
+    on SQLite the look, the tell and the enqueue happen under :func:`ask_lock`, so that workers
+    recovering at the same moment queue each trial once (each read the trial RUNNING, and SQLite
+    let both tell it failed: two retries of one trial)."""
     import optuna
 
     host, requeued = socket.gethostname(), 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.user_attrs.get("host") != host or _alive(int(t.user_attrs.get("pid", -1))):
-            continue
-        try:
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        except Exception:  # another worker got there first
-            continue
-        origin = t.user_attrs.get("origin", t.number)
-        kept = {k: v for k, v in t.user_attrs.items() if k not in ("host", "pid")}  # what the trial was given
-        study.enqueue_trial(t.params, user_attrs={**kept, "origin": origin, "retry_of": t.number, "queued": True})
-        requeued += 1
+    S = optuna.trial.TrialState
+    stale = [t for t in study.get_trials(deepcopy=False, states=(S.RUNNING,))
+             if t.user_attrs.get("host") == host and not _alive(int(t.user_attrs.get("pid", -1)))]
+    if not stale:
+        return 0
+    with ask_lock(url):
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(S.RUNNING,))}  # read again, locked
+        for t in stale:
+            if t.number not in running:  # another worker recovered it
+                continue
+            try:
+                study.tell(t.number, state=S.FAIL)
+            except Exception:  # another worker got there first (a server database's own lock)
+                continue
+            origin = t.user_attrs.get("origin", t.number)
+            kept = {k: v for k, v in t.user_attrs.items() if k not in ("host", "pid")}  # what the trial was given
+            study.enqueue_trial(t.params, user_attrs={**kept, "origin": origin, "retry_of": t.number,
+                                                      "queued": True})
+            requeued += 1
     return requeued
 
 
@@ -432,7 +443,7 @@ def worker(cfg: SweepConfig, index: int = 0, *, quiet: bool = True) -> int:
 
     torch.set_num_threads(cfg.threads)
     study = open_study(cfg, seed_offset=index)
-    recover_stale(study)
+    recover_stale(study, cfg.storage_url)
     data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_val=cfg.n_val)
     total, ran = cfg.total(), 0
     S = optuna.trial.TrialState
