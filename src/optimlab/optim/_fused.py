@@ -24,9 +24,10 @@ exactly where torch's vectorised kernels use them): a kernel without square root
 the foreach path bit for bit. Square roots are the C library's (correctly rounded; torch's
 CPU ``sqrt``, MKL's vector routine in torch's wheels, is not always, so these kernels agree
 with the foreach path to an ulp or two per step), except in the descriptions marked
-``torch_sqrt`` (the Keras twins, which must be Keras bit for bit), which call torch's own routine on blocks of elements: found in libtorch and
-checked against ``torch.sqrt`` when the library loads (:func:`sqrt_is_torchs`); where that
-check fails they use the C library's and decline calls that ask for ``exact`` results.
+``torch_sqrt`` (the Keras twins, which must be Keras bit for bit), which call torch's own
+routine on blocks of elements: found in libtorch and checked against ``torch.sqrt`` when the
+library loads (:func:`sqrt_is_torchs`); where that check fails they use the C library's and
+decline calls that ask for ``exact`` results.
 
 Building: on the first step that uses them (any default CPU step of the optimizers above,
 and of torch-kernel ones, whose step counters advance here) the generated source is
@@ -315,8 +316,9 @@ def _load() -> ctypes.CDLL | None:
         except Exception as err:  # noqa: BLE001 - any failure means: fall back, say so once
             _failed = True
             warnings.warn(f"optimlab: fused CPU kernels unavailable; the optimizers that use optimlab's "
-                          f"single-pass kernels (RMSprop, Adadelta, Adamax, NAdam, ...; fused=True, and the "
-                          f"default) fall back to the foreach path ({err})", RuntimeWarning, stacklevel=4)
+                          f"single-pass kernels (SGD, Momentum, NAG, RMSprop, Adadelta, Adamax, NAdam, ...; "
+                          f"fused=True, and the default) fall back to the foreach path ({err})", RuntimeWarning,
+                          stacklevel=4)
             return None
         _lib = lib
         return lib
