@@ -151,7 +151,7 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
     n_all = numel(shapes)
     print(f"\n=== case {case}: {n_all / 1e6:.2f}M float32 parameters in {len(shapes)} tensors "
           f"(Muon: the {sum(len(s) == 2 for s in shapes)} matrices); {placements(steps, warmup)}; "
-          f"{torch.get_num_threads()} threads ===")
+          f"{torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)} ===")
     head = (f"{'optimizer':<14} {'B/p':>3} {'peer':<22} {'peer ms':>8} {'ours fe':>8} {'ours ms':>8} {'path':<7} "
             f"{'ours/fe':>7} {'ours/peer':>9} {'twin':>5} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}")
     print(head)

@@ -227,7 +227,7 @@ def gbps(bytes_per_param: int, n: int, ms: float) -> float:
 def bench_case(case: str, shapes, steps: int, warmup: int, specs) -> None:
     n = numel(shapes)
     print(f"\n=== case {case}: {n / 1e6:.2f}M float32 parameters in {len(shapes)} tensors; "
-          f"{placements(steps, warmup)}; {torch.get_num_threads()} threads ===")
+          f"{placements(steps, warmup)}; {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)} ===")
     gen = torch.Generator().manual_seed(123)
     grads = [torch.randn(s, generator=gen) for s in shapes]  # shared, read-only
     head = (f"{'optimizer':<12} {'B/p':>3} " + " ".join(f"{k:>10}" for k in
