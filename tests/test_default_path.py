@@ -265,7 +265,9 @@ def test_kernels_off_default_falls_back_silently(tmp_path):
     # fused SGD, which needs no compiler either, rounds differently: only with fused=True)
     assert out["SGD"]["path"] == "foreach" and out["SGD"]["diff"] == 0, out["SGD"]
     assert all(out[n]["diff"] < 1e-6 for n in ("Adam", "RMSprop", "NAdam", "SGD")), out
-    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    # no kernel built (the layout guards, which every path's re-checks use, may be)
+    built = list((tmp_path / "cache").iterdir()) if (tmp_path / "cache").exists() else []
+    assert all(f.name.startswith("optimlab_guards_") for f in built), built
 
 
 def test_failing_compiler_default_falls_back_with_at_most_one_warning(tmp_path):

@@ -14,6 +14,16 @@ import optimlab.optim as oo
 from optimlab.optim import _fused, _layout
 
 needs_memo = pytest.mark.skipif(not _layout.available(), reason="TensorGuards unusable in this torch")
+GUARDS = {cls.__name__: cls for cls in _layout._guards()}  # optimlab's compiled ones, torch's TensorGuards
+
+
+@pytest.fixture(params=sorted(GUARDS) or [None])
+def guard_class(request, monkeypatch):
+    """Each usable guard class in turn, as the only one the memo uses."""
+    if request.param is None:
+        pytest.skip("no usable guard class in this torch")
+    monkeypatch.setattr(_layout, "_guards_classes", (GUARDS[request.param],))
+    return GUARDS[request.param]
 
 CHANGES = {  # a tensor standing where a float32 (4, 6) contiguous tensor was remembered
     "dtype": lambda: torch.zeros(4, 6, dtype=torch.float64),
@@ -31,10 +41,9 @@ CHANGES = {  # a tensor standing where a float32 (4, 6) contiguous tensor was re
 }
 
 
-@needs_memo
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 @pytest.mark.parametrize("change", list(CHANGES))
-def test_memo_refuses_every_change_and_keeps_the_same_layout(change):
+def test_memo_refuses_every_change_and_keeps_the_same_layout(change, guard_class):
     memo = _layout.Memo()
     memo.put("k", [torch.zeros(3), torch.zeros(4, 6)], "checked")
     assert memo.get("k", [torch.ones(3), torch.ones(4, 6)]) == "checked"
@@ -44,8 +53,7 @@ def test_memo_refuses_every_change_and_keeps_the_same_layout(change):
     assert memo.get("k", [shared, shared]) is None  # a tensor given twice
 
 
-@needs_memo
-def test_memo_is_bounded_and_holds_no_tensor():
+def test_memo_is_bounded_and_holds_no_tensor(guard_class):
     import weakref
     memo = _layout.Memo(size=2)
     t = torch.zeros(5)

@@ -5,17 +5,20 @@ elements, strides, no lazy negation, real storage): a few Python-level passes pe
 over every list, about 1 µs per parameter, which on models of many small tensors costs as
 much as the update itself. A step's tensors almost always have the layouts of the last
 step's, so a :class:`Memo` remembers a layout that passed the full checks, with what they
-concluded, and re-checks a new step's tensors against it in one C++ call:
-``torch._C._dynamo.guards.TensorGuards``, the check torch.compile runs on every call of a
-compiled function. It compares each tensor's Python type, dispatch keys (device type,
-layout, sparse, mkldnn, negative or conjugate view, zero tensor, inference mode), dtype,
-device index, ``requires_grad``, sizes and strides with the remembered ones, and refuses a
-tensor given twice. (Nested tensors, which have no sizes to compare, are never compared.)
-A match means the full checks would pass again with the same result;
-anything else falls back to them. The full checks stay the only way a layout is accepted.
+concluded, and re-checks a new step's tensors against it in one C++ call. It compares each
+tensor's Python type, dispatch keys (device type, layout, sparse, mkldnn, negative or conjugate
+view, zero tensor, inference tensor), dtype, device index, ``requires_grad``, sizes and strides
+with the remembered ones, and refuses a tensor given twice. A match means the full checks would
+pass again with the same result; anything else falls back to them. The full checks stay the only
+way a layout is accepted.
 
-``TensorGuards`` is private to torch: it is used only if it passes a self-test here on first
-use (each property above, changed on a probe, must make it refuse), and never otherwise.
+Two classes do the comparing, the first that records a layout serving it: optimlab's own
+:class:`._guards.Guards`, compiled on first use against torch's headers (plain strided tensors of
+any device), then ``torch._C._dynamo.guards.TensorGuards``, the check torch.compile runs on every
+call of a compiled function (every other kind; about twice as slow; it aborts the process on a
+nested tensor, so those are filtered out before it). Both are used only if they pass a self-test
+here on first use (each property above, changed on a probe, must make them refuse).
+``OPTIMLAB_LAYOUT_MEMO=torch`` uses ``TensorGuards`` alone, ``=0`` neither.
 
 Two levels check the same tensors in a step: ``Optimizer.step`` its parameters and gradients,
 then a kernel's caller those and the state. The first *vouches* (:func:`vouch`) for the two
@@ -37,7 +40,7 @@ from torch import Tensor
 
 _is_nested = operator.attrgetter("is_nested")
 _KW = {"dynamic_dims_sizes": None, "dynamic_dims_strides": None}  # all sizes and strides static
-_guards_class: Any = None  # None: not tested yet; False: unusable
+_guards_classes: tuple | None = None  # usable guard classes, preferred first (None: not tested yet)
 
 
 def _self_test(cls) -> bool:
@@ -56,18 +59,30 @@ def _self_test(cls) -> bool:
     return not any(guard.check(t, torch.ones(())) for t in different)
 
 
-def _guards():
-    global _guards_class
-    if _guards_class is None:
-        _guards_class = False
-        if os.environ.get("OPTIMLAB_LAYOUT_MEMO", "1").strip().lower() not in ("0", "false", "no", "off"):
+def _guards() -> tuple:
+    """The usable guard classes, preferred first: :class:`._guards.Guards` (compiled against
+    torch's headers), then ``TensorGuards``. ``OPTIMLAB_LAYOUT_MEMO=0`` turns re-checks off,
+    ``=torch`` uses ``TensorGuards`` alone."""
+    global _guards_classes
+    if _guards_classes is None:
+        found = []
+        setting = os.environ.get("OPTIMLAB_LAYOUT_MEMO", "1").strip().lower()
+        if setting not in ("0", "false", "no", "off"):
+            if setting != "torch":
+                try:
+                    from optimlab.optim import _guards as native
+                    if native.load() is not None and _self_test(native.Guards):
+                        found.append(native.Guards)
+                except Exception:  # (not built here: TensorGuards alone)
+                    pass
             try:
                 from torch._C._dynamo.guards import TensorGuards
                 if _self_test(TensorGuards):
-                    _guards_class = TensorGuards
-            except Exception:  # absent or changed in this torch: the full checks only
+                    found.append(TensorGuards)
+            except Exception:  # absent or changed in this torch
                 pass
-    return _guards_class
+        _guards_classes = tuple(found)
+    return _guards_classes
 
 
 def available() -> bool:
@@ -88,7 +103,7 @@ class Memo:
     __slots__ = ("_entries", "_size", "_lock")
 
     def __init__(self, size: int = 32):
-        self._entries: OrderedDict[Hashable, tuple[Any, int, Any]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[Any, int, Any, bool]] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()  # (put's three steps; optimizers may step in several threads)
 
@@ -102,22 +117,26 @@ class Memo:
             return entry[2]
         try:
             # (a strided nested tensor has no sizes: the guard would abort the process)
-            if any(map(_is_nested, tensors if maybe_nested is None else maybe_nested)):
+            if entry[3] and any(map(_is_nested, tensors if maybe_nested is None else maybe_nested)):
                 return None
             return entry[2] if entry[0].check(*tensors) else None
         except Exception:  # (a non-tensor where a tensor was: not the same layout)
             return None
 
     def put(self, key: Hashable, tensors: Sequence[Tensor], value: Any) -> None:
-        cls = _guards()
-        if not cls:
+        guard = cls = None
+        for cls in _guards():
+            try:
+                guard = cls(*tensors, **_KW) if tensors else None
+                break
+            except Exception:  # (a kind the first does not record: the next)
+                cls = None
+        if cls is None:
             return
-        try:
-            guard = cls(*tensors, **_KW) if tensors else None
-        except Exception:
-            return
+        # (TensorGuards aborts the process on a nested tensor: get filters those out before it)
+        filter_nested = not getattr(cls, "refuses_nested", False)
         with self._lock:
-            self._entries[key] = (guard, len(tensors), value)
+            self._entries[key] = (guard, len(tensors), value, filter_nested)
             self._entries.move_to_end(key)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)

@@ -1,9 +1,10 @@
 """Compiling and caching optimlab's small native libraries.
 
-Two libraries are built on first use with the system compiler and cached per machine: the
-generated kernels (:mod:`._fused`, C) and the pointer gatherer (:mod:`._pointers`, C++).
+Three libraries are built on first use with the system compiler and cached per machine: the
+generated kernels (:mod:`._fused`, C), the pointer gatherer (:mod:`._pointers`, C++) and the
+layout guards (:mod:`._guards`, C++ against torch's headers).
 Each is named by a hash of its source, its flags, the compiler and what else its code
-depends on (``key_extra``: the CPU for ``-march=native``, the Python for Python's headers),
+depends on (``key_extra``: the CPU for ``-march=native``, the Python and torch for their headers),
 compiled into a temporary file and renamed into place (concurrent processes each build and
 rename; one wins, all load a complete file). The cache is ``$OPTIMLAB_KERNEL_CACHE``, else
 ``$XDG_CACHE_HOME/optimlab/kernels`` (default ``~/.cache/optimlab/kernels``); where it cannot
