@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import optimlab.optim as oo
 from optimlab.optim import SGD
 from tests.optim_cases import CASES, SHAPES, gradient_sequence, torch_kwargs
 
@@ -121,3 +122,48 @@ def test_complex_parameters_follow_torch():
             oa.step()
             ob.step()
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def _with_tensor_lr(hyper: dict, default_lr: float) -> dict:
+    return {**hyper, "lr": torch.tensor(float(hyper.get("lr", default_lr)))}  # float32, as users make it
+
+
+# (RAdam's twin is tested with the post-Adam optimizers; its tensor lr here)
+TENSOR_LR_CASES = {**CASES, "radam": (oo.RAdam, torch.optim.RAdam, {}, [
+    dict(lr=0.01), dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)])}
+TENSOR_LR_PARAMS = [(name, i) for name, case in TENSOR_LR_CASES.items() for i in range(len(case[3]))]
+
+
+@pytest.mark.parametrize("name,variant", TENSOR_LR_PARAMS, ids=[f"{n}-{i}" for n, i in TENSOR_LR_PARAMS])
+def test_a_tensor_lr_steps_as_one_of_torchs_paths(name, variant):
+    """A float32 tensor ``lr`` on float64 parameters: torch's paths compute with it in
+    different precisions (its single-tensor path keeps it a float32 tensor in its arithmetic,
+    its fused kernels read it as a double), so they disagree by float32 roundings, ~1e-9
+    here. Each of optimlab's paths that takes a tensor lr agrees with one of torch's to the
+    float64 tolerance (1e-12: the last bits, as everywhere; not a float32 rounding apart)."""
+    ours_cls, torch_cls, _, variants = TENSOR_LR_CASES[name]
+    default_lr = torch_cls.__init__.__defaults__[0]
+    grads = gradient_sequence(20, SHAPES, torch.float64)
+    theirs = []
+    for impl in ({"foreach": False}, {"foreach": True}, {"fused": True}):
+        hyper = _with_tensor_lr(variants[variant], default_lr)
+        try:
+            opt = run(lambda ps: torch_cls(two_groups(ps, hyper), **TENSOR_LR_CASES[name][2], **hyper, **impl),
+                      make_params(torch.float64), grads, lr_change_at=10)
+        except (RuntimeError, ValueError, TypeError):  # (a path torch refuses with these settings)
+            continue
+        theirs.append([p.detach() for g in opt.param_groups for p in g["params"]])
+    assert theirs
+    ran = 0
+    for impl in ({}, {"foreach": True}, {"foreach": False}):
+        hyper = _with_tensor_lr(variants[variant], default_lr)
+        try:
+            opt = run(lambda ps: ours_cls(two_groups(ps, hyper), **hyper, **impl), make_params(torch.float64), grads,
+                      lr_change_at=10)
+        except ValueError:  # (refused as torch refuses it: Adam's foreach with a tensor lr)
+            continue
+        ran += 1
+        ours = [p.detach() for g in opt.param_groups for p in g["params"]]
+        matches = [all(torch.allclose(a, b, **TOL[torch.float64]) for a, b in zip(ours, t)) for t in theirs]
+        assert any(matches), (impl, [max(float((a - b).abs().max()) for a, b in zip(ours, t)) for t in theirs])
+    assert ran >= 2

@@ -734,13 +734,14 @@ def adamax(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
 def nadam(*, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
           mu_products: list[Tensor], steps: Sequence[float], lr: float, beta1: float, beta2: float,
           eps: float, momentum_decay: float, maximize: bool, weight_decay: float,
-          decoupled: bool = False) -> bool:
+          decoupled: bool = False, decay_factor: float | None = None) -> bool:
     """:func:`_rules.nadam` after :func:`_rules.effective_grads` (or, ``decoupled``,
     :func:`_rules.decoupled_decay`), in one pass; ``mu_products`` are updated in place."""
     if len(mu_products) != len(params):
         return False
     ready = prepare(_named("nadam"), dict(param=params, grad=grads, exp_avg=exp_avgs, exp_avg_sq=exp_avg_sqs),
                     dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, maximize=maximize, weight_decay=weight_decay,
+                         decay_factor=1 - lr * weight_decay if decay_factor is None else decay_factor,
                          decoupled_weight_decay=decoupled))
     if ready is None:
         return False

@@ -3,11 +3,11 @@
 A *description* is a small Python function over symbolic operands, written like the
 foreach rule it speeds up, one element at a time::
 
-    @kernel("lion", arrays=("param", "grad", "exp_avg"), hyper=("lr", "beta1", "beta2", "weight_decay"),
+    @kernel("lion", arrays=("param", "grad", "exp_avg"), hyper=("lr", "beta1", "beta2", "weight_decay", "decay_factor"),
             flags={"maximize": "maximize", "decay": lambda h: h["weight_decay"] != 0})
     def lion_kernel(x, *, maximize, decay):
         g = -x.grad if maximize else x.grad
-        p = x.param * (1 - x.lr * x.weight_decay) if decay else x.param
+        p = x.param * x.decay_factor if decay else x.param     # θ(1 − γλ), computed by the caller
         update = fma(g, 1 - x.beta1, x.exp_avg * x.beta1)
         x.param = fma(sign(update), -x.lr, p)
         x.exp_avg = fma(g, 1 - x.beta2, x.exp_avg * x.beta2)
@@ -505,8 +505,10 @@ def torch_grad(x, maximize: bool, l2: bool):
 
 
 def decoupled_param(x, decay: bool):
-    """θ·(1 − γλ) (decoupled weight decay, as ``torch._foreach_mul_(params, 1 − lr·wd)``)."""
-    return x.param * (1 - x.lr * x.weight_decay) if decay else x.param
+    """θ·(1 − γλ) (decoupled weight decay, as ``torch._foreach_mul_(params, 1 − lr·wd)``); the
+    factor is the hyperparameter ``decay_factor``, which the caller computes with
+    :func:`optimlab.optim._rules.decay_factor` (in a tensor lr's dtype, as torch)."""
+    return x.param * x.decay_factor if decay else x.param
 
 
 # Keras's conventions: the Keras twins' descriptions transcribe optimlab.optim.keras._rules

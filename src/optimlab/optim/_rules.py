@@ -36,10 +36,17 @@ def effective_grads(params: Tensors, grads: Tensors, *, maximize: bool, weight_d
     return grads
 
 
-def decoupled_decay(params: Tensors, *, lr: float, weight_decay: float) -> None:
-    """``θ ← θ·(1 − γλ)`` (AdamW)."""
+def decay_factor(lr: float | Tensor, weight_decay: float) -> float:
+    """``1 − γλ``, as torch computes it for ``param.mul_(1 - lr * weight_decay)``: in double
+    for a number γ; in γ's own dtype for a tensor γ (torch's NAdam and RAdam keep a tensor lr a
+    tensor there, so a float32 γ gives a float32 factor, on float64 parameters too)."""
+    return float(1 - lr * weight_decay) if isinstance(lr, Tensor) else 1 - lr * weight_decay
+
+
+def decoupled_decay(params: Tensors, *, lr: float | Tensor, weight_decay: float) -> None:
+    """``θ ← θ·(1 − γλ)`` (AdamW), the factor as :func:`decay_factor` computes it."""
     if weight_decay != 0:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
+        torch._foreach_mul_(params, decay_factor(lr, weight_decay))
 
 
 def one_minus_powers(beta: float, steps: Sequence[float]) -> list[float]:

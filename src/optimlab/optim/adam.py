@@ -13,7 +13,7 @@ from torch.optim.nadam import nadam as _torch_nadam
 from optimlab.optim import _fused, _rules
 from optimlab.optim import _validation as check
 from optimlab.optim._base import Optimizer
-from optimlab.optim._kernelgen import decay_on, fma, kernel, lerp, maximum, sqrt, torch_grad
+from optimlab.optim._kernelgen import decay_on, decoupled_param, fma, kernel, lerp, maximum, sqrt, torch_grad
 
 
 def _zeros(param: Tensor) -> Tensor:
@@ -98,7 +98,7 @@ def nadam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[s
     param.sub_(lr * mu_next / (1 - prod * mu_next) * m / den)  #     − γμ_{t+1}/(1 − Πμ·μ_{t+1})·m/den
 
 
-@kernel("nadam", arrays=("param", "grad", "exp_avg", "exp_avg_sq"), hyper=("lr", "beta1", "beta2", "eps", "weight_decay"),
+@kernel("nadam", arrays=("param", "grad", "exp_avg", "exp_avg_sq"), hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "decay_factor"),
         per_tensor=("step", "mu", "mu_next", "mu_product"),
         flags={"maximize": "maximize", "decay": decay_on, "decoupled": "decoupled_weight_decay"})
 def nadam_kernel(x, *, maximize, decay, decoupled):
@@ -106,7 +106,7 @@ def nadam_kernel(x, *, maximize, decay, decoupled):
     ``decoupled``, :func:`~optimlab.optim._rules.decoupled_decay`). Per tensor: ``mu`` = μ_t,
     ``mu_next`` = μ_{t+1}, ``mu_product`` = Π_t (already multiplied by μ_t)."""
     g = torch_grad(x, maximize, decay and not decoupled)
-    p = x.param * (1 - x.lr * x.weight_decay) if decay and decoupled else x.param
+    p = decoupled_param(x, decay and decoupled)
     m = lerp(x.exp_avg, g, 1 - x.beta1)
     x.exp_avg = m
     v = fma((1 - x.beta2) * g, g, x.exp_avg_sq * x.beta2)
@@ -341,12 +341,13 @@ class NAdam(Optimizer):
         hyper = dict(lr=lr, beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
                      momentum_decay=group["momentum_decay"])
         if self._kernel and _fused.nadam(**lists, steps=steps, **hyper, maximize=group["maximize"],
-                                         weight_decay=wd, decoupled=decoupled):
+                                         weight_decay=wd, decoupled=decoupled,
+                                         decay_factor=_rules.decay_factor(group["lr"], wd)):
             self._kernel_ran = True
             return
         if decoupled:
             lists["grads"] = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
-            _rules.decoupled_decay(params, lr=lr, weight_decay=wd)
+            _rules.decoupled_decay(params, lr=group["lr"], weight_decay=wd)  # (a tensor lr: torch's factor)
         else:
             lists["grads"] = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=wd)
         _rules.nadam(**lists, steps=steps, **hyper)

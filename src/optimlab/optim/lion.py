@@ -27,7 +27,7 @@ def lion_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[st
     m.mul_(beta2).add_(g, alpha=1 - beta2)        # m_t = β2·m_{t−1} + (1 − β2)·g_t
 
 
-@kernel("lion", arrays=("param", "grad", "exp_avg"), hyper=("lr", "beta1", "beta2", "weight_decay"),
+@kernel("lion", arrays=("param", "grad", "exp_avg"), hyper=("lr", "beta1", "beta2", "weight_decay", "decay_factor"),
         flags={"maximize": "maximize", "decay": decay_on})
 def lion_kernel(x, *, maximize, decay):
     """:func:`optimlab.optim._rules_modern.lion` after decoupled decay (lion-pytorch's order)."""
@@ -83,7 +83,7 @@ class Lion(RealOnly, Optimizer):
         if self._kernel and _fused.launch(
                 lion_kernel, dict(param=params, grad=grads, exp_avg=[s["exp_avg"] for s in states]),
                 dict(lr=lr, beta1=float(beta1), beta2=float(beta2), weight_decay=group["weight_decay"],
-                     maximize=group["maximize"])):
+                     decay_factor=_rules.decay_factor(lr, group["weight_decay"]), maximize=group["maximize"])):
             self._kernel_ran = True
             return
         grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)

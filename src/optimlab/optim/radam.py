@@ -41,7 +41,7 @@ def radam_rule(param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[s
         param.sub_(m_hat * lr)                         # θ_t = θ_{t−1} − γ·m̂_t  (momentum SGD)
 
 
-@kernel("radam", arrays=("param", "grad", "exp_avg", "exp_avg_sq"), hyper=("lr", "beta1", "beta2", "eps", "weight_decay"),
+@kernel("radam", arrays=("param", "grad", "exp_avg", "exp_avg_sq"), hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "decay_factor"),
         per_tensor=("step",),
         flags={"maximize": "maximize", "decay": decay_on, "decoupled": "decoupled_weight_decay"})
 def radam_kernel(x, *, maximize, decay, decoupled):
@@ -117,13 +117,14 @@ class RAdam(Optimizer):
                 radam_kernel, dict(param=params, grad=grads, exp_avg=self._real([s["exp_avg"] for s in states]),
                                           exp_avg_sq=self._real([s["exp_avg_sq"] for s in states])),
                 dict(lr=lr, beta1=float(beta1), beta2=float(beta2), eps=group["eps"], weight_decay=wd,
-                     maximize=group["maximize"], decoupled_weight_decay=group["decoupled_weight_decay"]),
+                     decay_factor=_rules.decay_factor(group["lr"], wd), maximize=group["maximize"],
+                     decoupled_weight_decay=group["decoupled_weight_decay"]),
                 dict(step=steps)):
             self._kernel_ran = True
             return
         if group["decoupled_weight_decay"]:
             grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
-            _rules.decoupled_decay(params, lr=lr, weight_decay=wd)
+            _rules.decoupled_decay(params, lr=group["lr"], weight_decay=wd)  # (a tensor lr: torch's factor)
         else:
             grads = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=wd)
         _rules_modern.radam(params, grads, self._real([s["exp_avg"] for s in states]),
