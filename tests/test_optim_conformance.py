@@ -770,3 +770,49 @@ def test_a_compiled_training_step_runs_the_optimizer_eagerly(convention, name, c
         torch._dynamo.reset()
     for a, b in zip(wa, wb):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+USER_KEYS = {"name": "backbone", "lr_scale": 0.5, "initial_lr": 0.1, "layer_id": 3}  # (timm, schedulers, loggers)
+
+
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
+def test_a_groups_own_keys_are_kept_as_torch_keeps_them(convention, name, cls, variants, shapes):
+    """Keys the update does not read and no optimizer takes (a group's name, timm's
+    ``lr_scale``, a scheduler's ``initial_lr``) are kept through construction,
+    ``add_param_group``, steps and the state dict, and change nothing."""
+    hyper = variants[0] if variants else {}
+    runs = []
+    for own in ({}, USER_KEYS):
+        params = _params(shapes, torch.float64, "cpu")
+        groups = _groups(params, hyper)
+        if name == "muon_adamw":  # (its groups say which update they take)
+            for group in groups:
+                group["use_muon"] = all(p.ndim == 2 for p in group["params"])
+        groups[0].update(own)
+        later = groups.pop()
+        opt = cls(groups, **hyper)
+        opt.add_param_group({**later, **own})
+        for grads in gradient_sequence(3, shapes, torch.float64):
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+        for group in (opt.param_groups, opt.state_dict()["param_groups"]):
+            assert all({k: g[k] for k in own} == own for g in group), name
+        runs.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*runs)), name
+
+
+@pytest.mark.parametrize("cls,key,hint", [
+    (_registry.get("adam"), "learning_rate", "'lr'"), (_registry.get("adam"), "weight_decy", "'weight_decay'"),
+    (_registry.get("adam"), "momentum", None), (_registry.get("sgd"), "betas", None),
+    (_registry.get("lion"), "bettas", "'betas'")])
+def test_a_group_key_meant_for_the_update_that_it_would_not_read_is_refused(cls, key, hint):
+    """Another name of one of its keys, a near-miss of one, or another optimizer's
+    hyperparameter: refused before anything is added, naming it (torch would ignore it)."""
+    opt = cls([torch.zeros(2, requires_grad=True)], lr=0.1)
+    for make in (lambda: cls([{"params": [torch.zeros(3, requires_grad=True)], key: 0.9}], lr=0.1),
+                 lambda: opt.add_param_group({"params": [torch.zeros(3, requires_grad=True)], key: 0.9})):
+        with pytest.raises(ValueError, match=f"'{key}'.*does not read") as err:
+            make()
+        assert hint is None or f"did you mean {hint}" in str(err.value)
+    assert len(opt.param_groups) == 1

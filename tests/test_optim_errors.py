@@ -50,7 +50,7 @@ def test_invalid_hyperparameter_in_a_param_group_is_rejected_before_adding():
     with pytest.raises(ValueError, match=r"lr must be >= 0, got -1"):
         opt.add_param_group({"params": [p(3)], "lr": -1})
     assert len(opt.param_groups) == 1
-    with pytest.raises(ValueError, match="unknown hyperparameter"):
+    with pytest.raises(ValueError, match="does not read"):
         opt.add_param_group({"params": [p(3)], "momentum": 0.9})
 
 

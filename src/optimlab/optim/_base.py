@@ -88,6 +88,16 @@ def _reject_unknown_keywords(init: Callable, cls_name: str, aliases: dict[str, s
     return checked_init
 
 
+def _hyperparameter_names() -> set[str]:
+    """Every name some optimizer here checks as a hyperparameter (its ``hyper_checks``)."""
+    names, stack = set(Optimizer._common_checks), [Optimizer]
+    while stack:
+        cls = stack.pop()
+        names.update(cls.__dict__.get("hyper_checks", {}))
+        stack.extend(cls.__subclasses__())
+    return names
+
+
 def _checked_param_list(params: Any, cls_name: str) -> list:
     """``params`` as a list. Raises InputTypeError (a TypeError, as torch, and a ValueError)
     for a single tensor or a non-iterable, ValueError for an empty list."""
@@ -210,13 +220,19 @@ class Optimizer(torch.optim.Optimizer):
             if any(id(p) in seen for p in other["params"]):
                 raise ValueError(f"{where} shares parameters with an earlier group; "
                                  "each parameter may appear in one group only")
+        # Keys of the user's own (a name, timm's lr_scale, a scheduler's initial_lr) are kept, as
+        # torch keeps them; refused are those that look meant for the update but that it would not
+        # read: another name of one of its keys (learning_rate), a near-miss of one (weight_decy),
+        # or a hyperparameter of other optimizers (momentum on Adam).
         unknown = set(group) - set(self.defaults) - {"params", "param_names"}
-        if unknown:
-            hints = [f"{k!r}: did you mean {self._group_key_for(k) or m[0]!r}?" for k in sorted(unknown)
-                     for m in [difflib.get_close_matches(k, list(self.defaults), n=1) or [None]]
-                     if self._group_key_for(k) or m[0]]
-            raise ValueError(f"{where} has unknown hyperparameter(s) {sorted(unknown)}; "
-                             f"{type(self).__name__} takes {sorted(self.defaults)}"
+        near = {k: self._group_key_for(k) or next(iter(difflib.get_close_matches(k, list(self.defaults), n=1,
+                                                                                 cutoff=0.8)), None)
+                for k in unknown}
+        refused = sorted(k for k in unknown if near[k] or k in _hyperparameter_names())
+        if refused:
+            hints = [f"{k!r}: did you mean {near[k]!r}?" for k in refused if near[k]]
+            raise ValueError(f"{where} has hyperparameter(s) {refused} that {type(self).__name__} does not "
+                             f"read; it takes {sorted(self.defaults)}"
                              + (f" ({'; '.join(hints)})" if hints else ""))
         for key, default in self.defaults.items():
             group.setdefault(key, default)
