@@ -386,6 +386,7 @@ class Optimizer(torch.optim.Optimizer):
                 groups.append((group, params, grads))
         other_dtype = self._check_gradients(groups)
         self._check_fused_devices(groups)
+        self._check_states(groups)
         self._paths = {}
         if self.skip_nonfinite and not _all_finite([g for _, _, grads in groups for g in grads]):
             self.skipped_steps += 1
@@ -434,6 +435,10 @@ class Optimizer(torch.optim.Optimizer):
         found_inf = self._found_inf
         if found_inf is not None and steps and found_inf.item() != 0:
             torch._foreach_sub_(steps, [found_inf.to(steps[0].device)] * len(steps))
+
+    def _check_states(self, groups) -> None:
+        """Refuse, before anything changes, a state that this step's gradients cannot update
+        (the update would fail part-way, some tensors already changed). Nothing by default."""
 
     def _check_fused_devices(self, groups) -> None:
         """``fused=True`` on a parameter of a device no fused kernel runs on ("meta"):
@@ -898,6 +903,9 @@ class Optimizer(torch.optim.Optimizer):
                                  + (f" ({source})" if source else ""))
             self._check_param_state(index, st, *index_to_param[index], origin)
 
+    #: State entries that may be sparse (COO), as sparse gradients leave them (SGD's buffer).
+    sparse_state_keys: ClassVar[frozenset[str]] = frozenset()
+
     def _check_param_state(self, index: Any, state: dict[str, Any], param: Tensor, group: dict[str, Any],
                            origin: str) -> None:
         """One parameter's loaded state against what ``_init_state`` makes for it (built on
@@ -922,7 +930,8 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             if value is None and self.lazy_state:
                 continue  # e.g. an SGD buffer not yet started (older torch saved it as None)
-            if not isinstance(value, Tensor) or value.layout != torch.strided:
+            sparse_ok = key in self.sparse_state_keys and isinstance(value, Tensor) and value.layout == torch.sparse_coo
+            if not isinstance(value, Tensor) or (value.layout != torch.strided and not sparse_ok):
                 raise ValueError(f"{where} must be a dense tensor, got "
                                  + (f"layout {value.layout}" if isinstance(value, Tensor) else repr(value)))
             expected = template[key].shape if key in template else param.shape

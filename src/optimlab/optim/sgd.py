@@ -71,6 +71,7 @@ class SGD(Optimizer):
     hyper_checks = {"momentum": check.non_negative, "dampening": check.non_negative,
                     "nesterov": check.boolean}
     state_keys = frozenset({"momentum_buffer"})
+    sparse_state_keys = frozenset({"momentum_buffer"})  # (a copy of the first gradient, sparse or not, as torch's)
     supports_sparse = True
     default_kernels = "torch"
 
@@ -87,6 +88,44 @@ class SGD(Optimizer):
         if group.get("nesterov") and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(f"nesterov=True needs momentum > 0 and dampening = 0, got "
                              f"momentum={group['momentum']!r}, dampening={group['dampening']!r}")
+
+    #: Whether a momentum buffer may be sparse (a copy of a sparse gradient, as torch makes it):
+    #: then :meth:`_check_states` looks for one meeting a dense gradient.
+    _sparse_buffers = False
+
+    def _check_states(self, groups) -> None:
+        """A sparse momentum buffer (started from a sparse gradient, as torch starts it) cannot
+        take a dense gradient (``add(sparse, dense)``: torch.optim.SGD fails part-way, other
+        parameters already stepped): ValueError before anything changes, naming the parameter."""
+        if not self._sparse_buffers:
+            return
+        found = False
+        for group, params, grads in groups:
+            if group["momentum"] == 0:
+                continue
+            for p, g in zip(params, grads):
+                buf = self.state[p].get("momentum_buffer") if p in self.state else None
+                if isinstance(buf, Tensor) and buf.is_sparse:
+                    found = True
+                    if not g.is_sparse:
+                        raise ValueError(
+                            f"SGD: {self._where(group, p)} has a sparse momentum buffer (started from a sparse "
+                            "gradient) and now a dense gradient, which it cannot take (torch.optim.SGD fails "
+                            "part-way here); make it dense first: opt.state[p]['momentum_buffer'] = "
+                            "buf.to_dense(), or keep the gradients sparse")
+        self._sparse_buffers = found
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._sparse_buffers = self._holds_sparse_buffers()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._sparse_buffers = self._holds_sparse_buffers()
+
+    def _holds_sparse_buffers(self) -> bool:
+        return any(isinstance(b, Tensor) and b.is_sparse for s in self.state.values()
+                   for b in [s.get("momentum_buffer")])
 
     lazy_state = True  # the momentum buffer is created from the first gradient
     other_dtype_grads = "torch"  # torch's SGD promotes (a float16 gradient's buffer stays float16)
@@ -131,6 +170,7 @@ class SGD(Optimizer):
             for state, buf in zip(states, bufs):
                 if buf is not None:  # (None: a step GradScaler skipped before the buffer started)
                     state["momentum_buffer"] = buf
+            self._sparse_buffers = self._sparse_buffers or sparse
 
     @staticmethod
     def _own_kernel(group, params, grads, bufs, states, lr) -> bool:
