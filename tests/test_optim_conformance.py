@@ -816,3 +816,40 @@ def test_a_group_key_meant_for_the_update_that_it_would_not_read_is_refused(cls,
             make()
         assert hint is None or f"did you mean {hint}" in str(err.value)
     assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
+def test_a_parameters_own_state_keys_load_and_are_kept_as_torch_keeps_them(convention, name, cls, variants, shapes):
+    """A key the user (or a tool) put in a parameter's state, which no optimizer uses, goes
+    through ``state_dict`` and ``load_state_dict`` untouched and changes nothing; a key of
+    another optimizer's state still marks a state_dict of another optimizer (refused)."""
+    hyper = variants[0] if variants else {}
+    if name == "muon_adamw":
+        pytest.skip("its groups need use_muon (its state keys: test_optim_modern)")
+    runs = []
+    for own in (False, True):
+        params = _params(shapes, torch.float64, "cpu")
+        opt = cls(_groups(params, hyper), **hyper)
+        seq = gradient_sequence(4, shapes, torch.float64)
+        for t, grads in enumerate(seq):
+            if t == 2:
+                if own:
+                    for p in params:
+                        opt.state[p]["my_note"] = torch.full((3,), 7.0)
+                saved = copy.deepcopy(opt.state_dict())
+                opt = cls(_groups(params, hyper), **hyper)
+                opt.load_state_dict(saved)
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+        if own:
+            assert all(torch.equal(opt.state[p]["my_note"], torch.full((3,), 7.0)) for p in params), name
+            assert all("my_note" in s for s in opt.state_dict()["state"].values()), name
+        runs.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*runs)), name
+    others = sorted(k for k in _registry.get("adam").state_keys if k not in cls.state_keys)
+    if others and saved["state"]:
+        bad = copy.deepcopy(saved)
+        next(iter(bad["state"].values()))[others[0]] = torch.zeros(1)
+        with pytest.raises(ValueError, match="another optimizer"):
+            cls(_groups(params, hyper), **hyper).load_state_dict(bad)

@@ -98,6 +98,16 @@ def _hyperparameter_names() -> set[str]:
     return names
 
 
+def _state_key_names() -> set[str]:
+    """Every state key some optimizer here keeps per parameter (its ``state_keys``)."""
+    names, stack = set(), [Optimizer]
+    while stack:
+        cls = stack.pop()
+        names.update(cls.__dict__.get("state_keys", ()))
+        stack.extend(cls.__subclasses__())
+    return names
+
+
 def _checked_param_list(params: Any, cls_name: str) -> list:
     """``params`` as a list. Raises InputTypeError (a TypeError, as torch, and a ValueError)
     for a single tensor or a non-iterable, ValueError for an empty list."""
@@ -896,7 +906,9 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"the state has an entry for parameter {index!r}, which is in no group")
             if not isinstance(st, dict):
                 raise ValueError(f"the state of parameter {index} must be a dict, got {type(st).__name__}")
-            foreign = set(st) - self.state_keys
+            # (keys of other optimizers' states: a state_dict of another optimizer; any other key,
+            # the user's own, is kept as torch keeps it)
+            foreign = (set(st) - self.state_keys) & _state_key_names()
             if foreign:
                 raise ValueError(f"the state of parameter {index} has key(s) {sorted(foreign)} that "
                                  f"{name} does not use: the state_dict comes from another optimizer"
@@ -919,6 +931,8 @@ class Optimizer(torch.optim.Optimizer):
         if missing:
             raise ValueError(f"the state of parameter {index} lacks {missing}: {origin}")
         for key, value in state.items():
+            if key not in self.state_keys:
+                continue  # (a key of the user's own: kept, not read)
             where = f"state[{index}][{key!r}]"
             if key in self.scalar_state_keys:
                 number = isinstance(value, numbers.Real) and not isinstance(value, bool)
