@@ -139,7 +139,7 @@ def test_every_pair_of_layouts_is_decided_as_tensor_guards_decides(recorded):
 @needs_guards
 @pytest.mark.parametrize("kind", list(UNRECORDABLE))
 def test_what_it_cannot_read_it_refuses_to_record(kind):
-    with pytest.raises((ValueError, AttributeError)):
+    with pytest.raises((ValueError, TypeError)):
         Guards(torch.zeros(3), UNRECORDABLE[kind](), **KW)
 
 
@@ -273,3 +273,77 @@ def test_without_a_compiler_tensor_guards_serve_silently(tmp_path):
     if shutil.which("c++") or shutil.which("g++"):
         assert runs[1][0] == repr(["Guards"] + names)
     assert runs[0][1] == runs[1][1]  # (same steps, bit for bit)
+
+
+def _run_script(script: str) -> subprocess.CompletedProcess:
+    """(A crash must fail the test, not end the test run.)"""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=120)
+
+
+@needs_guards
+def test_an_optimizer_reached_again_after_its_cycle_was_finalized_steps_on():
+    """gc runs every finalizer of a cyclic garbage set before freeing it; an object's
+    ``__del__`` may keep the set alive (PEP 442). The optimizer's remembered layouts must
+    still work then (a guard freed by its finalizer made the next step read freed memory)."""
+    proc = _run_script("""
+        import gc, torch, optimlab.optim as oo
+        keep = []
+        class Holder:
+            def __del__(self):
+                keep.append(self)
+        p = torch.nn.Parameter(torch.randn(4))
+        opt = oo.SGD([p], lr=0.1, momentum=0.9)
+        for _ in range(2):
+            p.grad = torch.ones(4)
+            opt.step()
+        h = Holder(); h.opt = opt; opt.holder = h
+        del h, opt
+        gc.collect()
+        opt = keep[0].opt
+        for _ in range(2):
+            p.grad = torch.ones(4)
+            opt.step()
+        print("stepped", opt.path_for(0))
+    """)
+    assert proc.returncode == 0 and "stepped" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+@needs_guards
+def test_a_guard_keeps_the_types_it_recorded_alive():
+    """A recorded type's address must not be reused by another type while the guard can
+    still compare with it (then an object of that other type would be read as a tensor)."""
+    import gc
+    import weakref
+
+    def make():
+        class Sub(torch.Tensor):
+            pass
+        return Guards(torch.zeros(3).as_subclass(Sub), **KW), weakref.ref(Sub)
+
+    guard, sub = make()
+    gc.collect()
+    assert sub() is not None and guard.check(torch.ones(3).as_subclass(sub()))
+    del guard
+    gc.collect()
+    assert sub() is None  # (and no leak once the guard is gone)
+
+
+@needs_guards
+def test_an_object_posing_as_a_tensor_is_refused_without_being_read():
+    proc = _run_script("""
+        import torch
+        from optimlab.optim import _guards, _layout
+        assert _guards.Guards in _layout._guards()
+        class Fake:
+            __slots__ = ("x",)
+            _cdata = 0
+        for args in [(Fake(),), (torch.zeros(2), Fake())]:
+            try:
+                _guards.Guards(*args)
+            except TypeError:
+                print("refused")
+        print(_guards.Guards(torch.zeros(2)).check(Fake()))
+    """)
+    assert proc.returncode == 0 and proc.stdout.split() == ["refused", "refused", "False"], (proc.returncode,
+                                                                                          proc.stderr[-2000:])

@@ -19,7 +19,9 @@ autocast, negative, conjugate or zero-tensor (any device): no Python dispatch (s
 tensors), functorch, nested, sparse, mkldnn, quantized or functionalized tensor; for those,
 :class:`._layout.Memo` uses ``TensorGuards``. The C++ reads a tensor's ``TensorImpl`` pointer
 from its Python object (torch's ``THPVariable`` begins with it, after ``PyObject_HEAD``);
-recording checks that pointer against ``Tensor._cdata`` for every tensor, and on first use
+recording checks that pointer against ``_cdata`` read through torch's own descriptor (which
+refuses any object that is not a tensor) for every tensor, and holds a reference to each
+recorded type (so no other type can take its address); on first use
 recording must refuse probes of those kinds, and :mod:`._layout`'s self-test (each property
 changed on a probe must be refused) must pass. The library is built on first use with the system C++ compiler (about 2 s; cached
 beside the kernels, :mod:`._native`) and linked to torch's ``libc10``; where any of it fails
@@ -64,9 +66,18 @@ struct Entry {
     size_t at;  // sizes then strides, in Guard::dims
 };
 struct Guard {
-    std::vector<Entry> entries;
+    std::vector<Entry> entries;  // (each type holds a reference: its address cannot be reused)
     std::vector<int64_t> dims;
+    ~Guard() {
+        for (Entry &e : entries) Py_DECREF((PyObject *)e.type);
+    }
 };
+
+const char *const kCapsule = "optimlab.guard";
+
+void free_guard(PyObject *capsule) {  // (the capsule's destructor: GIL held)
+    delete static_cast<Guard *>(PyCapsule_GetPointer(capsule, kCapsule));
+}
 
 bool plain_keys(c10::DispatchKeySet keys) {
     for (c10::DispatchKey k : keys) {
@@ -111,16 +122,19 @@ bool repeats(PyObject *const *items, Py_ssize_t n) {
 
 #define OL_EXPORT extern "C" __attribute__((visibility("default")))
 
-/* A guard recording the tensors of the tuple `tensors`, whose TensorImpl addresses
-   (Tensor._cdata) are `cdata`; NULL if one is not a tensor of a recordable kind, its object
-   does not lead to its TensorImpl, or one repeats. GIL held (ctypes.PyDLL). */
-OL_EXPORT void *ol_guard_new(PyObject *tensors, const uint64_t *cdata) {
+/* A guard recording the tensors of the tuple `tensors`, whose TensorImpl addresses are
+   `cdata` (read by the caller through torch's own `_cdata` descriptor, which refuses any
+   object that is not a tensor): a capsule that frees it, or None if one is not a tensor of a
+   recordable kind, its object does not lead to its TensorImpl, or one repeats. A new
+   reference (ctypes.py_object); GIL held (ctypes.PyDLL). */
+OL_EXPORT PyObject *ol_guard_new(PyObject *tensors, const uint64_t *cdata) {
+    Guard *g = nullptr;
     try {
-        if (!PyTuple_Check(tensors)) return nullptr;
+        if (!PyTuple_Check(tensors)) Py_RETURN_NONE;
         Py_ssize_t n = PyTuple_GET_SIZE(tensors);
         PyObject *const *items = &PyTuple_GET_ITEM(tensors, 0);
-        if (repeats(items, n)) return nullptr;
-        Guard *g = new Guard();
+        if (repeats(items, n)) Py_RETURN_NONE;
+        g = new Guard();
         g->entries.reserve(n);
         for (Py_ssize_t i = 0; i < n; i++) {
             c10::TensorImpl *impl = impl_of(items[i]);
@@ -128,24 +142,34 @@ OL_EXPORT void *ol_guard_new(PyObject *tensors, const uint64_t *cdata) {
                     || impl->has_symbolic_sizes_strides() || impl->is_nested()
                     || impl->layout() != c10::kStrided) {
                 delete g;
-                return nullptr;
+                Py_RETURN_NONE;
             }
             Entry e{Py_TYPE(items[i]), impl->key_set(), impl->device(), impl->dtype(), impl->requires_grad(),
                     impl->dim(), g->dims.size()};
             c10::IntArrayRef sizes = impl->sizes(), strides = impl->strides();
             g->dims.insert(g->dims.end(), sizes.begin(), sizes.end());
             g->dims.insert(g->dims.end(), strides.begin(), strides.end());
+            Py_INCREF((PyObject *)e.type);
             g->entries.push_back(e);
         }
-        return g;
+        PyObject *capsule = PyCapsule_New(g, kCapsule, free_guard);
+        if (!capsule) {
+            PyErr_Clear();
+            delete g;
+            Py_RETURN_NONE;
+        }
+        return capsule;
     } catch (...) {
-        return nullptr;
+        delete g;
+        Py_RETURN_NONE;
     }
 }
 
-/* 1 if the tuple `tensors` matches the guard's record, tensor by tensor, else 0. */
-OL_EXPORT int ol_guard_check(void *guard, PyObject *tensors) {
-    const Guard *g = static_cast<const Guard *>(guard);
+/* 1 if the tuple `tensors` matches the record of the guard in `capsule`, tensor by tensor,
+   else 0 (also for anything but a guard's capsule). */
+OL_EXPORT int ol_guard_check(PyObject *capsule, PyObject *tensors) {
+    if (!PyCapsule_IsValid(capsule, kCapsule)) return 0;
+    const Guard *g = static_cast<const Guard *>(PyCapsule_GetPointer(capsule, kCapsule));
     try {
         if (!PyTuple_Check(tensors)) return 0;
         Py_ssize_t n = PyTuple_GET_SIZE(tensors);
@@ -172,7 +196,6 @@ OL_EXPORT int ol_guard_check(void *guard, PyObject *tensors) {
     }
 }
 
-OL_EXPORT void ol_guard_free(void *guard) { delete static_cast<Guard *>(guard); }
 """
 
 _lock = threading.Lock()
@@ -199,11 +222,10 @@ def _build():
                          key_extra=f"{sys.version}\0{include}\0{torch_dir}\0{torch.__version__}\0"
                                    f"{getattr(torch.version, 'git_version', '')}")
     dll = ctypes.PyDLL(str(path))  # (PyDLL: the calls keep the GIL)
-    new, check, free = dll.ol_guard_new, dll.ol_guard_check, dll.ol_guard_free
-    new.argtypes, new.restype = [ctypes.py_object, ctypes.c_void_p], ctypes.c_void_p
-    check.argtypes, check.restype = [ctypes.c_void_p, ctypes.py_object], ctypes.c_int
-    free.argtypes, free.restype = [ctypes.c_void_p], None
-    return new, check, free
+    new, check = dll.ol_guard_new, dll.ol_guard_check
+    new.argtypes, new.restype = [ctypes.py_object, ctypes.c_void_p], ctypes.py_object
+    check.argtypes, check.restype = [ctypes.py_object, ctypes.py_object], ctypes.c_int
+    return new, check
 
 
 def load():
@@ -235,7 +257,7 @@ def _refuses_the_unrecordable() -> bool:
     for obj in odd:
         try:
             Guards(t, obj)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, TypeError):
             continue
         return False
     try:
@@ -245,30 +267,33 @@ def _refuses_the_unrecordable() -> bool:
     return False
 
 
+_cdata = torch._C.TensorBase.__dict__["_cdata"].__get__  # (TypeError for anything but a tensor)
+
+
 class Guards:
     """``TensorGuards``'s interface (``Guards(*tensors)``, ``check(*tensors) -> bool``) over
-    the C++ above. Raises ValueError (AttributeError for a non-tensor) if a tensor cannot be
-    recorded; :class:`._layout.Memo` then uses ``TensorGuards`` for that layout."""
+    the C++ above. Raises ValueError (TypeError for a non-tensor) if a tensor cannot be
+    recorded; :class:`._layout.Memo` then uses ``TensorGuards`` for that layout. The record
+    lives in a capsule, freed with the last reference to it (never before: a guard reached
+    again after its finalizer, in a collected cycle, still works)."""
 
-    __slots__ = ("_handle",)
+    __slots__ = ("_capsule",)
     refuses_nested = True  # (its key-set comparison refuses one before reading its sizes)
 
     def __init__(self, *tensors, dynamic_dims_sizes=None, dynamic_dims_strides=None):
         if dynamic_dims_sizes is not None or dynamic_dims_strides is not None:
             raise ValueError("Guards compares every size and stride: dynamic dims are not supported")
-        self._handle = None
-        new = _lib[0]
-        cdata = array.array("Q", [t._cdata for t in tensors])
-        handle = new(tensors, cdata.buffer_info()[0] if tensors else None)
-        if not handle:
+        cdata = array.array("Q", [_cdata(t) for t in tensors])
+        capsule = _lib[0](tensors, cdata.buffer_info()[0] if tensors else None)
+        if capsule is None:
             raise ValueError("a tensor of a kind these guards do not record, or a tensor given twice")
-        self._handle = handle
+        self._capsule = capsule
 
     def check(self, *tensors) -> bool:
-        return _lib[1](self._handle, tensors) == 1
+        return _lib[1](self._capsule, tensors) == 1
 
-    # Immutable once made: a copy may be the same object. (A shallow copy of the handle would
-    # be freed twice; pickling it across processes would be meaningless.)
+    # Immutable once made: a copy may be the same object; pickling it across processes would
+    # be meaningless.
     def __copy__(self):
         return self
 
@@ -277,11 +302,3 @@ class Guards:
 
     def __reduce__(self):
         raise TypeError("layout guards hold addresses in this process: they cannot be pickled")
-
-    def __del__(self):
-        handle, self._handle = self._handle, None
-        try:
-            if handle and _lib is not None:
-                _lib[2](handle)
-        except Exception:  # noqa: BLE001 - (at interpreter exit the module may be gone: the OS frees it)
-            pass
