@@ -5,8 +5,9 @@ generated kernels (:mod:`._fused`, C), the pointer gatherer (:mod:`._pointers`, 
 layout guards (:mod:`._guards`, C++ against torch's headers).
 Each is named by a hash of its source, its flags, the compiler and what else its code
 depends on (``key_extra``: the CPU for ``-march=native``, the Python and torch for their headers),
-compiled into a temporary file and renamed into place (concurrent processes each build and
-rename; one wins, all load a complete file). The cache is ``$OPTIMLAB_KERNEL_CACHE``, else
+compiled into a temporary file, flushed to disk and renamed into place (concurrent processes
+each build and rename; one wins, all load a complete file); a cached library found cut short
+(:func:`intact`: a crash or full disk mid-write, a partial copy) is rebuilt, never loaded. The cache is ``$OPTIMLAB_KERNEL_CACHE``, else
 ``$XDG_CACHE_HOME/optimlab/kernels`` (default ``~/.cache/optimlab/kernels``); where it cannot
 be written, a private directory under the system temp dir.
 """
@@ -17,6 +18,7 @@ import hashlib
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -74,6 +76,47 @@ def private_tmp() -> Path | None:
     return path if st.st_uid == os.getuid() and not st.st_mode & 0o022 else None
 
 
+def _sync(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def intact(path: Path) -> bool:
+    """Whether a cached library is whole: for an ELF file, every loadable segment and the
+    section header table lie within it (a truncated library passes ``dlopen`` and then
+    kills the process with SIGBUS on first use). Files of other formats are taken as they are."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    if data[:4] != b"\x7fELF":
+        return len(data) > 4  # (another format: dlopen refuses what it cannot map)
+    if len(data) < 52 or data[4] not in (1, 2) or data[5] not in (1, 2):
+        return False
+    wide, order = data[4] == 2, "<" if data[5] == 1 else ">"
+    head = struct.Struct(order + ("QQ" if wide else "II"))
+    if len(data) < (64 if wide else 52):
+        return False
+    phoff, shoff = head.unpack_from(data, 0x20 if wide else 0x1C)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", data, 0x36 if wide else 0x2A)
+    if shoff + shnum * shentsize > len(data) or phoff + phnum * phentsize > len(data):
+        return False
+    segment = struct.Struct(order + ("IIQQQQ" if wide else "IIIIII"))
+    for k in range(phnum):
+        fields = segment.unpack_from(data, phoff + k * phentsize)
+        offset, filesz = (fields[2], fields[5]) if wide else (fields[1], fields[4])
+        if fields[0] == 1 and offset + filesz > len(data):  # PT_LOAD
+            return False
+    return True
+
+
 def build(source: bytes, cache: Path, *, prefix: str, language: str, flag_sets: Sequence[Sequence[str]],
           libs: Sequence[str] = (), key_extra: str = "", what: str = "the library") -> Path:
     """Compile ``source`` (or find it in ``cache``) into ``{prefix}_{hash}.so``; the path.
@@ -96,7 +139,12 @@ def build(source: bytes, cache: Path, *, prefix: str, language: str, flag_sets: 
                 continue
             target = directory / name
             if target.exists():
-                return target
+                if intact(target):
+                    return target
+                try:  # (cut short: a crash or a full disk mid-write, a partial copy; loading it would crash)
+                    target.unlink()
+                except OSError:
+                    continue
             try:
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(dir=directory, prefix=".build-", suffix=".so")
@@ -108,6 +156,7 @@ def build(source: bytes, cache: Path, *, prefix: str, language: str, flag_sets: 
                 proc = subprocess.run([*cc.split(), *flags, "-x", language, "-o", tmp, "-", *libs], input=source,
                                       capture_output=True, timeout=300)
                 if proc.returncode == 0:
+                    _sync(tmp)  # (on disk before it is renamed into place: a crash leaves no short file there)
                     os.replace(tmp, target)  # atomic: a concurrent process sees all or nothing
                     return target
                 errors.append(f"{cc} {' '.join(flags)}: {proc.stderr.decode(errors='replace').strip()[-2000:]}")
