@@ -853,3 +853,35 @@ def test_a_parameters_own_state_keys_load_and_are_kept_as_torch_keeps_them(conve
         next(iter(bad["state"].values()))[others[0]] = torch.zeros(1)
         with pytest.raises(ValueError, match="another optimizer"):
             cls(_groups(params, hyper), **hyper).load_state_dict(bad)
+
+
+@pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
+def test_state_made_under_inference_mode_is_refused_outside_it_before_anything_changes(convention, name, cls,
+                                                                                       variants, shapes):
+    """Steps under ``torch.inference_mode()`` make the state inference tensors, which cannot
+    be updated in place outside it (torch's step raises RuntimeError there); a kernel would
+    write them anyway. Refused, naming the parameter, with nothing changed."""
+    hyper = variants[0] if variants else {}
+    if name == "muon_adamw":
+        pytest.skip("its groups need use_muon")
+    params = _params(shapes, torch.float64, "cpu")
+    opt = cls(_groups(params, hyper), **hyper)
+    seq = gradient_sequence(4, shapes, torch.float64)
+    with torch.inference_mode():
+        for grads in seq[:2]:
+            for p, g in zip(params, grads):
+                p.grad = None if g is None else g.clone()
+            opt.step()
+    for p, g in zip(params, seq[2]):
+        p.grad = None if g is None else g.clone()
+    inference = any(isinstance(v, torch.Tensor) and v.is_inference() for s in opt.state.values() for v in s.values())
+    before = [p.clone() for p in params]
+    if not inference:  # (no state tensors: nothing to refuse)
+        opt.step()
+        return
+    with pytest.raises(RuntimeError, match="inference_mode") as err:
+        opt.step()
+    assert isinstance(err.value, ValueError) and "params[" in str(err.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, params)), name
+    opt.state.clear()  # (the remedy the message gives)
+    opt.step()

@@ -446,9 +446,29 @@ class Optimizer(torch.optim.Optimizer):
         if found_inf is not None and steps and found_inf.item() != 0:
             torch._foreach_sub_(steps, [found_inf.to(steps[0].device)] * len(steps))
 
+    #: Whether a step ran under ``torch.inference_mode()``: its state may hold inference tensors.
+    _inference_state = False
+
     def _check_states(self, groups) -> None:
-        """Refuse, before anything changes, a state that this step's gradients cannot update
-        (the update would fail part-way, some tensors already changed). Nothing by default."""
+        """Refuse, before anything changes, a state that this step cannot update (the update
+        would fail part-way, some tensors already changed, or a kernel write what torch
+        refuses to): state made under ``torch.inference_mode()`` (inference tensors, which
+        cannot be updated in place outside it; torch's step raises RuntimeError there),
+        stepped outside it: UnsupportedSettingError naming the parameter. Subclasses add
+        their own (call this first)."""
+        if torch.is_inference_mode_enabled():
+            self._inference_state = True
+        elif self._inference_state:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if state and any(isinstance(v, Tensor) and v.is_inference() for v in state.values()):
+                        raise check.UnsupportedSettingError(
+                            f"{type(self).__name__}: the state of {self._where(group, p)} was made under "
+                            "torch.inference_mode() (inference tensors), and cannot be updated in place outside "
+                            "it (torch.optim raises here too); step inside torch.inference_mode(), or start the "
+                            "state again outside it (optimizer.state.clear())")
+            self._inference_state = False
 
     def _check_fused_devices(self, groups) -> None:
         """``fused=True`` on a parameter of a device no fused kernel runs on ("meta"):

@@ -409,8 +409,9 @@ def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> tuple[array.a
     its parameter; else None.
 
     Each tensor must be a plain Tensor or Parameter (:data:`PLAIN_TYPES`), of the first
-    parameter's dtype (one of ``dtypes``) and device, have its own parameter's number of
-    elements, and be laid out as it: all contiguous (the usual
+    parameter's dtype (one of ``dtypes``) and device, have its own parameter's shape (a state
+    reshaped to the same number of elements fails torch's ops: it must not pass here), and be
+    laid out as it: all contiguous (the usual
     case), or each with its parameter's shape and strides over dense memory (channels_last).
     A kernel then touches exactly numel elements from each data pointer and pairs them
     correctly. Sparse layouts fail here (``is_contiguous()`` is False or raises; so does
@@ -444,20 +445,20 @@ def _matching_numels(lists: Sequence[Sequence[Tensor]], dtypes) -> tuple[array.a
         return None
     try:
         numels = list(map(_numel, params))
+        shapes = list(map(_shape_of, params))
         contiguous = True
         for lst in lists:
             if (len(lst) != len(params) or not set(map(type, lst)) <= PLAIN_TYPES
                     or set(map(_dtype_of, lst)) != {dtype}
-                    or list(map(_numel, lst)) != numels
+                    or list(map(_numel, lst)) != numels or list(map(_shape_of, lst)) != shapes
                     or not (all(map(_is_cpu, lst)) if on_cpu else set(map(_device_of, lst)) == {p0.device})):
                 return None
             contiguous = contiguous and all(map(_contiguous, lst))
             if any(map(_is_neg, lst)) or any(map(_is_zerotensor, lst)):
                 return None
         if not contiguous:  # the same strides as the parameter, over memory without gaps
-            shapes, strides = list(map(_shape_of, params)), list(map(_stride, params))
-            if not all(map(_dense, params)) or any(
-                    list(map(_shape_of, lst)) != shapes or list(map(_stride, lst)) != strides for lst in lists):
+            strides = list(map(_stride, params))
+            if not all(map(_dense, params)) or any(list(map(_stride, lst)) != strides for lst in lists):
                 return None
     except (RuntimeError, NotImplementedError, TypeError, AttributeError):  # not a plain tensor
         return None

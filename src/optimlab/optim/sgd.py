@@ -97,6 +97,7 @@ class SGD(Optimizer):
         """A sparse momentum buffer (started from a sparse gradient, as torch starts it) cannot
         take a dense gradient (``add(sparse, dense)``: torch.optim.SGD fails part-way, other
         parameters already stepped): ValueError before anything changes, naming the parameter."""
+        super()._check_states(groups)
         if not self._sparse_buffers:
             return
         found = False

@@ -357,6 +357,7 @@ class KerasOptimizer(Optimizer):
         if not params:
             return loss
         self._check_gradients(groups)
+        self._check_states(groups)
         if self.skip_nonfinite and not _all_finite([p.grad for p in params]):
             self.skipped_steps += 1
             return loss
