@@ -152,7 +152,7 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
     print(f"\n=== case {case}: {n_all / 1e6:.2f}M float32 parameters in {len(shapes)} tensors "
           f"(Muon: the {sum(len(s) == 2 for s in shapes)} matrices); {placements(steps, warmup)}; "
           f"{torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)} ===")
-    head = (f"{'optimizer':<14} {'B/p':>3} {'peer':<22} {'peer ms':>8} {'ours fe':>8} {'ours ms':>8} {'path':<7} "
+    head = (f"{'optimizer':<14} {'B/p':>3} {'peer':<22} {'peer ms':>8} {'ours fe':>8} {'ours ms':>8} {'path':<13} "
             f"{'ours/fe':>7} {'ours/peer':>9} {'twin':>5} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}")
     print(head)
     print("-" * len(head), flush=True)
@@ -191,8 +191,8 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
         peers = {k: r.median_ms() for k, r in runners.items() if k not in ("ours", "ours foreach", "ours twin")}
         path = ours_opt.path_for(0) if hasattr(ours_opt, "path_for") else "-"
         fe = runners["ours foreach"].median_ms() if "ours foreach" in runners else None
-        fe_cells = f"{fe:>8.2f} {ours:>8.2f} {path or '-':<7} {ours / fe:>7.2f}" if fe else \
-            f"{'-':>8} {ours:>8.2f} {path or '-':<7} {'-':>7}"
+        fe_cells = f"{fe:>8.2f} {ours:>8.2f} {path or '-':<13} {ours / fe:>7.2f}" if fe else \
+            f"{'-':>8} {ours:>8.2f} {path or '-':<13} {'-':>7}"
         if spec.bytes_per_param:
             eff = gbps(spec.bytes_per_param, n, ours)
             bw = f"{eff:>6.1f} {ref_gbps:>9.1f} {100 * eff / ref_gbps:>5.0f}%"

@@ -342,7 +342,7 @@ def main(argv=None) -> None:
     threads = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",") if t.strip()] or [0]
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"torch {torch.__version__}, {platform.machine()} {platform.processor() or ''}, "
+    print(f"torch {torch.__version__}, {' '.join(filter(None, (platform.machine(), platform.processor())))}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
           + (f", load average {load[0]:.2f}" if load else ""))

@@ -772,7 +772,8 @@ def test_a_compiled_training_step_runs_the_optimizer_eagerly(convention, name, c
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-USER_KEYS = {"name": "backbone", "lr_scale": 0.5, "initial_lr": 0.1, "layer_id": 3}  # (timm, schedulers, loggers)
+USER_KEYS = {"name": "backbone", "lr_scale": 0.5, "initial_lr": 0.1, "layer_id": 3,  # (timm, schedulers, loggers)
+             "weight_decay_mult": 2.0, "lr_mult": 0.1, "frozen": False}  # (near names, not typos)
 
 
 @pytest.mark.parametrize("convention,name,cls,variants,shapes", TABLE, ids=[f"{c}-{n}" for c, n, *_ in TABLE])
@@ -805,7 +806,8 @@ def test_a_groups_own_keys_are_kept_as_torch_keeps_them(convention, name, cls, v
 @pytest.mark.parametrize("cls,key,hint", [
     (_registry.get("adam"), "learning_rate", "'lr'"), (_registry.get("adam"), "weight_decy", "'weight_decay'"),
     (_registry.get("adam"), "momentum", None), (_registry.get("sgd"), "betas", None),
-    (_registry.get("lion"), "bettas", "'betas'")])
+    (_registry.get("lion"), "bettas", "'betas'"), (_registry.get("rmsprop"), "lrr", "'lr'"),
+    (_registry.get("adamw"), "amsgard", "'amsgrad'"), (_registry.get("adamw"), "nesterov", None)])
 def test_a_group_key_meant_for_the_update_that_it_would_not_read_is_refused(cls, key, hint):
     """Another name of one of its keys, a near-miss of one, or another optimizer's
     hyperparameter: refused before anything is added, naming it (torch would ignore it)."""

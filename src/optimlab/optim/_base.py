@@ -89,13 +89,31 @@ def _reject_unknown_keywords(init: Callable, cls_name: str, aliases: dict[str, s
 
 
 def _hyperparameter_names() -> set[str]:
-    """Every name some optimizer here checks as a hyperparameter (its ``hyper_checks``)."""
-    names, stack = set(Optimizer._common_checks), [Optimizer]
+    """The keyword arguments of every optimizer here (its hyperparameters), but names of one or
+    two letters (Lookahead's k, Schedule-Free's r), too common as a user's own group keys."""
+    names, stack = set(), [Optimizer]
     while stack:
         cls = stack.pop()
-        names.update(cls.__dict__.get("hyper_checks", {}))
         stack.extend(cls.__subclasses__())
-    return names
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            parameters = inspect.signature(init).parameters.values()
+            names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return {n for n in names if len(n) > 2} - {"self", "params", "defaults"}
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``a`` is ``b`` with one character added, dropped, changed, or two adjacent ones
+    swapped (a typo: ``lrr``, ``weight_decy``, ``amsgard``)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    i = next((i for i in range(len(short)) if short[i] != long[i]), len(short))
+    return short[i:] == long[i + 1:]
 
 
 def _state_key_names() -> set[str]:
@@ -232,11 +250,11 @@ class Optimizer(torch.optim.Optimizer):
                                  "each parameter may appear in one group only")
         # Keys of the user's own (a name, timm's lr_scale, a scheduler's initial_lr) are kept, as
         # torch keeps them; refused are those that look meant for the update but that it would not
-        # read: another name of one of its keys (learning_rate), a near-miss of one (weight_decy),
-        # or a hyperparameter of other optimizers (momentum on Adam).
+        # read: another name of one of its keys (learning_rate), one edit from one (weight_decy,
+        # lrr), or a hyperparameter of other optimizers (momentum on Adam).
         unknown = set(group) - set(self.defaults) - {"params", "param_names"}
-        near = {k: self._group_key_for(k) or next(iter(difflib.get_close_matches(k, list(self.defaults), n=1,
-                                                                                 cutoff=0.8)), None)
+        near = {k: self._group_key_for(k) or next((d for d in self.defaults if len(k) > 2 and _one_edit_apart(k, d)),
+                                                  None)
                 for k in unknown}
         refused = sorted(k for k in unknown if near[k] or k in _hyperparameter_names())
         if refused:

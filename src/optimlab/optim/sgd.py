@@ -10,7 +10,7 @@ from torch.optim.sgd import sgd as _torch_sgd  # torch's functional form (fused 
 
 from optimlab.optim import _fused, _rules
 from optimlab.optim import _validation as check
-from optimlab.optim._base import Optimizer
+from optimlab.optim._base import GradientMismatchError, Optimizer
 from optimlab.optim._kernelgen import decay_on, fma, kernel, torch_grad
 
 
@@ -96,7 +96,8 @@ class SGD(Optimizer):
     def _check_states(self, groups) -> None:
         """A sparse momentum buffer (started from a sparse gradient, as torch starts it) cannot
         take a dense gradient (``add(sparse, dense)``: torch.optim.SGD fails part-way, other
-        parameters already stepped): ValueError before anything changes, naming the parameter."""
+        parameters already stepped): GradientMismatchError (a ValueError, and the RuntimeError torch
+        raises) before anything changes, naming the parameter."""
         super()._check_states(groups)
         if not self._sparse_buffers:
             return
@@ -109,7 +110,7 @@ class SGD(Optimizer):
                 if isinstance(buf, Tensor) and buf.is_sparse:
                     found = True
                     if not g.is_sparse:
-                        raise ValueError(
+                        raise GradientMismatchError(
                             f"SGD: {self._where(group, p)} has a sparse momentum buffer (started from a sparse "
                             "gradient) and now a dense gradient, which it cannot take (torch.optim.SGD fails "
                             "part-way here); make it dense first: opt.state[p]['momentum_buffer'] = "
