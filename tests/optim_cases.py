@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import torch
 
 import optimlab.optim as oo
@@ -63,3 +65,22 @@ def gradient_sequence(steps: int, shapes, dtype, seed: int = 0):
                 grads.append(torch.randn(shape, generator=gen, dtype=dtype))
         seq.append(grads)
     return seq
+
+
+def stepping_script(optimizer: str, shape: tuple[int, ...], steps: int, report: str) -> str:
+    """A child process's script: ``steps`` steps of ``optimlab.optim.<optimizer>`` (lr 0.01) on
+    three seeded float64 tensors of ``shape``; then it prints ``report`` (an expression over
+    ``opt``, ``_layout``, ``_pointers``) and, on the next line, the parameters' values."""
+    return textwrap.dedent(f"""
+        import torch, optimlab.optim as oo
+        from optimlab.optim import _layout, _pointers
+        gen = torch.Generator().manual_seed(0)
+        ps = [torch.randn({shape!r}, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+        opt = oo.{optimizer}(ps, lr=0.01)
+        for _ in range({steps}):
+            for p in ps:
+                p.grad = torch.randn({shape!r}, generator=gen, dtype=torch.float64)
+            opt.step()
+        print({report})
+        print(repr(torch.cat([p.detach().flatten() for p in ps]).tolist()))
+    """)

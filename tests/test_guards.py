@@ -19,6 +19,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from optimlab.optim import _guards, _layout
+from tests.optim_cases import stepping_script
 
 Guards = _guards.Guards if _guards.Guards in _layout._guards() else None  # (built and self-tested)
 needs_guards = pytest.mark.skipif(Guards is None, reason="the layout guards could not be built here")
@@ -245,19 +246,7 @@ def test_the_environment_picks_the_guards(setting, expected):
 
 
 def test_without_a_compiler_tensor_guards_serve_silently(tmp_path):
-    script = textwrap.dedent("""
-        import torch, optimlab.optim as oo
-        from optimlab.optim import _layout
-        gen = torch.Generator().manual_seed(0)
-        ps = [torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-        opt = oo.Adam(ps, lr=0.1)
-        for _ in range(4):
-            for p in ps:
-                p.grad = torch.randn(4, 3, generator=gen, dtype=torch.float64)
-            opt.step()
-        print([c.__name__ for c in _layout._guards()])
-        print(repr(torch.cat([p.detach().flatten() for p in ps]).tolist()))
-    """)
+    script = stepping_script("Adam", (4, 3), 4, "[c.__name__ for c in _layout._guards()]")
     runs = []
     for cxx in ("/bin/false", None):
         env = {**os.environ, "OPTIMLAB_KERNEL_CACHE": str(tmp_path / "cache"), "PYTHONWARNINGS": "default"}

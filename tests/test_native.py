@@ -8,11 +8,11 @@ import ctypes
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from optimlab.optim import _native
+from tests.optim_cases import stepping_script
 
 needs_cc = pytest.mark.skipif(_native.compiler("c") is None, reason="no C compiler")
 SOURCE = b"int ol_answer(void) { return 42; }\nstatic const char pad[20000] = {1};\nconst char *ol_pad(void) { return pad; }\n"
@@ -38,19 +38,8 @@ def test_a_cached_library_cut_short_is_rebuilt(tmp_path, cut):
 
 @needs_cc
 def test_optimizers_step_as_before_with_every_cached_library_cut_short(tmp_path):
-    script = textwrap.dedent("""
-        import torch, optimlab.optim as oo
-        from optimlab.optim import _layout, _pointers, _fused
-        gen = torch.Generator().manual_seed(0)
-        ps = [torch.randn(40, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-        opt = oo.RMSprop(ps, lr=0.01)
-        for _ in range(3):
-            for p in ps:
-                p.grad = torch.randn(40, 3, generator=gen, dtype=torch.float64)
-            opt.step()
-        print(opt.path_for(0), [c.__name__ for c in _layout._guards()], _pointers.available())
-        print(repr(torch.cat([p.detach().flatten() for p in ps]).tolist()))
-    """)
+    script = stepping_script("RMSprop", (40, 3), 3,
+                             "opt.path_for(0), [c.__name__ for c in _layout._guards()], _pointers.available()")
     env = {**os.environ, "OPTIMLAB_KERNEL_CACHE": str(tmp_path)}
     runs = []
     for cut in (False, True):
