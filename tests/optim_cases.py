@@ -84,3 +84,22 @@ def stepping_script(optimizer: str, shape: tuple[int, ...], steps: int, report: 
         print({report})
         print(repr(torch.cat([p.detach().flatten() for p in ps]).tolist()))
     """)
+
+
+def seed_kernel_cache(dest, skip: tuple[str, ...] = ()) -> None:
+    """Copy this process's compiled libraries (kernels, pointer gatherer, layout guards) into
+    ``dest``, an ``OPTIMLAB_KERNEL_CACHE`` for a child process, so that the child builds only
+    what it is meant to (names starting with any of ``skip`` are left out)."""
+    import shutil
+
+    from optimlab.optim import _fused, _layout, _native, _pointers
+    _fused.available(), _pointers.available(), _layout.available()  # (built here, if they can be)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:  # the ones this process loaded (the cache may hold others' too)
+        with open("/proc/self/maps") as f:
+            loaded = {line.split()[-1].rsplit("/", 1)[-1] for line in f if "optimlab_" in line}
+    except OSError:
+        loaded = None
+    for lib in _native.cache_dir().glob("optimlab_*.so"):
+        if not lib.name.startswith(skip) and (loaded is None or lib.name in loaded):
+            shutil.copy2(lib, dest / lib.name)

@@ -19,7 +19,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from optimlab.optim import _guards, _layout
-from tests.optim_cases import stepping_script
+from tests.optim_cases import seed_kernel_cache, stepping_script
 
 Guards = _guards.Guards if _guards.Guards in _layout._guards() else None  # (built and self-tested)
 needs_guards = pytest.mark.skipif(Guards is None, reason="the layout guards could not be built here")
@@ -248,8 +248,10 @@ def test_the_environment_picks_the_guards(setting, expected):
 def test_without_a_compiler_tensor_guards_serve_silently(tmp_path):
     script = stepping_script("Adam", (4, 3), 4, "[c.__name__ for c in _layout._guards()]")
     runs = []
-    for cxx in ("/bin/false", None):
-        env = {**os.environ, "OPTIMLAB_KERNEL_CACHE": str(tmp_path / "cache"), "PYTHONWARNINGS": "default"}
+    for cxx in ("/bin/false", None):  # (each with this process's libraries, the C++ ones but with a C++ compiler)
+        cache = tmp_path / ("no-cxx" if cxx else "cxx")
+        seed_kernel_cache(cache, skip=("optimlab_guards_", "optimlab_pointers_") if cxx else ())
+        env = {**os.environ, "OPTIMLAB_KERNEL_CACHE": str(cache), "PYTHONWARNINGS": "default"}
         env.pop("CXX", None)
         if cxx:
             env["CXX"] = cxx
