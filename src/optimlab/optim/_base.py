@@ -390,7 +390,7 @@ class Optimizer(torch.optim.Optimizer):
     # ----------------------------------------------------------------------------- step
     # torch.compile runs the step eagerly (a graph break): it is one kernel call per group
     # already, and tracing it (C calls, layouts remembered per step) would recompile every step.
-    @torch.compiler.disable
+    @torch._disable_dynamo  # (torch.compiler.disable, but imports torch._dynamo at the first call: as torch.optim)
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one update; ``closure`` (optional) re-evaluates the loss with grad enabled.

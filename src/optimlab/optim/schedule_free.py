@@ -71,7 +71,7 @@ class _ScheduleFree(RealOnly, Optimizer):
                         p.lerp_(self.state[p]["z"], 1 - beta1)
                 group["train_mode"] = True
 
-    @torch.compiler.disable  # (see optimlab.optim.Optimizer.step)
+    @torch._disable_dynamo  # (see optimlab.optim.Optimizer.step)
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         if not all(g["train_mode"] for g in self.param_groups):

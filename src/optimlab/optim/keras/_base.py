@@ -337,7 +337,7 @@ class KerasOptimizer(Optimizer):
         return [p for p in params if id(p) not in excluded]
 
     # ---------------------------------------------------------------------------- step
-    @torch.compiler.disable  # (see optimlab.optim.Optimizer.step)
+    @torch._disable_dynamo  # (see optimlab.optim.Optimizer.step)
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One Keras ``apply``: skip ``None`` grads, clip, decay, update, ``iterations += 1``.
