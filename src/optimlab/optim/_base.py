@@ -88,14 +88,21 @@ def _reject_unknown_keywords(init: Callable, cls_name: str, aliases: dict[str, s
     return checked_init
 
 
+def _optimizer_classes() -> list[type]:
+    """Optimizer and every class derived from it, defined so far."""
+    classes, stack = [], [Optimizer]
+    while stack:
+        cls = stack.pop()
+        classes.append(cls)
+        stack.extend(cls.__subclasses__())
+    return classes
+
+
 def _hyperparameter_names() -> set[str]:
     """The keyword arguments of every optimizer here (its hyperparameters), but names of one or
     two letters (Lookahead's k, Schedule-Free's r), too common as a user's own group keys."""
-    names, stack = set(), [Optimizer]
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        init = cls.__dict__.get("__init__")
+    names = set()
+    for init in (cls.__dict__.get("__init__") for cls in _optimizer_classes()):
         if init is not None:
             parameters = inspect.signature(init).parameters.values()
             names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
@@ -118,12 +125,7 @@ def _one_edit_apart(a: str, b: str) -> bool:
 
 def _state_key_names() -> set[str]:
     """Every state key some optimizer here keeps per parameter (its ``state_keys``)."""
-    names, stack = set(), [Optimizer]
-    while stack:
-        cls = stack.pop()
-        names.update(cls.__dict__.get("state_keys", ()))
-        stack.extend(cls.__subclasses__())
-    return names
+    return {key for cls in _optimizer_classes() for key in cls.__dict__.get("state_keys", ())}
 
 
 def _checked_param_list(params: Any, cls_name: str) -> list:
@@ -256,7 +258,8 @@ class Optimizer(torch.optim.Optimizer):
         near = {k: self._group_key_for(k) or next((d for d in self.defaults if len(k) > 2 and _one_edit_apart(k, d)),
                                                   None)
                 for k in unknown}
-        refused = sorted(k for k in unknown if near[k] or k in _hyperparameter_names())
+        others = _hyperparameter_names() if unknown else set()
+        refused = sorted(k for k in unknown if near[k] or k in others)
         if refused:
             hints = [f"{k!r}: did you mean {near[k]!r}?" for k in refused if near[k]]
             raise ValueError(f"{where} has hyperparameter(s) {refused} that {type(self).__name__} does not "
