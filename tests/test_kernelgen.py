@@ -517,6 +517,58 @@ def test_ieee_square_roots_on_request(tmp_path):
     assert out["ADOPT"] == "fused"  # (its kernel, as RMSprop's, never needed torch's square root)
 
 
+_OTHER_ROUNDING_CHILD = textwrap.dedent("""
+    import json, torch
+    from optimlab.optim import _fused
+    from tests.test_kernelgen import CASES, assert_same, run
+    torch.set_num_threads(1)
+    out = {"capability": torch.backends.cpu.get_cpu_capability(), "fused": _fused.torch_fuses_multiply_adds(),
+           "checked": []}
+    shapes = [(7,), (1500,), (5, 3), (1031,)]
+    for name, case in CASES.items():
+        if not case.exact:
+            continue
+        for dtype in (torch.float32, torch.float64):
+            hyper = case.variants[-1]
+            pa, oa, paths = run(name, hyper, dtype, steps=12, shapes=shapes, **case.kernel_impl)
+            pb, ob, _ = run(name, hyper, dtype, steps=12, shapes=shapes,
+                            **({"fused": False} if case.keras else {"foreach": True}))
+            assert paths == {"fused"}, (name, paths)
+            assert_same(pa, oa, pb, ob)
+        out["checked"].append(name)
+    for kw in ({}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}):
+        a = torch.randn(1003, dtype=torch.float32, generator=torch.Generator().manual_seed(3))
+        pa, pb = a.clone().requires_grad_(), a.clone().requires_grad_()
+        oa, ob = torch.optim.SGD([pa], lr=0.1, **kw), __import__("optimlab.optim").optim.SGD([pb], lr=0.1, **kw)
+        for t in range(10):
+            g = torch.randn(1003, generator=torch.Generator().manual_seed(t))
+            pa.grad, pb.grad = g.clone(), g.clone()
+            oa.step(), ob.step()
+        assert torch.equal(pa, pb), kw
+    print(json.dumps(out))
+""")
+
+
+@needs_kernels
+def test_multiply_adds_are_rounded_as_torchs_build_rounds_them(tmp_path):
+    """torch's DEFAULT CPU capability (x86 without AVX2, or ATEN_CPU_CAPABILITY=default) rounds
+    a·b + c twice, its AVX2/AVX-512 kernels once: the kernels follow what torch's ops do, so
+    every kernel that claims bits keeps them (against its foreach path, and SGD against
+    torch.optim.SGD) at torch's DEFAULT capability too. (Before, the kernels always fused:
+    SGD was up to 2e-6 relative off torch's, every twin but Adagrad off Keras's.)"""
+    env = {**os.environ, "OPTIMLAB_KERNEL_CACHE": str(tmp_path), "ATEN_CPU_CAPABILITY": "default",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _OTHER_ROUNDING_CHILD], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["capability"] == "DEFAULT" and out["fused"] is False
+    assert {"sgd", "adamax", "keras_sgd", "keras_adam", "keras_rmsprop"} <= set(out["checked"])
+    here = torch.backends.cpu.get_cpu_capability()
+    assert _fused.torch_fuses_multiply_adds() is (here in ("AVX2", "AVX512")) or here not in ("DEFAULT", "AVX2",
+                                                                                                 "AVX512")
+
+
 _NO_COMPILER_CHILD = textwrap.dedent("""
     import json, warnings, torch
     import optimlab.optim as oo, optimlab.optim.keras as ok

@@ -179,10 +179,80 @@ def _openmp_flags() -> list[str]:
 def _build(source: bytes, cache: Path, threads: Sequence[str] = ()) -> Path:
     """Compile (or find in the cache) the kernel library; raise RuntimeError on failure.
     ``threads``: extra flags choosing the kernels' threads (``-fopenmp``: :func:`_openmp_flags`)."""
+    muladd = [f"-DOL_FUSED_MULADD={int(_fused_muladd_or_raise())}"]
     # -march=native where the compiler takes it, else portable
     return _native.build(source, cache, prefix="optimlab_kernels", language="c", libs=["-lm"],
-                         flag_sets=[_CFLAGS + extra + list(threads) for extra in (_NATIVE, [])],
+                         flag_sets=[_CFLAGS + extra + muladd + list(threads) for extra in (_NATIVE, [])],
                          key_extra=_native.cpu_fingerprint(), what="the fused kernels")
+
+
+#: Elements per probe of :func:`torch_fuses_multiply_adds`: whole vectorised steps of torch's
+#: loops (up to 2 × 16 floats), then a scalar tail.
+_MULADD_PROBE = 93
+_muladd: list[bool | None] = []
+_muladd_lock = threading.Lock()  # (not _lock: _load holds that one while it builds)
+
+
+def torch_fuses_multiply_adds() -> bool | None:
+    """How torch's CPU ops round ``a·b + c`` in this process: True if once (a fused
+    multiply-add: its AVX2 and AVX-512 kernels), False if the product and then the sum (its x86
+    DEFAULT capability: no FMA instructions, or ``ATEN_CPU_CAPABILITY=default``), None if
+    neither holds for every op, dtype and element (then no kernel can follow them).
+
+    Asked of the ops the descriptions' :func:`~._kernelgen.fma` stands for (``add(alpha=)``,
+    ``addcmul``, ``lerp`` on both sides of its weight switch), float32 and float64, on fixed
+    inputs where the two roundings differ, against both: the exact result rounded once
+    (:class:`fractions.Fraction`) and torch's separate multiply and add. Computed once."""
+    if not _muladd:
+        with _muladd_lock:
+            if not _muladd:
+                with torch.inference_mode():
+                    _muladd.append(_ask_torch_muladd())
+    return _muladd[0]
+
+
+def _fused_muladd_or_raise() -> bool:
+    fused = torch_fuses_multiply_adds()
+    if fused is None:
+        raise RuntimeError("torch's CPU ops round a multiply-add neither always once nor always twice here, "
+                           "so no kernel can reproduce them")
+    return fused
+
+
+def _ask_torch_muladd() -> bool | None:
+    from fractions import Fraction
+
+    def once(x: Tensor, y: Tensor, z: Tensor) -> Tensor:  # x·y + z, rounded once to the dtype
+        exact = [Fraction(p) * Fraction(q) + Fraction(r) for p, q, r in zip(x.tolist(), y.tolist(), z.tolist())]
+        return torch.tensor([_nearest(e, x.dtype) for e in exact], dtype=x.dtype)
+
+    verdicts = set()
+    rng = np.random.default_rng(20261201)
+    for dtype in (torch.float32, torch.float64):
+        a, b, c = (torch.from_numpy(rng.standard_normal(_MULADD_PROBE)).to(dtype) for _ in range(3))
+        s = b[0].item()
+        cases = [(torch.add(c, a, alpha=s), a, torch.full_like(a, s), c),  # c + s·a
+                 (torch.addcmul(c, a, b), a, b, c)]                         # c + a·b
+        for w in (0.3, 0.7):  # torch's lerp: fma(w, b − a, a) below 0.5, fma(w − 1, b − a, b) from it
+            w = torch.tensor(w, dtype=dtype)  # (torch takes the weight in the dtype)
+            coef, base = (w, a) if w < 0.5 else (w - 1, b)
+            cases.append((torch.lerp(a, b, w.item()), coef.expand_as(a), b - a, base))
+        for got, x, y, z in cases:
+            fused, twice = torch.equal(got, once(x, y, z)), torch.equal(got, x * y + z)
+            if fused == twice:  # (both cannot be: the inputs were chosen where they differ)
+                return None
+            verdicts.add(fused)
+    return verdicts.pop() if len(verdicts) == 1 else None
+
+
+def _nearest(value, dtype: torch.dtype) -> float:
+    """The ``dtype`` number nearest to the rational ``value`` (ties to even), as a float."""
+    d = float(value)  # (the nearest double: Fraction's division rounds correctly)
+    if dtype == torch.float64:
+        return d
+    f = np.float32(d)  # (rounding the double again may miss by a tie: settle it exactly)
+    candidates = (np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf)))
+    return float(min(candidates, key=lambda v: (abs(type(value)(float(v)) - value), int(v.view(np.uint32)) & 1)))
 
 
 def _open_built(source: bytes, threads: list[str], expected: Library) -> ctypes.CDLL:
@@ -212,6 +282,9 @@ def _open(path: Path, expected: Library) -> ctypes.CDLL:
     lib.ol_sqrt.restype = None
     lib.ol_variant_count.restype = i32
     lib.ol_openmp.restype = i32
+    lib.ol_fused_muladd.restype = i32
+    if bool(lib.ol_fused_muladd()) != _fused_muladd_or_raise():
+        raise RuntimeError(f"{path} rounds multiply-adds otherwise than torch's ops here")
     if lib.ol_variant_count() != len(expected.variants):
         raise RuntimeError(f"{path} has another table of kernels than these descriptions")
     return lib

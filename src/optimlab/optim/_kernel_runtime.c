@@ -7,9 +7,9 @@
  *
  * Arithmetic: each generated loop does the description's operations in the tensor's dtype
  * (float or double), scalars computed in double by Python and rounded to the dtype here, as
- * torch does; fma() only where the description says so (torch's vectorised CPU kernels fuse
- * add(alpha=), addcmul, lerp); compiled with -ffp-contract=off so the compiler adds no other
- * contraction. Square roots go through ol_sqrt_*: torch's own routine (MKL's vsSqrt/vdSqrt
+ * torch does; a multiply-add (OL_FMA_*) only where the description says so (torch's vectorised
+ * CPU kernels compute add(alpha=), addcmul, lerp as one), rounded as torch's build rounds it
+ * (below); compiled with -ffp-contract=off so the compiler adds no other contraction. Square roots go through ol_sqrt_*: torch's own routine (MKL's vsSqrt/vdSqrt
  * in torch's CPU wheels, which is not correctly rounded everywhere) when _fused.py found it
  * and checked it against torch.sqrt, else the C library's correctly rounded sqrt.
  *
@@ -26,6 +26,21 @@
 #include <unistd.h>
 
 #define OL_EXPORT __attribute__((visibility("default")))
+
+/* A description's fma(a, b, c), as torch's CPU ops round a·b + c on this machine: once (fused;
+ * its AVX2 and AVX-512 kernels), or the product and then the sum (its x86 DEFAULT capability:
+ * no FMA instructions, or ATEN_CPU_CAPABILITY=default). _fused.py asks torch's ops which, and
+ * passes -DOL_FUSED_MULADD=1 or 0. */
+#if !defined(OL_FUSED_MULADD)
+#error "OL_FUSED_MULADD (0 or 1) must be defined"
+#elif OL_FUSED_MULADD
+#define OL_FMA_f32(a, b, c) fmaf((a), (b), (c))
+#define OL_FMA_f64(a, b, c) fma((a), (b), (c))
+#else
+#define OL_FMA_f32(a, b, c) ((a) * (b) + (c))
+#define OL_FMA_f64(a, b, c) ((a) * (b) + (c))
+#endif
+OL_EXPORT int ol_fused_muladd(void) { return OL_FUSED_MULADD; }
 
 /* Elements per block of a loop with square roots: its stages keep what a later stage
  * needs in stack buffers of this many elements (in cache), between calls of ol_sqrt_*. */

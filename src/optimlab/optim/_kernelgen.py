@@ -26,8 +26,10 @@ Arithmetic on hyperparameters and per-tensor inputs (``1 - x.beta1``, ``-x.lr / 
 foreach rules compute their scalars; where such a number meets an array it is rounded to
 the array's dtype, as torch rounds a Python scalar. Arithmetic on arrays is done in the
 array's dtype, one IEEE operation per operator, in the order written (the generated C is
-compiled with ``-ffp-contract=off``); :func:`fma` is a fused multiply-add, which is how
-torch's vectorised CPU kernels compute ``add(alpha=)``, ``addcmul``, ``lerp`` and ``sub(alpha=)``.
+compiled with ``-ffp-contract=off``); :func:`fma` is a multiply-add rounded as torch's CPU ops
+round ``add(alpha=)``, ``addcmul``, ``lerp`` and ``sub(alpha=)``: once (fused) where torch's build
+fuses them (its AVX2 and AVX-512 kernels), else the product and then the sum (its x86 DEFAULT
+capability); :mod:`._fused` asks torch's ops which before it builds the library.
 Primitives: ``+ - * /``, unary ``-``, ``abs()``, :func:`fma`, :func:`sqrt`, :func:`lerp`
 (torch's convention), :func:`maximum`, :func:`minimum`, :func:`clamp`, :func:`sign`,
 :func:`where`, comparisons (``<``, ``>``, ...) and ``& | ~`` on their results.
@@ -277,7 +279,8 @@ def _tensor(*xs) -> bool:
 
 # ------------------------------------------------------------------------- primitives
 def fma(a, b, c):
-    """``a·b + c`` rounded once (a fused multiply-add). In Python on tensors: ``a*b + c``."""
+    """``a·b + c`` as torch's CPU ops round it: once (a fused multiply-add) where torch's build
+    fuses, else twice (see the module's docstring). In Python on tensors: ``a*b + c``."""
     if _symbolic(a, b, c):
         return Value("fma", *(_as_number(_wrap(x)) for x in (a, b, c)))
     if isinstance(a, Scalar) or isinstance(b, Scalar) or isinstance(c, Scalar):
@@ -786,8 +789,9 @@ class Variant:
                 f"{name}_r_f32, {name}_r_f64, {name}_m_f32, {name}_m_f64}}")
 
 
-_C_MATH = {"float": dict(fma="fmaf", fabs="fabsf", sqrt="sqrtf", suffix="f32"),
-           "double": dict(fma="fma", fabs="fabs", sqrt="sqrt", suffix="f64")}
+# (fma: the runtime's macro, fused or not as torch's build rounds a multiply-add)
+_C_MATH = {"float": dict(fma="OL_FMA_f32", fabs="fabsf", sqrt="sqrtf", suffix="f32"),
+           "double": dict(fma="OL_FMA_f64", fabs="fabs", sqrt="sqrt", suffix="f64")}
 
 
 class _CEmitter:
