@@ -887,3 +887,75 @@ def test_state_made_under_inference_mode_is_refused_outside_it_before_anything_c
     assert all(torch.equal(a, b) for a, b in zip(before, params)), name
     opt.state.clear()  # (the remedy the message gives)
     opt.step()
+
+
+def _hooks_round_trip(make, step):
+    """Save a stepped optimizer through state-dict hooks and load it into a fresh one through
+    load hooks, as torch 2.13 runs them: state-dict pre-hook, then post-hooks on the finished
+    dict (a replacement is returned); load pre-hooks first, on a copy (a converter: what it
+    returns is what is loaded), post-hooks after the load. Returns what the hooks saw."""
+    opt = make()
+    step(opt)
+    plain = copy.deepcopy(opt.state_dict())
+    seen = []
+    opt.register_state_dict_pre_hook(lambda o: seen.append("state_dict pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: seen.append(("state_dict post", sorted(sd))) or {"old": sd})
+    saved = copy.deepcopy(opt.state_dict())
+    other = make()
+    other.register_load_state_dict_pre_hook(lambda o, sd: seen.append(("load pre", sorted(sd))) or sd["old"])
+    other.register_load_state_dict_post_hook(lambda o: seen.append(("load post", repr(o.state_dict()))))
+    other.load_state_dict(saved)
+    _assert_same_state(other.state_dict(), plain, "loaded")
+    return seen, plain, repr(other.state_dict())
+
+
+def _expected_hook_calls(plain, loaded):
+    """(The post-hook sees the state as loaded: torch casts a state tensor, NAdam's float32
+    ``mu_product`` say, to its parameter's dtype.)"""
+    return ["state_dict pre", ("state_dict post", sorted(plain)), ("load pre", ["old"]), ("load post", loaded)]
+
+
+def test_state_dict_hooks_run_as_torchs_run_in_torch():
+    """The oracle of the next test: torch.optim.Adam's hooks, under the same script."""
+    p = torch.ones(3, requires_grad=True)
+
+    def step(opt):
+        p.grad = torch.full((3,), 0.5)
+        opt.step()
+
+    seen, plain, loaded = _hooks_round_trip(lambda: torch.optim.Adam([p], lr=0.1), step)
+    assert seen == _expected_hook_calls(plain, loaded)
+
+
+@pytest.mark.parametrize("convention,name,cls,variants,shapes",
+                         TABLE + [("torch", w, None, [], SHAPES) for w in sorted(WRAPPERS)],
+                         ids=[f"{c}-{n}" for c, n, *_ in TABLE] + sorted(WRAPPERS))
+def test_state_dict_hooks_run_where_torchs_run(convention, name, cls, variants, shapes):
+    """Every optimizer (the wrappers too) runs its state-dict and load-state-dict hooks where
+    torch does. Before, ``load_state_dict`` checked the raw dict before the pre-hooks ran, so a
+    pre-hook converting an old checkpoint never got the chance ("lacks ['exp_avg', ...]"), and
+    the wrappers ran none of their own hooks."""
+    import optimlab.optim as oo
+    hyper = variants[0] if variants else {}
+    if name == "muon_adamw":
+        pytest.skip("its groups need use_muon")
+    params = [p.requires_grad_() for p in _params(shapes, torch.float64, "cpu")]
+    if name == "lookahead":
+        make = lambda: oo.Lookahead(oo.Adam(params, lr=0.1), k=2)  # noqa: E731
+    elif name == "sam":
+        make = lambda: oo.SAM(params, oo.SGD, lr=0.1, momentum=0.9)  # noqa: E731
+    else:
+        make = lambda: cls(_groups(params, hyper), **hyper)  # noqa: E731
+    seq = gradient_sequence(3, shapes, torch.float64)
+
+    def step(opt):
+        for grads in seq:
+            def closure():
+                for p, g in zip(params, grads):
+                    p.grad = g.clone()
+                return torch.zeros(())
+            closure()
+            opt.step(closure)
+
+    seen, plain, loaded = _hooks_round_trip(make, step)
+    assert seen == _expected_hook_calls(plain, loaded), name

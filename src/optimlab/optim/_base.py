@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Iterable
 import torch
 from torch import Tensor
 
-from optimlab.optim import _fused, _layout
+from optimlab.optim import _fused, _hooks, _layout
 from optimlab.optim import _validation as check
 
 _grad_of = operator.attrgetter("grad")
@@ -883,10 +883,17 @@ class Optimizer(torch.optim.Optimizer):
         return group
 
     def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        sd["optimlab"] = {"optimizer": type(self).__name__, "skipped_steps": self.skipped_steps,
-                          "skip_nonfinite": self.skip_nonfinite}
-        return sd
+        """torch's state dict with an ``"optimlab"`` entry (:meth:`_state_extras`); the
+        state-dict post-hooks see (and may replace) the finished dict, as in torch."""
+        with _hooks.held(self, "state_post"):
+            sd = super().state_dict()
+        sd["optimlab"] = self._state_extras()
+        return _hooks.run_state_dict_post_hooks(self, sd)
+
+    def _state_extras(self) -> dict[str, Any]:
+        """What optimlab adds to the state dict (its ``"optimlab"`` entry)."""
+        return {"optimizer": type(self).__name__, "skipped_steps": self.skipped_steps,
+                "skip_nonfinite": self.skip_nonfinite}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state: this optimizer's, or what torch.optim's optimizer of the same name
@@ -896,7 +903,12 @@ class Optimizer(torch.optim.Optimizer):
         Raises ValueError, with nothing here modified, if the state is not one this optimizer
         can step: another number of groups or parameters, a group lacking a hyperparameter
         that has no default or holding an invalid one, a parameter's state lacking an entry
-        or holding one of another shape (or kind) than the update needs."""
+        or holding one of another shape (or kind) than the update needs.
+
+        As torch, the load-state-dict pre-hooks run first (on a shallow copy; what they return
+        is what is checked and loaded) and the post-hooks last."""
+        if isinstance(state_dict, dict):
+            state_dict = _hooks.load_pre_hooked(self, state_dict)
         if (not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict)
                 or "param_groups" not in state_dict):
             raise ValueError("load_state_dict expects a dict with 'state' and 'param_groups' "
@@ -904,7 +916,8 @@ class Optimizer(torch.optim.Optimizer):
         extra = state_dict.get("optimlab", {})
         self._check_loadable(state_dict)
         plain = {k: v for k, v in state_dict.items() if k != "optimlab"}
-        super().load_state_dict(plain)
+        with _hooks.held(self, "load_pre", "load_post"):
+            super().load_state_dict(plain)
         for st in self.state.values():  # lazy views (torch keeps them): in-place multi-tensor ops refuse them
             for key, value in st.items():
                 if isinstance(value, Tensor) and (value.is_neg() or value.is_conj() or value._is_zerotensor()):
@@ -912,6 +925,12 @@ class Optimizer(torch.optim.Optimizer):
         self.skipped_steps = int(extra.get("skipped_steps", 0))
         if "skip_nonfinite" in extra:  # (checked with the rest; a state from before it keeps this one's)
             self.skip_nonfinite = extra["skip_nonfinite"]
+        self._loaded(state_dict)
+        _hooks.run_load_post_hooks(self)
+
+    def _loaded(self, state_dict: dict[str, Any]) -> None:
+        """After :meth:`load_state_dict` loaded ``state_dict`` (checked; before the post-hooks):
+        where a subclass restores what it keeps besides torch's state."""
 
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
         name = type(self).__name__

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from optimlab.optim import _hooks
 from optimlab.optim import _validation as check
 
 
@@ -125,14 +126,21 @@ class Lookahead(torch.optim.Optimizer):
                 p.copy_(slow)
 
     def state_dict(self) -> dict[str, Any]:
+        """The inner optimizer's state dict with a ``"lookahead"`` entry (this wrapper's own
+        state-dict hooks run around it, as torch runs them)."""
+        _hooks.run_state_dict_pre_hooks(self)
         sd = self.optimizer.state_dict()
         index = {p: i for i, p in enumerate(self._params())}
         sd["lookahead"] = {"k": self.k, "alpha": self.alpha, "fast_steps": self.fast_steps,
                            "slow": {index[p]: s.clone() for p, s in self.slow.items() if p in index}}
-        return sd
+        return _hooks.run_state_dict_post_hooks(self, sd)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load the inner state and the slow weights; everything is checked before anything changes."""
+        """Load the inner state and the slow weights; everything is checked before anything
+        changes (after this wrapper's load pre-hooks, which may replace the dict; its post-hooks
+        run last)."""
+        if isinstance(state_dict, dict):
+            state_dict = _hooks.load_pre_hooked(self, state_dict)
         if not isinstance(state_dict, dict) or "lookahead" not in state_dict:
             raise ValueError("Lookahead: this state_dict has no 'lookahead' entry: it was not saved by a Lookahead "
                              "(load it into the inner optimizer instead)")
@@ -156,6 +164,7 @@ class Lookahead(torch.optim.Optimizer):
         self.optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != "lookahead"})
         self.slow, self.fast_steps = slow, fast_steps
         self.k, self.alpha = k, alpha
+        _hooks.run_load_post_hooks(self)
 
 
 def _check_k_alpha(k: Any, alpha: Any) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor
 
+from optimlab.optim import _hooks
 from optimlab.optim import _validation as check
 
 _USAGE = """\
@@ -235,13 +236,19 @@ class SAM(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------ state I/O
     def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict with a ``"sam"`` entry (this wrapper's own state-dict
+        hooks run around it, as torch runs them)."""
+        _hooks.run_state_dict_pre_hooks(self)
         sd = self.base_optimizer.state_dict()
         sd["sam"] = {"rho": self.rho, "adaptive": self.adaptive, "perturb_eps": self.perturb_eps,
                      "eta": self.eta, "use_gc": self.use_gc}
-        return sd
+        return _hooks.run_state_dict_post_hooks(self, sd)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load the base optimizer's state and SAM's settings; SAM's are checked first."""
+        """Load the base optimizer's state and SAM's settings; SAM's are checked first (after
+        this wrapper's load pre-hooks, which may replace the dict; its post-hooks run last)."""
+        if isinstance(state_dict, dict):
+            state_dict = _hooks.load_pre_hooked(self, state_dict)
         if not isinstance(state_dict, dict) or not isinstance(state_dict.get("sam"), dict):
             raise ValueError("this state_dict has no 'sam' entry: it was not saved by a SAM "
                              "(load it into the base optimizer instead)")
@@ -254,6 +261,7 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != "sam"})
         for key, value in settings.items():
             setattr(self, key, value)
+        _hooks.run_load_post_hooks(self)
 
 
 def _global_norm(tensors: list[Tensor]) -> Tensor:

@@ -117,8 +117,7 @@ class SGD(Optimizer):
                             "buf.to_dense(), or keep the gradients sparse")
         self._sparse_buffers = found
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _loaded(self, state_dict: dict[str, Any]) -> None:
         self._sparse_buffers = self._holds_sparse_buffers()
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -470,11 +470,9 @@ class KerasOptimizer(Optimizer):
             for key in _CLIP_OPTIONS:
                 setattr(self, key, saved.get(key))
 
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        sd["optimlab"].update(convention="keras", optimizer=f"keras.{type(self).__name__}",
-                              **self._global_state())
-        return sd
+    def _state_extras(self) -> dict[str, Any]:
+        return {**super()._state_extras(), "convention": "keras", "optimizer": f"keras.{type(self).__name__}",
+                **self._global_state()}
 
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
         name = f"keras.{type(self).__name__}"
@@ -494,6 +492,9 @@ class KerasOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state saved by the same Keras-convention optimizer; fully checked first."""
         super().load_state_dict(state_dict)
+
+    def _loaded(self, state_dict: dict[str, Any]) -> None:
+        super()._loaded(state_dict)
         self._set_global_state(state_dict["optimlab"])
 
     def __getstate__(self) -> dict[str, Any]:  # torch pickles only defaults/state/param_groups
