@@ -38,14 +38,15 @@ KERAS_DEFAULTS = {
 CLIP_DEFAULTS = dict(clipnorm=None, clipvalue=None, global_clipnorm=None)
 
 # Every optimizer with its defaults and with non-default settings; between them they cover
-# momentum/nesterov, centered, amsgrad, weight decay and the three clipping options.
+# momentum/nesterov, centered, amsgrad, weight decay and the three clipping options (with bounds
+# exact in float32 and not: Keras takes them as float32 tensors, which float64 tensors meet).
 CASES = [
     ("SGD", {}),
     ("SGD", dict(learning_rate=0.05, momentum=0.9)),
-    ("SGD", dict(learning_rate=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, clipnorm=0.5)),
+    ("SGD", dict(learning_rate=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, clipnorm=0.3)),
     ("Adagrad", {}),
     ("Adagrad", dict(learning_rate=0.1, initial_accumulator_value=0.0, epsilon=1e-3, weight_decay=0.05,
-                     global_clipnorm=1.0)),
+                     global_clipnorm=0.7)),
     ("RMSprop", {}),
     ("RMSprop", dict(learning_rate=0.01, rho=0.8, momentum=0.5, centered=True, clipvalue=0.3)),
     ("RMSprop", dict(learning_rate=0.01, momentum=0.9, weight_decay=0.1, clipnorm=1.0)),
@@ -55,7 +56,7 @@ CASES = [
     ("Adam", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.99, amsgrad=True, weight_decay=0.05,
                   global_clipnorm=2.0)),
     ("AdamW", {}),
-    ("AdamW", dict(learning_rate=0.02, weight_decay=0.1, epsilon=1e-4, clipnorm=1.0)),
+    ("AdamW", dict(learning_rate=0.02, weight_decay=0.1, epsilon=1e-4, clipnorm=1.3)),
     ("Adamax", {}),
     ("Adamax", dict(learning_rate=0.02, beta_1=0.8, epsilon=1e-3, weight_decay=0.01, clipvalue=1.0)),
     ("Nadam", {}),
@@ -148,6 +149,36 @@ def test_matches_keras_every_step(keras, name, hyper, dtype):
     params = [torch.nn.Parameter(x) for x in initial_values(dtype)]
     ours = optimlab_trajectory(getattr(ok, name)(params, **hyper), params, grads)
     assert_same_trajectory(ours, theirs, dtype, f"{name}({hyper}) in {dtype}")
+
+
+HALF = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+DECAY_CASES = [(n, {k: v for k, v in h.items() if k not in CLIP_DEFAULTS}) for n, h in CASES if h.get("weight_decay")]
+
+
+@pytest.mark.parametrize("dtype", list(HALF), ids=list(HALF.values()))
+@pytest.mark.parametrize(("name", "hyper"), DECAY_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(DECAY_CASES)])
+def test_half_precision_weight_decay_matches_keras(keras, name, hyper, dtype):
+    """Keras multiplies float16/bfloat16 variables by the float32 tensor 1 − λη, which torch
+    applies at float32 precision; optimlab passed its value as a Python float, which torch's
+    foreach op rounds to the variable's dtype first (bfloat16: 0.99 → 0.98828125): up to 1.0
+    apart on values near 4 after 50 steps. (Half precision takes the foreach path on every
+    setting; clipping a 0-dim half gradient is a documented difference, so no clipping here.)"""
+    if name == "Nadam" and dtype == torch.bfloat16:
+        pytest.skip("Keras's Nadam fails on bfloat16 variables")
+    grads = gradients(50, dtype)
+    variables = [keras.Variable(x.clone(), dtype=HALF[dtype]) for x in initial_values(dtype)]
+    kopt = getattr(keras.optimizers, name)(**hyper)
+    params = [torch.nn.Parameter(x) for x in initial_values(dtype)]
+    opt = getattr(ok, name)(params, **hyper)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t, gs in enumerate(grads):
+            kopt.apply([None if g is None else g.clone() for g in gs], variables)
+            for p, g in zip(params, gs):
+                p.grad = None if g is None else g.clone()
+            opt.step()
+            for i, (p, v) in enumerate(zip(params, variables)):
+                assert torch.equal(p.detach(), v.value.detach()), (name, t, i, p, v.value)
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "Nadam"])

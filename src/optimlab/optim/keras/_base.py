@@ -154,13 +154,15 @@ def _reject_keras_only(init: Callable, cls_name: str) -> Callable:
 def clip_by_norm(grad: Tensor, clipnorm: float) -> Tensor:
     """Keras's per-tensor ``clipnorm``: ``g·c / max(‖g‖, c)`` (a zero gradient stays zero).
 
-    As in Keras, ``max(‖g‖, c)`` is rounded to float32 (Keras's ``ops.maximum`` of a tensor
-    and a Python float returns floatx), which matters for float64 gradients only.
+    As in Keras's torch backend, ``c`` in ``g·c`` is a float32 tensor (Keras converts the
+    Python float to floatx: a float64 gradient meets ``float32(c)``), and ``max(‖g‖, c)`` is
+    rounded to float32 (Keras's ``ops.maximum`` of a float64 tensor and a Python float returns
+    floatx); both matter for float64 gradients only.
     """
     l2sum = torch.sum(torch.square(grad))
     l2norm = torch.where(l2sum > 0, torch.sqrt(torch.where(l2sum > 0, l2sum, torch.ones_like(l2sum))), l2sum)
     divisor = torch.maximum(l2norm, torch.tensor(clipnorm, dtype=l2norm.dtype)).to(FLOATX)
-    return ((grad * clipnorm) / divisor).to(grad.dtype)
+    return ((grad * torch.tensor(clipnorm, dtype=FLOATX)) / divisor).to(grad.dtype)
 
 
 def clip_by_global_norm(grads: list[Tensor], clipnorm: float) -> list[Tensor]:
@@ -408,9 +410,11 @@ class KerasOptimizer(Optimizer):
         for indices in buckets.values():
             ps, gs = [params[i] for i in indices], [grads[i] for i in indices]
             decayed = self._decayed(group, ps) if group["weight_decay"] else []  # None/0: off
-            factor = None
-            if decayed:  # Keras's torch backend: θ *= 1 − λ·η, in float32
-                factor = (1 - group["weight_decay"] * torch.tensor(lr, dtype=LEARNING_RATE_DTYPE)).item()
+            factor = factor_tensor = None
+            if decayed:  # Keras's torch backend: θ *= 1 − λ·η, a float32 tensor (which float16/bfloat16
+                # tensors meet in float32: a Python float would be rounded to their dtype first)
+                factor_tensor = 1 - group["weight_decay"] * torch.tensor(lr, dtype=LEARNING_RATE_DTYPE)
+                factor = factor_tensor.item()
             if not self._by_rule and self._wants_kernel_here(group, ps):
                 # the single-pass kernel, decay folded in (per tensor: 1.0, an exact no-op, where excluded)
                 ids = set(map(id, decayed))
@@ -420,7 +424,7 @@ class KerasOptimizer(Optimizer):
                     ran.add("fused")
                     continue
             if decayed:
-                torch._foreach_mul_(decayed, factor)
+                torch._foreach_mul_(decayed, factor_tensor.to(decayed[0].device))
             if self._by_rule:  # the readable rule, one tensor at a time (Optimizer._by_rule)
                 view = self._rule_group(group, ps, step)
                 for i in indices:
