@@ -493,3 +493,26 @@ def test_load_refuses_another_keras_optimizer_and_torch_refuses_ours():
     bad["optimlab"]["iterations"] = -1
     with pytest.raises(ValueError, match="iteration counter"):
         ok.Adam(p).load_state_dict(bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "3", None])
+def test_iterations_takes_an_int_of_zero_or_more_only(bad):
+    """Keras's counter is an int variable; -1 made Adam's bias correction divide by zero (NaN
+    steps) and 2.5 was taken. Refused, naming it, with the counter unchanged; pickles keep it."""
+    import pickle
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = ok.Adam([p])
+    p.grad = torch.ones(3)
+    opt.step()
+    with pytest.raises(ValueError, match=r"iterations must be an int >= 0, got"):
+        opt.iterations = bad
+    assert opt.iterations == 1
+    opt.iterations = 5
+    assert pickle.loads(pickle.dumps(opt)).iterations == 5 and opt.state_dict()["optimlab"]["iterations"] == 5
+
+
+def test_a_keras_schedule_as_learning_rate_says_how_to_schedule_here(keras):
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    for value in (schedule, lambda step: 0.1):
+        with pytest.raises(ValueError, match=r"learning_rate must be a float.*torch\.optim\.lr_scheduler"):
+            ok.SGD([torch.nn.Parameter(torch.ones(2))], learning_rate=value)

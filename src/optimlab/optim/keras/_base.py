@@ -103,8 +103,13 @@ def as_keras_lr(lr: Any) -> float:
 def check_learning_rate(name: str, value: Any) -> None:
     """Keras: ``learning_rate`` must be a float (``1`` is refused: write ``1.0``); optimlab: >= 0."""
     if isinstance(value, bool) or not isinstance(value, float):
+        hint = ""
+        if callable(value):  # a Keras LearningRateSchedule, or a function of the step
+            hint = ("; a schedule is a float driven between steps here, as in torch: "
+                    "torch.optim.lr_scheduler (StepLR is Keras's ExponentialDecay with staircase=True) or "
+                    "optimlab.schedules.Scheduler, which write param_groups[i]['lr']")
         raise ValueError(f"learning_rate must be a float, as Keras requires, got {value!r} "
-                         f"({type(value).__name__})")
+                         f"({type(value).__name__}){hint}")
     check.non_negative("learning_rate", value)
 
 
@@ -501,9 +506,21 @@ class KerasOptimizer(Optimizer):
         super()._loaded(state_dict)
         self._set_global_state(state_dict["optimlab"])
 
+    @property
+    def iterations(self) -> int:
+        """Keras's ``optimizer.iterations``: steps completed, shared by every parameter (bias
+        corrections use ``t = iterations + 1``). Settable (an int >= 0, else ValueError)."""
+        return self.__dict__.get("_iterations", 0)
+
+    @iterations.setter
+    def iterations(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{type(self).__name__}: iterations must be an int >= 0, got {value!r}")
+        self.__dict__["_iterations"] = int(value)
+
     def __getstate__(self) -> dict[str, Any]:  # torch pickles only defaults/state/param_groups
         state = super().__getstate__()
-        keep = ("iterations", "skipped_steps", "_decay_exclusion", *self._extra_attributes)
+        keep = ("_iterations", "skipped_steps", "_decay_exclusion", *self._extra_attributes)
         state.update({k: self.__dict__[k] for k in keep if k in self.__dict__})
         state.update({k: getattr(self, k) for k in _CLIP_OPTIONS})
         return state
@@ -511,6 +528,8 @@ class KerasOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)  # (a pickle's; load_state_dict passes only state and groups: no options)
         clip = {k: state.pop(k) for k in _CLIP_OPTIONS if k in state}
+        if "iterations" in state:  # (pickled before it was a property)
+            state["_iterations"] = state.pop("iterations")
         super().__setstate__(state)
         if clip:
             self._clipnorm = self._clipvalue = self._global_clipnorm = None
