@@ -66,6 +66,41 @@ def test_matches_torch_twin(name, variant, dtype):
     assert_same_state(single, ours, TOL[dtype])
 
 
+#: Where torch's own single-tensor and foreach paths give different bits, the one optimlab's
+#: foreach rule (so its foreach=True and foreach=False) reproduces: torch's foreach=True or False.
+TORCH_PATH_WHERE_TORCHS_DIFFER = {"nadam": False, "radam": True}
+
+
+def _bits(opt):
+    params = [p for g in opt.param_groups for p in g["params"]]
+    return [p.detach().clone() for p in params] + [
+        v.detach().to(torch.float64) for p in params for k, v in sorted(opt.state[p].items())
+        if isinstance(v, torch.Tensor)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name,variant", PARAMS, ids=[f"{n}-{i}" for n, i in PARAMS])
+def test_each_forced_path_gives_one_of_torchs_paths_bits(name, variant, dtype):
+    """``foreach=True`` and ``foreach=False`` (optimlab's foreach rule, one tensor at a time)
+    give torch's bits: both of torch's paths' where those agree (every twin but two), else the
+    one of :data:`TORCH_PATH_WHERE_TORCHS_DIFFER` (torch's RAdam computes its rectification in
+    another order on its two paths, NAdam its step sizes)."""
+    ours_cls, torch_cls, _, variants = CASES[name]
+    hyper = variants[variant]
+    grads = gradient_sequence(40, SHAPES, dtype)
+    theirs = {impl: _bits(run(lambda ps: torch_cls(two_groups(ps, hyper), **torch_kwargs(name, hyper), foreach=impl),
+                               make_params(dtype), grads, lr_change_at=20)) for impl in (False, True)}
+    same = lambda a, b: len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))  # noqa: E731
+    torch_agrees = same(theirs[False], theirs[True])
+    assert torch_agrees == (name not in TORCH_PATH_WHERE_TORCHS_DIFFER) or name in TORCH_PATH_WHERE_TORCHS_DIFFER
+    for impl in (False, True):
+        ours = _bits(run(lambda ps: ours_cls(two_groups(ps, hyper), **hyper, foreach=impl), make_params(dtype), grads,
+                         lr_change_at=20))
+        matched = {k for k, v in theirs.items() if same(ours, v)}
+        expected = {False, True} if torch_agrees else {TORCH_PATH_WHERE_TORCHS_DIFFER[name]}
+        assert matched == expected, (name, hyper, impl, matched)
+
+
 @pytest.mark.parametrize("name", ["sgd", "adagrad", "adam", "adamw"])
 def test_fused_torch_kernels_match_foreach(name):
     ours_cls, _, _, variants = CASES[name]
