@@ -732,7 +732,9 @@ class Optimizer(torch.optim.Optimizer):
                         f"{key} is a tensor that requires grad: pass a number (or a tensor without grad)")
         if not self._amp_unscale(grads):
             return
-        with torch.set_grad_enabled(bool(group.get("differentiable"))):
+        # grad mode from the constructor's setting, as torch's step (_use_grad_for_differentiable):
+        # a group flagged later runs its rule without autograd, as torch's does
+        with torch.set_grad_enabled(bool(group.get("differentiable")) and bool(self.defaults.get("differentiable"))):
             for p, g, state in zip(params, grads, self._states(group, params)):
                 if p.is_complex():
                     _rule_on_real_views(rule, p, g, state, group)
