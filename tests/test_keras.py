@@ -334,7 +334,7 @@ def test_keras_only_arguments_say_what_to_do_instead(key):
 
 
 KERAS_REJECTS = [  # (optimizer, keywords, what our message says): Keras itself raises ValueError on each
-    ("SGD", dict(learning_rate=1), r"learning_rate must be a float, as Keras requires, got 1"),
+    ("SGD", dict(learning_rate=1), r"learning_rate must be a float \(Keras refuses an int too\), got 1"),
     ("Adam", dict(learning_rate="0.1"), r"learning_rate must be a float.*'0.1'"),
     ("SGD", dict(momentum=1), r"momentum must be a float in \[0, 1\].*got 1"),
     ("SGD", dict(momentum=1.5), r"momentum must be a float in \[0, 1\].*got 1.5"),

@@ -99,11 +99,11 @@ def test_loading_a_foreign_or_misshapen_state_fails_before_any_change():
     train(model, sgd, x, y, 2)
     train(model, adam, x, y, 2)
     before = copy.deepcopy(adam.state_dict())
-    with pytest.raises(ValueError, match="lacks.*saved by a SGD, not by Adam"):
+    with pytest.raises(ValueError, match="lacks.*saved by an SGD, not by Adam"):
         adam.load_state_dict(sgd.state_dict())
     edited = copy.deepcopy(sgd.state_dict())
     del edited["param_groups"][0]["lr"]  # (saved by an SGD: an SGD refuses it as incomplete, not as foreign)
-    with pytest.raises(ValueError, match=r"lacks \['lr'\].*saved by a SGD and is incomplete"):
+    with pytest.raises(ValueError, match=r"lacks \['lr'\].*saved by an SGD and is incomplete"):
         oo.SGD(model.parameters(), lr=0.1, momentum=0.9).load_state_dict(edited)
     bad = copy.deepcopy(adam.state_dict())
     bad["state"][0]["exp_avg"] = torch.zeros(3, 3)

@@ -940,8 +940,8 @@ class Optimizer(torch.optim.Optimizer):
         if "skip_nonfinite" in extra:
             check.named(name, check.boolean, "skip_nonfinite", extra["skip_nonfinite"])
         source = extra.get("optimizer")
-        origin = (f"it was saved by a {source}, not by {name}" if source and source != name
-                  else f"it was saved by a {name} and is incomplete (edited since?)" if source
+        origin = (f"it was saved by {_article(source)} {source}, not by {name}" if source and source != name
+                  else f"it was saved by {_article(name)} {name} and is incomplete (edited since?)" if source
                   else f"incomplete, or not saved by {name}")
         groups = state_dict["param_groups"]
         if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
@@ -1049,3 +1049,9 @@ def _all_finite(grads: list[Tensor]) -> bool:
         return True
     norms = torch._foreach_norm(dense, float("inf"))
     return bool(torch.stack([n.float() for n in norms]).isfinite().all())
+
+
+def _article(name: str) -> str:
+    """"an" before a class name read with a vowel sound (Adam, RMSprop, SGD), else "a"."""
+    name = name.split(".")[-1]
+    return "an" if name[:1] in "AEIOU" or name.startswith(("RMS", "SGD")) else "a"

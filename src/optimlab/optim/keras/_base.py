@@ -24,6 +24,7 @@ evaluated in float32, as the torch backend does. ``group["lr"]`` keeps the value
 from __future__ import annotations
 
 import functools
+import numbers
 import operator
 import re
 from typing import Any, Callable, ClassVar
@@ -108,7 +109,7 @@ def check_learning_rate(name: str, value: Any) -> None:
             hint = ("; a schedule is a float driven between steps here, as in torch: "
                     "torch.optim.lr_scheduler (StepLR is Keras's ExponentialDecay with staircase=True) or "
                     "optimlab.schedules.Scheduler, which write param_groups[i]['lr']")
-        raise ValueError(f"learning_rate must be a float, as Keras requires, got {value!r} "
+        raise ValueError(f"learning_rate must be a float (Keras refuses an int too), got {value!r} "
                          f"({type(value).__name__}){hint}")
     check.non_negative("learning_rate", value)
 
@@ -514,7 +515,7 @@ class KerasOptimizer(Optimizer):
 
     @iterations.setter
     def iterations(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise ValueError(f"{type(self).__name__}: iterations must be an int >= 0, got {value!r}")
         self.__dict__["_iterations"] = int(value)
 
