@@ -21,6 +21,7 @@ import torch
 
 import optimlab.optim as oo
 from optimlab.optim import _fused
+from tests.optim_cases import seed_kernel_cache
 
 STEPS = 100
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=1e-5, atol=1e-6)}
@@ -396,6 +397,7 @@ def test_kernels_share_torchs_openmp_threads_or_keep_their_pool(tmp_path):
     OpenMP threads (one runtime in the process); OPTIMLAB_KERNEL_OPENMP=0 keeps the pthread
     pool. The results are the same bits either way."""
     out = {}
+    seed_kernel_cache(tmp_path)  # (this process's libraries: a child builds only the other thread setting's)
     for setting in ("1", "0"):
         env = {**os.environ, "OPTIMLAB_KERNEL_OPENMP": setting, "OPTIMLAB_KERNEL_CACHE": str(tmp_path)}
         proc = subprocess.run([sys.executable, "-c", _THREADS_CHILD], env=env, capture_output=True, text=True,

@@ -34,6 +34,7 @@ import optimlab.optim as oo
 import optimlab.optim.keras as ok
 from optimlab.optim import _fused, _kernelgen
 from optimlab.optim._kernelgen import fma, kernel, lerp, maximum
+from tests.optim_cases import seed_kernel_cache
 from tests.test_optim_conformance import TABLE as CONFORMANCE_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -507,6 +508,7 @@ _CHILD = textwrap.dedent("""
 def test_ieee_square_roots_on_request(tmp_path):
     """OPTIMLAB_KERNEL_SQRT=ieee: the C library's square root; kernels that must be torch's bit
     for bit (Keras's, by default) step aside where they take square roots."""
+    seed_kernel_cache(tmp_path)  # (the choice of square root is made at load: the same library)
     env = {**os.environ, "OPTIMLAB_KERNEL_CACHE": str(tmp_path), "OPTIMLAB_KERNEL_SQRT": "ieee",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=600)
@@ -556,6 +558,7 @@ def test_multiply_adds_are_rounded_as_torchs_build_rounds_them(tmp_path):
     every kernel that claims bits keeps them (against its foreach path, and SGD against
     torch.optim.SGD) at torch's DEFAULT capability too. (Before, the kernels always fused:
     SGD was up to 2e-6 relative off torch's, every twin but Adagrad off Keras's.)"""
+    seed_kernel_cache(tmp_path, skip=("optimlab_kernels",))  # (the kernels it must build; not the rest)
     env = {**os.environ, "OPTIMLAB_KERNEL_CACHE": str(tmp_path), "ATEN_CPU_CAPABILITY": "default",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", _OTHER_ROUNDING_CHILD], env=env, capture_output=True, text=True,
