@@ -68,36 +68,48 @@ def test_matches_torch_twin(name, variant, dtype):
 
 #: Where torch's own single-tensor and foreach paths give different bits, the one optimlab's
 #: foreach rule (so its foreach=True and foreach=False) reproduces: torch's foreach=True or False.
+#: Half precision: torch's two paths differ for most optimizers there (its in-place multi-tensor
+#: ops round a Python scalar to the dtype, its single-tensor ops do not), and optimlab's rule,
+#: being torch's foreach form, gives its foreach path's bits, but for NAdam (its single-tensor
+#: form: bfloat16 its single-tensor path's bits, float16 neither's, documented).
 TORCH_PATH_WHERE_TORCHS_DIFFER = {"nadam": False, "radam": True}
+HALF = {torch.float16: "f16", torch.bfloat16: "bf16"}
 
 
 def _bits(opt):
     params = [p for g in opt.param_groups for p in g["params"]]
-    return [p.detach().clone() for p in params] + [
-        v.detach().to(torch.float64) for p in params for k, v in sorted(opt.state[p].items())
-        if isinstance(v, torch.Tensor)]
+    tensors = [p.detach().clone() for p in params] + [
+        v.detach() for p in params for k, v in sorted(opt.state[p].items()) if isinstance(v, torch.Tensor)]
+    return [(t.dtype, t.shape, t.reshape(-1).contiguous().view(torch.uint8).clone()) for t in tensors]  # (NaN too)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, *HALF], ids=["f64", "f32", *HALF.values()])
 @pytest.mark.parametrize("name,variant", PARAMS, ids=[f"{n}-{i}" for n, i in PARAMS])
 def test_each_forced_path_gives_one_of_torchs_paths_bits(name, variant, dtype):
     """``foreach=True`` and ``foreach=False`` (optimlab's foreach rule, one tensor at a time)
-    give torch's bits: both of torch's paths' where those agree (every twin but two), else the
-    one of :data:`TORCH_PATH_WHERE_TORCHS_DIFFER` (torch's RAdam computes its rectification in
-    another order on its two paths, NAdam its step sizes)."""
+    give torch's bits: both of torch's paths' where those agree (every twin but two in float32
+    and float64), else the one of :data:`TORCH_PATH_WHERE_TORCHS_DIFFER` (torch's RAdam orders
+    its step differently on its two paths, NAdam its step sizes; in half precision the foreach
+    path's for every twin but NAdam). Compared bit for bit, NaN included."""
+    if name == "nadam" and dtype == torch.float16:
+        pytest.skip("NAdam in float16 gives neither torch path's bits (documented: docs/conventions.md §6)")
     ours_cls, torch_cls, _, variants = CASES[name]
     hyper = variants[variant]
     grads = gradient_sequence(40, SHAPES, dtype)
     theirs = {impl: _bits(run(lambda ps: torch_cls(two_groups(ps, hyper), **torch_kwargs(name, hyper), foreach=impl),
                                make_params(dtype), grads, lr_change_at=20)) for impl in (False, True)}
-    same = lambda a, b: len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))  # noqa: E731
+    same = lambda a, b: len(a) == len(b) and all(  # noqa: E731
+        x[:2] == y[:2] and torch.equal(x[2], y[2]) for x, y in zip(a, b))
     torch_agrees = same(theirs[False], theirs[True])
-    assert torch_agrees == (name not in TORCH_PATH_WHERE_TORCHS_DIFFER) or name in TORCH_PATH_WHERE_TORCHS_DIFFER
+    if dtype in HALF:
+        expected = {False, True} if torch_agrees else {TORCH_PATH_WHERE_TORCHS_DIFFER.get(name, True)}
+    else:
+        assert torch_agrees == (name not in TORCH_PATH_WHERE_TORCHS_DIFFER)
+        expected = {False, True} if torch_agrees else {TORCH_PATH_WHERE_TORCHS_DIFFER[name]}
     for impl in (False, True):
         ours = _bits(run(lambda ps: ours_cls(two_groups(ps, hyper), **hyper, foreach=impl), make_params(dtype), grads,
                          lr_change_at=20))
         matched = {k for k, v in theirs.items() if same(ours, v)}
-        expected = {False, True} if torch_agrees else {TORCH_PATH_WHERE_TORCHS_DIFFER[name]}
         assert matched == expected, (name, hyper, impl, matched)
 
 

@@ -80,13 +80,22 @@ def sgd(params: Tensors, grads: Tensors, momentum_buffers: list[Tensor | None], 
 
 
 def adagrad(params: Tensors, grads: Tensors, sums: Tensors, steps: Sequence[float], *, lr: float,
-            lr_decay: float, eps: float) -> None:
-    """AdaGrad: ``s ← s + g²``; ``θ ← θ − γ_t·g / (√s + ε)``, ``γ_t = γ / (1 + (t − 1)·decay)``."""
+            lr_decay: float, eps: float, grads_owned: bool = False) -> None:
+    """AdaGrad: ``s ← s + g²``; ``θ ← θ − γ_t·g / (√s + ε)``, ``γ_t = γ / (1 + (t − 1)·decay)``.
+
+    ``grads_owned``: ``grads`` are this step's own tensors (``effective_grads`` made them: decay or
+    ``maximize``), scaled in place as torch's foreach Adagrad then does (in float16/bfloat16
+    torch's in-place multi-tensor multiply rounds the scalar to the dtype, its out-of-place one
+    does not)."""
     torch._foreach_addcmul_(sums, grads, grads, value=1)
     std = torch._foreach_sqrt(sums)
     torch._foreach_add_(std, eps)
     minus_clr = [-lr / (1 + (t - 1) * lr_decay) for t in steps]
-    numerator = torch._foreach_mul(grads, minus_clr)
+    if grads_owned:
+        torch._foreach_mul_(grads, minus_clr)
+        numerator = grads
+    else:
+        numerator = torch._foreach_mul(grads, minus_clr)
     torch._foreach_addcdiv_(params, numerator, std)
 
 

@@ -183,7 +183,8 @@ class Adagrad(Optimizer):
         params, grads, sums = self._real(params), self._real(grads), self._real(sums)
         grads = _rules.effective_grads(params, grads, maximize=group["maximize"],
                                        weight_decay=group["weight_decay"])
-        _rules.adagrad(params, grads, sums, step_values, lr=lr, lr_decay=lr_decay, eps=eps)
+        _rules.adagrad(params, grads, sums, step_values, lr=lr, lr_decay=lr_decay, eps=eps,
+                       grads_owned=bool(group["maximize"] or group["weight_decay"]))
         self._amp_rewind(steps)
 
     def _update_other_dtype(self, group, params, grads, states) -> None:
