@@ -315,7 +315,7 @@ def test_the_generated_loop_reads_like_its_description():
     expression Python computes it with."""
     var = _fused.library().variant(oo.Lion.kernel, (False, True))  # decay, not maximize
     c = var.c_source("float", "f32")
-    assert c.count("for (int64_t j = 0; j < cnt; j++)") == 1 and c.count("fmaf(") == 3 and "sqrt" not in c
+    assert c.count("for (int64_t j = 0; j < cnt; j++)") == 1 and c.count("OL_FMA_f32(") == 3 and "sqrt" not in c
     assert "/* decay_factor */" in c and "/* (-lr) */" in c
     staged = _fused.library().variant(ok.Adam.kernel, (False, False)).c_source("double", "f64")
     assert "OL_SQRT_f64(m, b" in staged and "for (int64_t j0 = 0; j0 < cnt; j0 += OL_BLOCK)" in staged

@@ -43,10 +43,24 @@ def decay_factor(lr: float | Tensor, weight_decay: float) -> float:
     return float(1 - lr * weight_decay) if isinstance(lr, Tensor) else 1 - lr * weight_decay
 
 
-def decoupled_decay(params: Tensors, *, lr: float | Tensor, weight_decay: float) -> None:
-    """``θ ← θ·(1 − γλ)`` (AdamW), the factor as :func:`decay_factor` computes it."""
+def decoupled_decay(params: Tensors, *, lr: float | Tensor, weight_decay: float,
+                    single_tensor: bool = False) -> None:
+    """``θ ← θ·(1 − γλ)`` (AdamW), the factor as :func:`decay_factor` computes it; rounded as
+    torch's multi-tensor multiply, or (``single_tensor``: a rule of torch's single-tensor form)
+    as its ``mul_`` (see :func:`single_tensor_mul_`)."""
     if weight_decay != 0:
-        torch._foreach_mul_(params, decay_factor(lr, weight_decay))
+        (single_tensor_mul_ if single_tensor else torch._foreach_mul_)(params, decay_factor(lr, weight_decay))
+
+
+def single_tensor_mul_(tensors: Tensors, scalar: float) -> None:
+    """``t.mul_(scalar)`` for each tensor, as torch's single-tensor ops round it: torch's
+    in-place multi-tensor multiply rounds a Python scalar to float16 first (0.999 →
+    0.99902), its ``mul_`` computes with the scalar in float32 (the same in every other dtype)."""
+    if any(t.dtype == torch.float16 for t in tensors):
+        for t in tensors:
+            t.mul_(scalar)
+    else:
+        torch._foreach_mul_(tensors, scalar)
 
 
 def one_minus_powers(beta: float, steps: Sequence[float]) -> list[float]:
@@ -213,7 +227,7 @@ def nadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tenso
     mu_nexts = [nadam_momentum(beta1, t + 1, momentum_decay) for t in steps]
     torch._foreach_mul_(mu_products, mus)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
+    single_tensor_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
     denom = torch._foreach_div(exp_avg_sqs, one_minus_powers(beta2, steps))
     torch._foreach_sqrt_(denom)

@@ -347,7 +347,8 @@ class NAdam(Optimizer):
             return
         if decoupled:
             lists["grads"] = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=0)
-            _rules.decoupled_decay(params, lr=group["lr"], weight_decay=wd)  # (a tensor lr: torch's factor)
+            _rules.decoupled_decay(params, lr=group["lr"], weight_decay=wd,  # (a tensor lr: torch's factor)
+                                   single_tensor=True)
         else:
             lists["grads"] = _rules.effective_grads(params, grads, maximize=group["maximize"], weight_decay=wd)
         _rules.nadam(**lists, steps=steps, **hyper)
