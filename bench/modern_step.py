@@ -1,7 +1,7 @@
 """Time ``step()`` of the post-Adam optimizers against their peers; state bytes of all.
 
     python bench/modern_step.py [--case big|small|both] [--steps N] [--quick] [--threads 1,2]
-                                [--only RAdam,Lion] [--state-only]
+                                [--only RAdam,Lion] [--state-only] [--device cpu|cuda|all]
 
 The sibling of ``bench/optim_step.py`` (same cases, same round-robin timing in rounds on
 fresh allocations, same fused-Adam bandwidth yardstick measured in each block). Each optimlab optimizer (its
@@ -34,6 +34,11 @@ that extra read is counted:
 
 A last table lists the state every optimizer in the library keeps (both conventions),
 in bytes per parameter, measured from the state after two steps (0-dim counters included).
+
+``--device`` as in ``bench/optim_step.py`` (``all``, the default: the CPU, then the GPU where
+torch sees one). On CUDA optimlab's post-Adam optimizers have no kernel of their own: their
+default there is the foreach path, so "ours/fe" reads about 1.00 and "ours/peer" compares that
+path with the peer's.
 """
 
 from __future__ import annotations
@@ -55,7 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import optimlab.optim as oo  # noqa: E402
 import optimlab.optim.keras as ok  # noqa: E402
-from optim_step import CASES, LR, gbps, make_params, numel, placements, run_placements  # noqa: E402
+import optim_step  # noqa: E402
+from optim_step import (CASES, LR, gbps, generator, make_params, numel, placements, randn,  # noqa: E402
+                        run_placements, use_device)
 
 
 def _package(name: str):
@@ -149,17 +156,19 @@ _KERAS = [("SGD m", ok.SGD, dict(learning_rate=LR, momentum=0.9), 20),
 
 def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = False) -> None:
     n_all = numel(shapes)
+    gpu = optim_step.on_gpu()
+    where = (f"on {torch.cuda.get_device_name(optim_step.DEVICE)}" if gpu else
+             f"{torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)}")
     print(f"\n=== case {case}: {n_all / 1e6:.2f}M float32 parameters in {len(shapes)} tensors "
-          f"(Muon: the {sum(len(s) == 2 for s in shapes)} matrices); {placements(steps, warmup)}; "
-          f"{torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)} ===")
+          f"(Muon: the {sum(len(s) == 2 for s in shapes)} matrices); {placements(steps, warmup)}; {where} ===")
     head = (f"{'optimizer':<14} {'B/p':>3} {'peer':<22} {'peer ms':>8} {'ours fe':>8} {'ours ms':>8} {'path':<13} "
             f"{'ours/fe':>7} {'ours/peer':>9} {'twin':>5} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}")
     print(head)
     print("-" * len(head), flush=True)
-    gen = torch.Generator().manual_seed(123)
-    all_grads = [torch.randn(s, generator=gen) for s in shapes]
+    gen = generator(123)
+    all_grads = [randn(s, gen) for s in shapes]
     for spec in specs:
-        if spec.matrices_only and case == "big" and not quick:
+        if spec.matrices_only and case == "big" and not quick and not gpu:
             # torch's Muon (and ours, its twin) run Newton–Schulz in bfloat16: without bf16 matrix
             # units a CPU takes minutes per step on these 24M parameters (198 s measured here)
             print(f"{spec.name:<14} {'-':>3} (bfloat16 Newton–Schulz: minutes a step on this CPU; see the small case)",
@@ -282,7 +291,13 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", default=None, help="comma-separated torch.set_num_threads values, each timed "
                     "in turn (default: torch's own setting)")
     ap.add_argument("--state-only", action="store_true", help="print only the state-bytes table")
+    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="where the tensors live: "
+                    "all (the default) times the CPU, then the GPU where torch sees one")
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device cuda: torch {torch.__version__} sees no CUDA device here")
+    devices = (["cpu"] if args.device != "cuda" else []) + \
+              (["cuda"] if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()) else [])
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}" + (f", load average {load[0]:.2f}" if load else ""))
@@ -297,15 +312,20 @@ def main(argv=None) -> None:
             specs = [s for s in specs if _key(s.name) in wanted]
         own = torch.get_num_threads()
         threads = [int(t) for t in args.threads.split(",") if t.strip()] if args.threads else [own]
-        for n_threads in threads:
-            torch.set_num_threads(n_threads or own)
-            for case in (["big", "small"] if args.case == "both" else [args.case]):
-                steps = args.steps or (3 if args.quick else (15 if case == "big" else 40))
-                start = time.perf_counter()
-                bench_case(case, CASES[case](0.1 if args.quick else 1.0), steps, 1 if args.quick else 3, specs,
-                           args.quick)
-                print(f"({time.perf_counter() - start:.0f} s)")
-        torch.set_num_threads(own)
+        for device in devices:
+            use_device(device)
+            if device == "cuda":
+                print(f"\nCUDA: {torch.cuda.get_device_name()}, torch CUDA {torch.version.cuda}")
+            for n_threads in (threads if device == "cpu" else [0]):
+                torch.set_num_threads(n_threads or own)
+                for case in (["big", "small"] if args.case == "both" else [args.case]):
+                    steps = args.steps or (3 if args.quick else (15 if case == "big" else 40))
+                    start = time.perf_counter()
+                    bench_case(case, CASES[case](0.1 if args.quick else 1.0), steps, 1 if args.quick else 3, specs,
+                               args.quick)
+                    print(f"({time.perf_counter() - start:.0f} s)")
+            torch.set_num_threads(own)
+        use_device("cpu")
     state_table()
     if load:
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
