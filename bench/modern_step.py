@@ -27,7 +27,8 @@ that extra read is counted:
     ADOPT                     read θ, g, m, v; write θ, m, v                    28 B
     Adafactor                 read g (row/col means); read θ, g; write θ        16 B
     Muon                      matrix products (Newton–Schulz in bfloat16): no bandwidth figure;
-                              timed on the small case only (the big one takes minutes a step)
+                              on the CPU timed on the small case only (the big one takes
+                              minutes a step there)
     Keras SGD (momentum)      read θ, g, v; write θ, v                          20 B
     Keras Adagrad, RMSprop    read θ, g, a; write θ, a                          20 B
     Keras Adadelta, Adam(W), Adamax, Nadam: read θ, g and two states; write θ, the states  28 B
@@ -38,7 +39,8 @@ in bytes per parameter, measured from the state after two steps (0-dim counters 
 ``--device`` as in ``bench/optim_step.py`` (``all``, the default: the CPU, then the GPU where
 torch sees one). On CUDA optimlab's post-Adam optimizers have no kernel of their own: their
 default there is the foreach path, so "ours/fe" reads about 1.00 and "ours/peer" compares that
-path with the peer's.
+path with the peer's. This script prints ratios and judges no target; its state table is
+measured on the CPU in every case.
 """
 
 from __future__ import annotations

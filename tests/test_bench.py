@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import optimlab.optim as oo
@@ -77,12 +78,12 @@ def run_as_if_cuda(script: str, *args: str) -> str:
 
 
 def test_the_cuda_blocks_run_and_judge_only_the_first_target():
-    out = run_as_if_cuda("optim_step.py", "--device", "cuda", "--steps", "12", "--only", "Adam,NAdam",
-                         "--case", "small", "--threads", "1,2")
+    out = run_as_if_cuda("optim_step.py", "--device", "cuda", "--quick", "--steps", "12", "--only", "Adam,NAdam",
+                         "--case", "small", "--threads", "1,2")  # (12 steps: more than a smoke run's, judged)
     assert "CUDA: simulated GPU" in out and "on simulated GPU ===" in out and "thread" not in out.split("CUDA:")[1]
     assert out.count("=== case small") == 1  # one block on the GPU, whatever --threads says
     assert "torch default (its foreach path)" in out
-    assert re.search(r"^Adam\s+28\s.*\s(ok|SLOWER)$", out, re.M) and re.search(r"^NAdam\s+28\s", out, re.M)
+    assert re.search(r"^Adam\s+28\s.*\s(ok|ok \(noise\)|SLOWER)$", out, re.M) and re.search(r"^NAdam\s+28\s", out, re.M)
     assert "target: default <= 1.0x torch's fastest" in out and "LOW-BW" not in out and "NOT-HALF" not in out
     assert int(out.rsplit("synchronized", 1)[1]) > 2 * 12 * 6  # before and after every timed step
     out = run_as_if_cuda("modern_step.py", "--device", "cuda", "--quick", "--only", "Lion,keras_adam", "--case", "small")
@@ -90,6 +91,10 @@ def test_the_cuda_blocks_run_and_judge_only_the_first_target():
     assert re.search(r"^keras Adam\s+28\s", out, re.M)
 
 
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here (bench/cuda_check.sh runs it)")
+
+
+@no_gpu
 def test_device_cuda_without_a_gpu_is_refused():
     for script in ("optim_step.py", "modern_step.py"):
         proc = subprocess.run([sys.executable, str(BENCH / script), "--device", "cuda"], capture_output=True,
@@ -97,6 +102,7 @@ def test_device_cuda_without_a_gpu_is_refused():
         assert proc.returncode == 2 and "--device cuda" in proc.stderr and "no CUDA device" in proc.stderr
 
 
+@no_gpu
 def test_cuda_check_without_a_gpu_says_so_and_writes_its_environment(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(BENCH / "cuda_check.sh")], capture_output=True, text=True, env=env,

@@ -332,3 +332,33 @@ def test_the_default_device_context_keeps_the_kernels():
         torch.set_default_device(None)  # (pops the context)
     assert torch._C._len_torch_function_stack() == 0
     assert opt.path_for(0) == "fused"
+
+
+def test_off_the_cpu_the_default_asks_only_for_the_kernels_torch_registers_there(monkeypatch):
+    """torch's device list names CUDA for every fused optimizer, but a build may lack one op's
+    kernel there (Adagrad's came later than Adam's): the default then takes the foreach rule."""
+    from types import SimpleNamespace
+
+    from optimlab.optim import _base
+    torch_kernels = [oo.get(n) for n in oo.available() if getattr(oo.get(n), "default_kernels", None) == "torch"]
+    assert {c.__name__ for c in torch_kernels} >= {"SGD", "Adam", "AdamW", "Adagrad"}
+    for cls in torch_kernels:  # each names real torch ops, with the CPU kernels the CPU path calls
+        assert cls.torch_fused_ops and all(callable(getattr(torch, op)) for op in cls.torch_fused_ops), cls
+        assert _base._torch_has_kernels(cls.torch_fused_ops, "cpu"), cls
+    on_cuda = [SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)]
+
+    def wants(cls, registered):
+        monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key",
+                            lambda op, key: key == "CUDA" and op in registered)
+        _base._torch_has_kernels.cache_clear()
+        opt = cls([torch.zeros(2, requires_grad=True)], lr=0.1)
+        return opt._wants_kernel(opt.param_groups[0], on_cuda, True, False)
+
+    try:
+        every = {f"aten::{op}" for cls in torch_kernels for op in cls.torch_fused_ops}
+        assert all(wants(cls, every) for cls in torch_kernels)
+        assert wants(oo.Adam, every - {"aten::_fused_adagrad_"})
+        assert not wants(oo.Adagrad, every - {"aten::_fused_adagrad_"})
+        assert not wants(oo.Adam, every - {"aten::_fused_adamw_"})  # (AdamW's kernel serves Adam's groups too)
+    finally:
+        _base._torch_has_kernels.cache_clear()

@@ -56,6 +56,19 @@ def _torch_fused_device_types() -> frozenset[str]:
     return frozenset(_fused_device_types()) - {"cpu"}
 
 
+@functools.lru_cache(maxsize=None)
+def _torch_has_kernels(ops: tuple[str, ...], device_type: str) -> bool:
+    """Whether this torch build registers a kernel of every op in ``ops`` (``"_fused_adagrad_"``,
+    ...) for ``device_type``: torch's fused kernels did not reach every device at once (a torch
+    whose Adagrad has a CPU kernel only), so its device list alone does not say it. True where
+    it cannot tell."""
+    key = {"privateuseone": "PrivateUse1"}.get(device_type, device_type.upper())
+    try:
+        return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{op}", key) for op in ops)
+    except (AttributeError, RuntimeError):  # pragma: no cover - a torch without the query
+        return True
+
+
 class UnknownArgumentError(TypeError, ValueError):
     """A keyword the optimizer does not take (a ``TypeError`` and a ``ValueError``)."""
 
@@ -161,6 +174,9 @@ class Optimizer(torch.optim.Optimizer):
     #: are exact: "torch" (torch's fused kernels: CPU, and the devices torch has them for) or
     #: "optimlab" (the C kernels of :mod:`._fused`, CPU); None: the foreach rule.
     default_kernels: ClassVar[str | None] = None
+    #: With ``default_kernels = "torch"``: the torch ops those kernels are (their names in
+    #: ``torch``); the default takes them off the CPU only where torch has all of them there.
+    torch_fused_ops: ClassVar[tuple[str, ...]] = ()
     #: Set by :meth:`_step_group` for :meth:`_update`: whether to try the single-pass kernel
     #: (which falls back to the foreach rule, silently, where the tensors do not fit it); the
     #: update sets ``_kernel_ran`` when a kernel did the work.
@@ -538,6 +554,7 @@ class Optimizer(torch.optim.Optimizer):
         if on_cpu:
             return True
         return (self.default_kernels == "torch" and p0.device.type in _torch_fused_device_types()
+                and _torch_has_kernels(self.torch_fused_ops, p0.device.type)
                 and len(set(map(_device_of, params))) == 1)
 
     #: A gradient in another dtype than its parameter's (which ``p.grad.data = ...`` allows):

@@ -141,6 +141,7 @@ class Adam(Optimizer):
     other_dtype_grads = "torch"  # as torch's Adam (whose lerp fails unless L2 decay promoted first)
     load_defaults = {**Optimizer.load_defaults, "amsgrad": False, "decoupled_weight_decay": False}
     default_kernels = "torch"
+    torch_fused_ops = ("_fused_adam_", "_fused_adamw_")
     foreach_scalar_only = ("lr", "betas")  # torch.optim.Adam refuses them as tensors with foreach=True
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),

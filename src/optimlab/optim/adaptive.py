@@ -128,6 +128,7 @@ class Adagrad(Optimizer):
     supports_sparse = True
     other_dtype_grads = "torch"  # torch's Adagrad promotes
     default_kernels = "torch"
+    torch_fused_ops = ("_fused_adagrad_",)
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,

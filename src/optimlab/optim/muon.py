@@ -196,6 +196,7 @@ class MuonWithAuxAdamW(Optimizer):
     default_path = "Muon's groups one matrix at a time (single-tensor); the AdamW groups torch's fused kernel"
     rule = staticmethod(muon_adamw_rule)
     default_kernels = "torch"  # the AdamW groups: torch's fused AdamW kernel by default, as AdamW
+    torch_fused_ops = ("_fused_adamw_",)
 
     hyper_checks = {**_MUON_CHECKS, "use_muon": check.boolean, "betas": check.betas, "amsgrad": check.boolean}
     state_keys = frozenset({"momentum_buffer", "step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})

@@ -74,6 +74,7 @@ class SGD(Optimizer):
     sparse_state_keys = frozenset({"momentum_buffer"})  # (a copy of the first gradient, sparse or not, as torch's)
     supports_sparse = True
     default_kernels = "torch"
+    torch_fused_ops = ("_fused_sgd_",)
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
