@@ -63,8 +63,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import optimlab.optim as oo  # noqa: E402
 import optimlab.optim.keras as ok  # noqa: E402
 import optim_step  # noqa: E402
-from optim_step import (CASES, LR, gbps, generator, make_params, numel, placements, randn,  # noqa: E402
-                        run_placements, use_device)
+from optim_step import (CASES, LR, add_device_argument, chosen_devices, device_blocks, gbps,  # noqa: E402
+                        generator, numel, placements, randn, run_placements, make_params)
 
 
 def _package(name: str):
@@ -293,13 +293,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", default=None, help="comma-separated torch.set_num_threads values, each timed "
                     "in turn (default: torch's own setting)")
     ap.add_argument("--state-only", action="store_true", help="print only the state-bytes table")
-    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="where the tensors live: "
-                    "all (the default) times the CPU, then the GPU where torch sees one")
+    add_device_argument(ap)
     args = ap.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error(f"--device cuda: torch {torch.__version__} sees no CUDA device here")
-    devices = (["cpu"] if args.device != "cuda" else []) + \
-              (["cuda"] if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()) else [])
+    devices = chosen_devices(ap, args)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}" + (f", load average {load[0]:.2f}" if load else ""))
@@ -312,22 +308,14 @@ def main(argv=None) -> None:
                 ap.error(f"--only: unknown {sorted(unknown)}; the table has {[s.name for s in specs]} "
                          "(or their registry names: schedulefree_adamw, keras_adam, ...)")
             specs = [s for s in specs if _key(s.name) in wanted]
-        own = torch.get_num_threads()
-        threads = [int(t) for t in args.threads.split(",") if t.strip()] if args.threads else [own]
-        for device in devices:
-            use_device(device)
-            if device == "cuda":
-                print(f"\nCUDA: {torch.cuda.get_device_name()}, torch CUDA {torch.version.cuda}")
-            for n_threads in (threads if device == "cpu" else [0]):
-                torch.set_num_threads(n_threads or own)
-                for case in (["big", "small"] if args.case == "both" else [args.case]):
-                    steps = args.steps or (3 if args.quick else (15 if case == "big" else 40))
-                    start = time.perf_counter()
-                    bench_case(case, CASES[case](0.1 if args.quick else 1.0), steps, 1 if args.quick else 3, specs,
-                               args.quick)
-                    print(f"({time.perf_counter() - start:.0f} s)")
-            torch.set_num_threads(own)
-        use_device("cpu")
+        threads = [int(t) for t in args.threads.split(",") if t.strip()] if args.threads else [0]
+        for _ in device_blocks(devices, threads):
+            for case in (["big", "small"] if args.case == "both" else [args.case]):
+                steps = args.steps or (3 if args.quick else (15 if case == "big" else 40))
+                start = time.perf_counter()
+                bench_case(case, CASES[case](0.1 if args.quick else 1.0), steps, 1 if args.quick else 3, specs,
+                           args.quick)
+                print(f"({time.perf_counter() - start:.0f} s)")
     state_table()
     if load:
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")

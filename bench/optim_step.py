@@ -105,6 +105,37 @@ def sync() -> None:
         torch.cuda.synchronize(DEVICE)
 
 
+def add_device_argument(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="where the tensors live: "
+                    "all (the default) times the CPU, then the GPU where torch sees one")
+
+
+def chosen_devices(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The devices ``--device`` asks for, in order; an argparse error for cuda without one."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device cuda: torch {torch.__version__} sees no CUDA device here")
+    gpu = args.device == "cuda" or (args.device == "all" and torch.cuda.is_available())
+    return (["cpu"] if args.device != "cuda" else []) + (["cuda"] if gpu else [])
+
+
+def device_blocks(devices: list[str], threads: list[int]):
+    """Yield once per setting a block is timed under: each of ``devices`` in turn (its tensors
+    there) and, on the CPU, each thread count of ``threads`` (0: torch's own). Restores the
+    CPU and torch's thread count after."""
+    own = torch.get_num_threads()
+    try:
+        for device in devices:
+            use_device(device)
+            if device == "cuda":
+                print(f"\nCUDA: {torch.cuda.get_device_name()}, torch CUDA {torch.version.cuda}")
+            for n_threads in (threads if device == "cpu" else [0]):
+                torch.set_num_threads(n_threads or own)
+                yield device
+    finally:
+        torch.set_num_threads(own)
+        use_device("cpu")
+
+
 def randn(shape, gen: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=gen, device=gen.device)
 
@@ -408,13 +439,9 @@ def main(argv=None) -> None:
     ap.add_argument("--only", default=None, help="comma-separated optimizer names")
     ap.add_argument("--threads", default=None, help="comma-separated torch.set_num_threads values, each "
                     "timed in turn (default 1,2; with --quick 1; 0: torch's own setting; the CPU's blocks only)")
-    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="where the tensors live: "
-                    "all (the default) times the CPU, then the GPU where torch sees one")
+    add_device_argument(ap)
     args = ap.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error(f"--device cuda: torch {torch.__version__} sees no CUDA device here")
-    devices = (["cpu"] if args.device != "cuda" else []) + \
-              (["cuda"] if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()) else [])
+    devices = chosen_devices(ap, args)
     wanted = {n.strip().lower() for n in args.only.split(",")} if args.only else None
     specs = SPECS if wanted is None else [s for s in SPECS if s.name.lower() in wanted]
     if not specs:
@@ -431,20 +458,12 @@ def main(argv=None) -> None:
     print(f"optimlab fused kernels: {'loaded' if ok else 'UNAVAILABLE (fused=True falls back to foreach)'} "
           f"in {time.perf_counter() - start:.2f} s (compiled on first use, then cached)")
     cases = ["big", "small"] if args.case == "both" else [args.case]
-    own = torch.get_num_threads()
     scale = 0.1 if args.quick else 1.0
     steps = args.steps or (3 if args.quick else 40)
     warmup = 1 if args.quick else 3
-    for device in devices:
-        use_device(device)
-        if device == "cuda":
-            print(f"\nCUDA: {torch.cuda.get_device_name()}, torch CUDA {torch.version.cuda}")
-        for n_threads in (threads if device == "cpu" else [0]):
-            torch.set_num_threads(n_threads or own)
-            for case in cases:
-                bench_case(case, CASES[case](scale), steps, warmup, specs)
-        torch.set_num_threads(own)
-    use_device("cpu")
+    for _ in device_blocks(devices, threads):
+        for case in cases:
+            bench_case(case, CASES[case](scale), steps, warmup, specs)
     state_table(specs)
     if load:
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (other processes skew timings; rerun when quiet)")

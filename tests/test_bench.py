@@ -62,7 +62,6 @@ optim_step.on_gpu = lambda: gpu[0]
 sys.argv = [{script!r}] + {args!r}
 if {script!r} == "modern_step.py":
     import modern_step
-    modern_step.use_device = use_device
     modern_step.main(sys.argv[1:])
 else:
     optim_step.main(sys.argv[1:])
