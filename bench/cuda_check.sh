@@ -19,8 +19,9 @@
 # every stage passed, 2 without a CUDA device, else 1 (an oracle missing: before any stage).
 set -uo pipefail
 out=$(realpath -m "${OUT:-$(dirname "$0")/../cuda-check}")
-cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+[[ $PY == */* ]] && PY=$(realpath -ms "$PY")  # (a path: resolved before the cd, as $OUT)
+cd "$(dirname "$0")/.."
 ORACLES="lion_pytorch schedulefree pytorch_optimizer"
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
@@ -32,7 +33,7 @@ print(" ".join(d for d in extra if re.match(r"(lion-pytorch|schedulefree|pytorch
 print(" ".join(f"{n}=={version(n)}" for n in ("pytest", "pluggy", "iniconfig", "packaging", "pygments")))
 EOF
 ) || exit 1
-    mkdir -p .whl/pytest
+    rm -rf .whl && mkdir -p .whl/pytest  # (two versions of one package would stop the install)
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d .whl $(sed -n 1p <<<"$pins") &&
         exec "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d .whl/pytest $(sed -n 2p <<<"$pins")
     exit 1
@@ -53,6 +54,10 @@ fi
 export PYTHONPATH="$PWD/src:$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" KERAS_BACKEND=torch PYTHONUNBUFFERED=1 \
     PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 
+if ! "$PY" -c "import torch" 2>"$out/env.txt"; then
+    echo "$PY cannot import torch (see $out/env.txt): set PYTHON to the Python that holds CUDA torch"
+    exit 1
+fi
 "$PY" - <<'EOF' 2>&1 | tee "$out/env.txt"
 import os, platform, torch
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
@@ -64,11 +69,14 @@ if ! "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     exit 2
 fi
 # Without the oracles test_optim_conformance.py would be skipped whole, and the run look green.
-if ! "$PY" -c "import pytest, ${ORACLES// /, }" 2>>"$out/env.txt"; then
-    echo "missing: pytest or an oracle ($ORACLES); run bench/cuda_check.sh --fetch-wheels where" \
-         "PyPI is reachable and bring .whl/ along" | tee -a "$out/env.txt"
-    exit 1
-fi
+for module in pytest $ORACLES; do
+    if ! error=$("$PY" -c "import $module" 2>&1); then
+        echo "cannot import $module: ${error##*$'\n'}" | tee -a "$out/env.txt"
+        echo "(the tests need pytest and the oracles: run bench/cuda_check.sh --fetch-wheels where PyPI is" \
+             "reachable and bring .whl/ along; a dependency they lack must be installed there)" | tee -a "$out/env.txt"
+        exit 1
+    fi
+done
 
 status=0
 stage() {  # stage NAME SECONDS COMMAND...: run it under its budget, log it, note how it ended
@@ -77,7 +85,9 @@ stage() {  # stage NAME SECONDS COMMAND...: run it under its budget, log it, not
     echo "=== $name (at most ${budget} s): $*"
     timeout -s INT --kill-after=20 "$budget" "$@" 2>&1 | tee "$out/$name.txt"
     rc=${PIPESTATUS[0]}
-    echo "$name: exit $rc after $((SECONDS - start)) s" | tee -a "$out/summary.txt"
+    local note=""
+    [[ $rc == 124 || $rc == 137 ]] && note=" (stopped at its budget: what it printed is partial)"
+    echo "$name: exit $rc after $((SECONDS - start)) s$note" | tee -a "$out/summary.txt"
     [[ $rc == 0 ]] || status=1
 }
 
@@ -86,5 +96,6 @@ stage tests "${TESTS_S:-240}" "$PY" -m pytest -v --tb=short -p no:cacheprovider 
     tests/test_train_device.py -k "cuda or test_train_device"
 stage optim_step "${BENCH_S:-120}" "$PY" bench/optim_step.py --device cuda
 stage modern_step "${BENCH_S:-120}" "$PY" bench/modern_step.py --device cuda
-tail -n 1 "$out/tests.txt" | tee -a "$out/summary.txt"
+grep -E "^=+ .*(passed|failed|error).* in [0-9.]+s" "$out/tests.txt" | tail -n 1 | sed 's/^/tests: /' \
+    | tee -a "$out/summary.txt"
 exit $status

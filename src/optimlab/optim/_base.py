@@ -61,12 +61,15 @@ def _torch_has_kernels(ops: tuple[str, ...], device_type: str) -> bool:
     """Whether this torch build registers a kernel of every op in ``ops`` (``"_fused_adagrad_"``,
     ...) for ``device_type``: torch's fused kernels did not reach every device at once (a torch
     whose Adagrad has a CPU kernel only), so its device list alone does not say it. True where
-    it cannot tell."""
+    it cannot ask (no such query in this torch); False for a device it cannot name."""
     key = {"privateuseone": "PrivateUse1"}.get(device_type, device_type.upper())
-    try:
-        return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{op}", key) for op in ops)
-    except (AttributeError, RuntimeError):  # pragma: no cover - a torch without the query
+    query = getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None)
+    if query is None:  # pragma: no cover - a torch without the query
         return True
+    try:
+        return all(query(f"aten::{op}", key) for op in ops)
+    except RuntimeError:  # (not a dispatch key: the foreach rule, not a failing kernel call)
+        return False
 
 
 class UnknownArgumentError(TypeError, ValueError):

@@ -193,10 +193,11 @@ class MuonWithAuxAdamW(Optimizer):
 
     registry_name, registry_aliases = "muon_adamw", ("muon-adamw",)  # registered by this (see _registry)
     #: What the default step runs, for ``optimlab optimizers``.
-    default_path = "Muon's groups one matrix at a time (single-tensor); the AdamW groups torch's fused kernel"
+    default_path = ("Muon's groups one matrix at a time (single-tensor); the AdamW groups torch's fused kernel "
+                    "on the CPU, the foreach rule elsewhere")
     rule = staticmethod(muon_adamw_rule)
     default_kernels = "torch"  # the AdamW groups: torch's fused AdamW kernel by default, as AdamW
-    torch_fused_ops = ("_fused_adamw_",)
+    torch_fused_ops = ("_fused_adamw_",)  # (called on the CPU only: see _update)
 
     hyper_checks = {**_MUON_CHECKS, "use_muon": check.boolean, "betas": check.betas, "amsgrad": check.boolean}
     state_keys = frozenset({"momentum_buffer", "step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
