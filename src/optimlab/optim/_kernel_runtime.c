@@ -42,11 +42,9 @@
 #endif
 OL_EXPORT int ol_fused_muladd(void) { return OL_FUSED_MULADD; }
 
-/* Elements per block of a staged loop (torch's square roots, reductions): its stages keep
- * what a later stage needs in stack buffers of this many elements, between calls of
- * OL_SQRT_*. 256 keeps a block's buffers and the lines of its arrays in L1: the Keras twins
- * ran 10-20% faster than with 1,024 (with 64 or 128, the calls cost more). */
-#define OL_BLOCK 256
+/* Elements per block of a loop with square roots: its stages keep what a later stage
+ * needs in stack buffers of this many elements (in cache), between calls of ol_sqrt_*. */
+#define OL_BLOCK 1024
 
 /* Elements per unit of work of a reduction pass: tensor-aligned, so a tensor's partial sums,
  * and their order, do not depend on the threads. */
