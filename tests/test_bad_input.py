@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import math
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -781,3 +784,88 @@ def test_the_catalogue_covers_every_public_constructor():
     commands = {r.argv[0] for r in ALL_ROWS if r.argv}
     assert set(COMMANDS) <= commands, set(COMMANDS) - commands
     assert len(ALL_ROWS) >= 600
+
+
+# ------------------------------------------- every optimizer's numeric keywords at 0 and 1
+# SAM and Lookahead wrap another optimizer: their rho (a radius) and alpha (an interpolation) are
+# not rates of an update, and SAM steps only with a closure; their rows are above.
+WRAPPERS = ("sam", "lookahead")
+REGISTERED = [(c, n) for c in ("torch", "keras") for n in oo.available(c) if n not in WRAPPERS]
+
+
+def _numeric_keywords(cls) -> list[str]:
+    sig = inspect.signature(cls.__init__)
+    return [n for n, p in sig.parameters.items() if n not in ("self", "params")
+            and isinstance(p.default, (int, float)) and not isinstance(p.default, bool)]
+
+
+def _required(cls) -> dict[str, float]:
+    """A rate for a keyword without a default (LARS's, SGD with momentum's ``lr``)."""
+    sig = inspect.signature(cls.__init__).parameters
+    return {n: 0.01 for n, p in sig.items() if n not in ("self", "params") and p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _boundary_params(name):
+    torch.manual_seed(0)
+    w, b = (nn.Parameter(torch.randn(4, 3, dtype=torch.float64)), nn.Parameter(torch.randn(5, dtype=torch.float64)))
+    if name == "muon":
+        return [w], [w]
+    if name == "muon_adamw":
+        return [{"params": [w], "use_muon": True}, {"params": [b], "use_muon": False}], [w, b]
+    return [w, b], [w, b]
+
+
+@pytest.mark.parametrize(("convention", "name"), REGISTERED)
+def test_a_value_taken_at_0_or_1_never_steps_to_nan_or_inf(convention, name):
+    """Every numeric keyword of every registered optimizer, alone and in pairs, at 0 and at 1:
+    the constructor refuses the values (ValueError) or three steps stay finite, the first on
+    a zero gradient and the others on gradients with zeros in them. (It found Keras's
+    ``epsilon=0``: 0/0 wherever the second moment is 0.)"""
+    cls = oo.get(name, convention)
+    keywords = _numeric_keywords(cls)
+    assert keywords, name
+    required = _required(cls)
+    tried = 0
+    for k in (1, 2):
+        for combo in itertools.combinations(keywords, k):
+            for values in itertools.product((0.0, 1.0), repeat=k):
+                hyper = {**required, **dict(zip(combo, values))}
+                groups, ps = _boundary_params(name)
+                try:
+                    opt = oo.create(name, groups, convention, **hyper)
+                except ValueError:
+                    continue
+                tried += 1
+                gen = torch.Generator().manual_seed(1)
+                for t in range(3):
+                    for p in ps:
+                        g = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+                        g.view(-1)[:2] = 0.0
+                        p.grad = torch.zeros_like(p) if t == 0 else g
+                    if hasattr(opt, "train"):  # (Schedule-Free: steps in train mode)
+                        opt.train()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # (Muon's notes on small matrices)
+                        opt.step()
+                bad = [p for p in ps if not torch.isfinite(p).all()]
+                assert not bad, f"{convention} {name}({hyper}) took the values and stepped to {bad[0].detach()}"
+    assert tried, name
+
+
+@pytest.mark.parametrize(("convention", "name"), REGISTERED)
+def test_a_zero_epsilon_and_a_rate_of_1_are_refused_by_name(convention, name):
+    """ε = 0 divides by zero wherever a second moment is zero, and a decay rate of 1 is an
+    average that never moves: every optimizer refuses both, naming the keyword and the value
+    (torch.optim and Keras take ε = 0; torch's Adadelta and Keras's RMSprop and Adadelta take
+    ρ = 1). Momentum is not a decay rate here: torch's SGD takes any μ >= 0, as torch does."""
+    cls = oo.get(name, convention)
+    sig = inspect.signature(cls.__init__).parameters
+    cases = [(n, 0.0, "0.0") for n in ("eps", "epsilon") if isinstance(sig.get(n) and sig[n].default, float)]
+    cases += [(n, 1.0, "1.0") for n in ("rho", "alpha", "beta_1", "beta_2") if n in sig]
+    if "betas" in sig:
+        cases += [("betas", (0.9, 1.0), "1.0"), ("betas", (1.0, 0.999), "1.0")]
+    for keyword, value, shown in cases:
+        groups, _ = _boundary_params(name)
+        with pytest.raises(ValueError, match=rf"{keyword}.*{re.escape(shown)}"):
+            oo.create(name, groups, convention, **{**_required(cls), keyword: value})

@@ -271,7 +271,7 @@ def test_sgd_momentum_convention_differs_from_torch_exactly_when_lr_changes(nest
 def test_keras_weight_decay_is_decoupled_even_in_adam():
     """Keras Adam(weight_decay=λ) is AdamW's decay (θ·(1 − λη) first), not torch Adam's L2."""
     x = torch.nn.Parameter(torch.tensor([2.0, -3.0], dtype=torch.float64))
-    opt = ok.Adam([x], learning_rate=0.5, weight_decay=0.25, epsilon=0.0)
+    opt = ok.Adam([x], learning_rate=0.5, weight_decay=0.25, epsilon=1e-300)  # (0 is refused: it divides by 0)
     x.grad = torch.tensor([1.0, 1.0], dtype=torch.float64)
     opt.step()
     decayed = torch.tensor([2.0, -3.0], dtype=torch.float64) * (1 - 0.25 * 0.5)
@@ -361,8 +361,11 @@ def test_keras_rejects_those_too(keras, name, hyper, message):
     ("Adam", dict(learning_rate=float("nan")), r"learning_rate must be finite, got nan"),
     ("Adam", dict(beta_1=1.0), r"beta_1 must be in \[0, 1\), got 1.0"),
     ("Nadam", dict(beta_2=-0.5), r"beta_2 must be in \[0, 1\), got -0.5"),
-    ("RMSprop", dict(rho=1.5), r"rho must be in \[0, 1\], got 1.5"),
-    ("Adagrad", dict(epsilon=-1e-7), r"epsilon must be >= 0, got -1e-07"),
+    ("RMSprop", dict(rho=1.5), r"rho must be in \[0, 1\), got 1.5"),
+    ("RMSprop", dict(rho=1.0), r"rho must be in \[0, 1\), got 1.0"),  # Keras takes it: v never moves
+    ("Adadelta", dict(rho=1.0), r"rho must be in \[0, 1\), got 1.0"),
+    ("Adagrad", dict(epsilon=-1e-7), r"epsilon must be > 0, got -1e-07"),
+    ("Adam", dict(epsilon=0.0), r"epsilon must be > 0, got 0.0"),  # Keras takes it: 0/0 where v = 0
     ("Adagrad", dict(initial_accumulator_value=-0.1), r"initial_accumulator_value must be >= 0, got -0.1"),
     ("Adam", dict(weight_decay=-0.01), r"weight_decay must be >= 0, got -0.01"),
     ("Adam", dict(amsgrad=1), r"amsgrad must be True or False, got 1"),

@@ -293,7 +293,7 @@ class Adadelta(Optimizer):
     rule = staticmethod(adadelta_rule)
     kernel = adadelta_kernel  # its single-pass CPU kernel (see _kernelgen)
 
-    hyper_checks = {"rho": check.closed_unit_interval, "eps": check.positive}
+    hyper_checks = {"rho": check.unit_interval, "eps": check.positive}
     state_keys = frozenset({"step", "square_avg", "acc_delta"})
     other_dtype_grads = "torch"  # torch's Adadelta promotes
     default_kernels = "optimlab"

@@ -129,7 +129,7 @@ def keras_nadam_kernel(x, *, decay):
 
 
 _ADAM_CHECKS = {"lr": check_learning_rate, "beta_1": check.unit_interval, "beta_2": check.unit_interval,
-                "epsilon": check.non_negative, "weight_decay": optional_non_negative}
+                "epsilon": check.positive, "weight_decay": optional_non_negative}
 
 
 class Adam(KerasOptimizer):

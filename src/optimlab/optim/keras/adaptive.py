@@ -147,7 +147,7 @@ class Adagrad(KerasOptimizer):
     kernel = keras_adagrad_kernel  # its single-pass CPU kernel (see _kernelgen)
 
     hyper_checks = {"lr": check_learning_rate, "initial_accumulator_value": check.non_negative,
-                    "epsilon": check.non_negative, "weight_decay": optional_non_negative}
+                    "epsilon": check.positive, "weight_decay": optional_non_negative}
     state_keys = frozenset({"accumulator"})
 
     def __init__(self, params: Any, learning_rate: float = 0.001, *, initial_accumulator_value: float = 0.1,
@@ -193,8 +193,8 @@ class RMSprop(KerasOptimizer):
     rule = staticmethod(rmsprop_rule)
     kernel = keras_rmsprop_kernel  # its single-pass CPU kernel (see _kernelgen)
 
-    hyper_checks = {"lr": check_learning_rate, "rho": check.closed_unit_interval,
-                    "momentum": check.closed_unit_interval, "epsilon": check.non_negative,
+    hyper_checks = {"lr": check_learning_rate, "rho": check.unit_interval,
+                    "momentum": check.closed_unit_interval, "epsilon": check.positive,
                     "centered": check.boolean, "weight_decay": optional_non_negative}
     state_keys = frozenset({"velocity", "momentum", "average_gradient"})
 
@@ -250,7 +250,7 @@ class Adadelta(KerasOptimizer):
     rule = staticmethod(adadelta_rule)
     kernel = keras_adadelta_kernel  # its single-pass CPU kernel (see _kernelgen)
 
-    hyper_checks = {"lr": check_learning_rate, "rho": check.closed_unit_interval, "epsilon": check.non_negative,
+    hyper_checks = {"lr": check_learning_rate, "rho": check.unit_interval, "epsilon": check.positive,
                     "weight_decay": optional_non_negative}
     state_keys = frozenset({"accumulated_grad", "accumulated_delta_var"})
 
