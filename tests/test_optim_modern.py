@@ -715,3 +715,14 @@ def test_registry_and_docstrings():
         assert "When to choose it" in cls.__doc__ and re.search(r"\b(19|20)\d\d\b", cls.__doc__), cls
     ranger = oo.create("lookahead", make_params(torch.float64), base="radam", lr=0.01, k=4)
     assert isinstance(ranger.optimizer, oo.RAdam) and ranger.k == 4
+
+
+def test_adopt_without_its_kernel_says_it_runs_its_rule_per_tensor():
+    """ADOPT has no multi-tensor rule: ``foreach=True``, ``fused=False`` and ``foreach=False``
+    all run ``adopt_rule`` one tensor at a time, and ``path_for`` says so, not "foreach"."""
+    for impl in (dict(foreach=True), dict(fused=False), dict(foreach=False), dict()):
+        p = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+        opt = oo.ADOPT([p], **impl)
+        p.grad = torch.randn(4, 3, dtype=torch.float64)
+        opt.step()
+        assert opt.path_for(0) == ("fused" if not impl else "single-tensor"), impl

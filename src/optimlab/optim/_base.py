@@ -531,7 +531,8 @@ class Optimizer(torch.optim.Optimizer):
         """The implementation the last ``step()`` ran for ``group`` (a param group or its
         index): "fused" (a single-pass kernel: torch's fused kernel or optimlab's), "foreach"
         (the multi-tensor rule), "single-tensor" (one tensor at a time: ``foreach=False``,
-        sparse gradients, gradients in another dtype, Muon's orthogonalisation), "rule" (the readable rule:
+        sparse gradients, gradients in another dtype, Muon's orthogonalisation, ADOPT without its
+        kernel), "rule" (the readable rule:
         ``differentiable=True``), several joined by "+" where a group's
         tensors took different paths; None if the group had no gradient in that step."""
         if isinstance(group, int):
@@ -764,13 +765,17 @@ class Optimizer(torch.optim.Optimizer):
                           if s and isinstance(s.get("step"), Tensor)])
         self._ran.add("rule")
 
-    def _run_update(self, group, params, grads, states, path: str = "foreach") -> None:
+    #: What :meth:`path_for` calls ``_update`` without a kernel: "foreach" (a multi-tensor
+    #: rule), or "single-tensor" where ``_update`` runs the rule one tensor at a time (ADOPT).
+    unfused_path: ClassVar[str] = "foreach"
+
+    def _run_update(self, group, params, grads, states, path: str | None = None) -> None:
         """``_update``, noting which path it took (see :meth:`path_for`)."""
         self._kernel_ran = False
         self._update(group, params, grads, states)
         ran = getattr(self, "_ran", None)
         if ran is not None:
-            ran.add("fused" if self._kernel_ran else path)
+            ran.add("fused" if self._kernel_ran else path or self.unfused_path)
 
     def _update_in_chunks(self, group, params, grads, states) -> None:
         """``_update`` on runs of tensors of about ``chunk_elements`` elements each.

@@ -125,6 +125,8 @@ class ADOPT(RealOnly, Optimizer):
                         maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
+    unfused_path = "single-tensor"  # (no multi-tensor rule: without the kernel, adopt_rule per tensor)
+
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return self._adam_moments(param)
 
