@@ -165,6 +165,12 @@ def bench_case(case: str, shapes, steps: int, warmup: int, specs, quick: bool = 
           f"(Muon: the {sum(len(s) == 2 for s in shapes)} matrices); {placements(steps, warmup)}; {where} ===")
     head = (f"{'optimizer':<14} {'B/p':>3} {'peer':<22} {'peer ms':>8} {'ours fe':>8} {'ours ms':>8} {'path':<13} "
             f"{'ours/fe':>7} {'ours/peer':>9} {'twin':>5} {'GB/s':>6} {'Adam GB/s':>9} {'% Adam':>6}")
+    print("B/p: bytes a step reads and writes per parameter (what GB/s counts; the state alone is in the state"
+          " table) | peer: the reference package (or torch's foreach path) and its ms/step | ours fe: optimlab"
+          " forced off its kernel (foreach=True, Keras twins fused=False) | ours: optimlab's default, and the path"
+          " it took (fused: a single-pass kernel, optimlab's or torch's) | ours/fe, ours/peer: ratios of ms |"
+          " twin: a second, identical default over the first (1.00 but for the noise) | GB/s of ours, torch fused"
+          " Adam's in the same block, and ours as a share of it")
     print(head)
     print("-" * len(head), flush=True)
     gen = generator(123)
