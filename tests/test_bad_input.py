@@ -869,3 +869,43 @@ def test_a_zero_epsilon_and_a_rate_of_1_are_refused_by_name(convention, name):
         groups, _ = _boundary_params(name)
         with pytest.raises(ValueError, match=rf"{keyword}.*{re.escape(shown)}"):
             oo.create(name, groups, convention, **{**_required(cls), keyword: value})
+
+
+@pytest.mark.parametrize("name", [n for c, n in REGISTERED if c == "torch" and "step" in oo.get(n).state_keys])
+def test_a_loaded_step_count_must_be_a_whole_number_of_zero_or_more(name):
+    """A state dict whose ``step`` is negative, NaN, infinite or fractional is refused by
+    ``load_state_dict``, naming the entry and the value, and the optimizer keeps its state
+    (it loaded, and the next step's bias corrections were NaN). The Keras twins' ``iterations``
+    is checked the same way (``tests/test_keras.py``)."""
+    cls = oo.get(name)
+    groups, ps = _boundary_params(name)
+    opt = oo.create(name, groups, **_required(cls))
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    if hasattr(opt, "train"):
+        opt.train()
+    opt.step()
+    saved = opt.state_dict()
+    index = next(i for i, st in saved["state"].items() if "step" in st)
+    for bad in (-3.0, math.nan, math.inf, 2.5):
+        corrupt = {**saved, "state": {**saved["state"], index: {**saved["state"][index], "step": torch.tensor(bad)}}}
+        before = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[ps[index]].items()}
+        with pytest.raises(ValueError, match=rf"state\[{index}\]\['step'\].*{re.escape(repr(bad))}"):
+            opt.load_state_dict(corrupt)
+        after = opt.state[ps[index]]
+        assert all(torch.equal(v, after[k]) if isinstance(v, torch.Tensor) else v == after[k]
+                   for k, v in before.items()), (name, bad)
+    good = {**saved, "state": {**saved["state"], index: {**saved["state"][index], "step": torch.tensor(7.0)}}}
+    opt.load_state_dict(good)  # a whole number >= 0, as a tensor or a number
+    opt.load_state_dict({**saved, "state": {**saved["state"], index: {**saved["state"][index], "step": 7}}})
+
+
+def test_a_loaded_nadam_mu_product_must_be_in_0_1():
+    opt = oo.NAdam([nn.Parameter(torch.ones(3))])
+    opt.param_groups[0]["params"][0].grad = torch.ones(3)
+    opt.step()
+    saved = opt.state_dict()
+    for bad in (-0.5, 1.5, math.nan):
+        corrupt = {**saved, "state": {0: {**saved["state"][0], "mu_product": torch.tensor(bad)}}}
+        with pytest.raises(ValueError, match=rf"mu_product.*{re.escape(repr(bad))}"):
+            opt.load_state_dict(corrupt)

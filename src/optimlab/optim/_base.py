@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import math
 import numbers
 import operator
 from itertools import compress, repeat
@@ -1005,6 +1006,12 @@ class Optimizer(torch.optim.Optimizer):
     #: State entries that may be sparse (COO), as sparse gradients leave them (SGD's buffer).
     sparse_state_keys: ClassVar[frozenset[str]] = frozenset()
 
+    def _check_scalar_state(self, where: str, key: str, value: float) -> None:
+        """A loaded counter's value: ``step`` a whole number >= 0 (a negative or NaN count made
+        the next step's bias corrections NaN). Subclasses add their own counters' ranges."""
+        if key == "step" and not (math.isfinite(value) and value >= 0 and value == int(value)):
+            raise ValueError(f"{where} must be a whole number >= 0 (the steps taken), got {value!r}")
+
     def _check_param_state(self, index: Any, state: dict[str, Any], param: Tensor, group: dict[str, Any],
                            origin: str) -> None:
         """One parameter's loaded state against what ``_init_state`` makes for it (built on
@@ -1028,6 +1035,8 @@ class Optimizer(torch.optim.Optimizer):
                     raise ValueError(f"{where} must be a number or a one-element real tensor, got "
                                      + (f"a tensor of shape {tuple(value.shape)} ({value.dtype}, {value.layout})"
                                         if isinstance(value, Tensor) else repr(value)))
+                if not (isinstance(value, Tensor) and value.device.type == "meta"):  # (meta: no value)
+                    self._check_scalar_state(where, key, float(value))
                 continue
             if value is None and self.lazy_state:
                 continue  # e.g. an SGD buffer not yet started (older torch saved it as None)

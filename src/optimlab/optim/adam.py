@@ -315,6 +315,12 @@ class NAdam(Optimizer):
     default_kernels = "optimlab"
     load_defaults = {**Optimizer.load_defaults, "decoupled_weight_decay": False}  # as torch's __setstate__
 
+    def _check_scalar_state(self, where: str, key: str, value: float) -> None:
+        """As the base, and ``mu_product`` (a product of momentum coefficients) in [0, 1]."""
+        super()._check_scalar_state(where, key, value)
+        if key == "mu_product" and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{where} must be in [0, 1] (a product of momentum coefficients), got {value!r}")
+
     def __init__(self, params: Any, lr: float | Tensor = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, *, foreach: bool | None = None, maximize: bool = False,
