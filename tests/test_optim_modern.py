@@ -161,6 +161,7 @@ class Row:
     group_keys: tuple[str, ...] = ()            # group entries compared with the oracle's
     rule: Callable | None = None                # the readable per-tensor rule; the class must equal it bit for bit
     still_at_step_1: bool = False               # step 1 only fills the state (ADOPT)
+    flat_tangents: bool = False                 # the update's derivative in the gradient is 0 there (a sign, a clip)
     documented: bool = True                     # "When to choose it" and the paper's year in the docstring
 
     def params(self, dtype):
@@ -187,7 +188,7 @@ ROWS = [
     ], shapes=MATRICES, make=lambda ps: oo.Muon(ps, lr=0.02), complex_rejected=True, single_tensor_path=False,
         bad=[(dict(adjust_lr_fn="fast"), "adjust_lr_fn"), (dict(ns_steps=100), "ns_steps"),
              (dict(ns_coefficients=(1.0, 2.0)), "ns_coefficients"), (dict(momentum=-0.1), "momentum")]),
-    Row("lion", oo.Lion, "package", [_lion], [
+    Row("lion", oo.Lion, "package", [_lion], flat_tangents=True, variants=[
         dict(lr=1e-3),
         dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.5, maximize=True),
     ], state_keys=["exp_avg"], make=lambda ps: oo.Lion(ps, lr=1e-3, weight_decay=0.1), complex_rejected=True,
@@ -221,7 +222,7 @@ ROWS = [
         dict(lr=1.0, momentum=0.0),
     ], make=lambda ps: oo.LARS(ps, lr=1.0, weight_decay=1e-3),
         bad=[(dict(lr=1.0, trust_coefficient=0.0), "trust_coefficient"), (dict(lr=1.0, momentum=1.0), "momentum")]),
-    Row("adopt", oo.ADOPT, "package", [_adopt], [
+    Row("adopt", oo.ADOPT, "package", [_adopt], flat_tangents=True, variants=[
         dict(lr=1e-3),
         dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
         dict(lr=1e-2, weight_decay=0.05, eps=1e-3, clip_exponent=None),
