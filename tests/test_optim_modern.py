@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import copy
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -476,6 +477,36 @@ def test_lamb_reference_cross_checked_with_pytorch_optimizer(hyper):
     paper = [p.detach().clone() for p in make_params(torch.float64)]
     run_reference(class_rule(oo.LAMB), paper, grads, group_hypers(hyper))
     assert (paper[2] - theta[2]).abs().max() > 1e-3  # the departures are real
+
+
+@pytest.mark.parametrize("hyper", [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99), maximize=True)])
+def test_the_lamb_class_is_pytorch_optimizers_lamb_with_its_departures_undone(hyper):
+    """The library's LAMB against the independent package, directly (its row's oracle is the
+    class's own rule). pytorch-optimizer's Lamb (``weight_decouple=False``) is the paper's
+    update without bias corrections but for a step size γ/(1 − β1ᵗ), with ‖θ‖ clamped at 10
+    and ε added to ‖r‖ in the trust ratio. Undone: our ``bias_correction=False`` with γ/(1 − β1ᵗ)
+    written into the group at each step, the package's clamp lifted, and ε = 1e-12, so that
+    ‖r‖ + ε is ‖r‖ to float64's precision."""
+    hyper = {**hyper, "eps": 1e-12}
+    beta1 = hyper.get("betas", (0.9, 0.999))[0]
+    grads = gradient_sequence(STEPS, SHAPES, torch.float64)
+    ps, qs = make_params(torch.float64), make_params(torch.float64)
+    ours = oo.LAMB(two_groups(ps, hyper), **hyper, bias_correction=False)
+    theirs = pytorch_optimizer.Lamb(two_groups(qs, hyper), weight_decouple=False, **hyper)
+    theirs.clamp = math.inf
+    rates = [group["lr"] for group in ours.param_groups]
+    for t, step_grads in enumerate(grads, start=1):
+        for group, rate in zip(ours.param_groups, rates):
+            group["lr"] = rate / (1 - beta1**t)
+        for p, q, g in zip(ps, qs, step_grads):
+            p.grad = q.grad = None if g is None else g.clone()
+        if any(g is None for g in step_grads):  # (the package counts steps per group: zeros instead)
+            for p, q, g in zip(ps, qs, step_grads):
+                if g is None:
+                    p.grad, q.grad = torch.zeros_like(p), torch.zeros_like(q)
+        ours.step()
+        theirs.step()
+    assert_params_close(ps, qs, dict(rtol=1e-9, atol=1e-12))
 
 
 @pytest.mark.parametrize("hyper", [dict(lr=1.0, weight_decay=1e-2), dict(lr=0.5, momentum=0.5, trust_coefficient=0.02)])
