@@ -110,6 +110,7 @@ class ADOPT(RealOnly, Optimizer):
     registry_name = "adopt"  # registered by this (see _registry)
     rule = staticmethod(adopt_state_rule)
     kernel = adopt_kernel  # its single-pass CPU kernel (see _kernelgen)
+    unfused_path = "single-tensor"  # (no multi-tensor rule: without the kernel, adopt_rule per tensor)
 
     hyper_checks = {"betas": check.betas, "eps": check.positive, "decoupled_weight_decay": check.boolean,
                     "clip_exponent": _clip_exponent}
@@ -124,8 +125,6 @@ class ADOPT(RealOnly, Optimizer):
                         decoupled_weight_decay=decoupled_weight_decay, clip_exponent=clip_exponent,
                         maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
-
-    unfused_path = "single-tensor"  # (no multi-tensor rule: without the kernel, adopt_rule per tensor)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return self._adam_moments(param)
